@@ -1,0 +1,541 @@
+//! The delivery state of one channel, sans-IO: every method takes the time as an argument and
+//! returns what should happen, so it is tested without tokio or sockets.
+//!
+//! A message enters a channel when the channel's cursor passes its offset in the topic's log.
+//! From there it moves between these places until it is finished or dead-lettered:
+//!
+//! ```text
+//!   log (offset >= cursor) ──take──► in flight ──FIN──► done
+//!        │ DPUB not yet due              │ REQ(0) / timeout / disconnect ──► requeued ─┐
+//!        ▼                               │ REQ(delay)                     ──► deferred ─┤
+//!     deferred ──due──► requeued         │ attempts >= max_attempts ──► dead letter     │
+//!                         └──────────────┴────────────── take ◄────────────────────────┘
+//! ```
+//!
+//! # Invariants
+//! - An offset below the cursor is in exactly one of requeued, deferred or in flight, or it is
+//!   settled (finished or dead-lettered). Offsets at or past the cursor are in none of them.
+//! - `deadlines` holds exactly one entry per in-flight message, equal to its deadline.
+//! - A consumer's `in_flight` equals the number of in-flight entries that name it, and `take`
+//!   never raises it past the consumer's RDY.
+//! - Requeued messages are delivered before messages the cursor has not reached yet.
+//! - One `take` gets at most its fair share of the ready messages (ready divided by the
+//!   consumers that have credit), so consumers of a channel share its load.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::message::StoredMessage;
+use crate::storage::TopicLog;
+
+/// Identifies one consumer (one subscription stream) within the broker.
+pub type ConsumerId = u64;
+
+/// The current time, both monotonic (for deadlines) and wall-clock (for DPUB's due time,
+/// which is stored in the log).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall_ms: u64,
+}
+
+impl Now {
+    pub fn plus(self, d: Duration) -> Now {
+        Now {
+            mono: self.mono + d,
+            wall_ms: self.wall_ms + d.as_millis() as u64,
+        }
+    }
+}
+
+/// A message handed to a consumer by [`ChannelState::take`].
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub offset: u64,
+    /// Deliveries on this channel, this one included.
+    pub attempts: u16,
+    pub message: Arc<StoredMessage>,
+}
+
+/// Why a message left the channel for the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    Timeout,
+    Requeue,
+    Disconnect,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Timeout => "timeout",
+            DeadReason::Requeue => "requeue",
+            DeadReason::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// A message that used up its attempts; the caller copies it to the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub offset: u64,
+    pub attempts: u16,
+    pub reason: DeadReason,
+}
+
+/// Why a FIN, REQ or TOUCH was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    #[error("message is not in flight")]
+    NotInFlight,
+    #[error("message is in flight to another consumer")]
+    OtherConsumer,
+}
+
+/// What [`ChannelState::expire`] did.
+#[derive(Debug, Default)]
+pub struct Expired {
+    pub dead: Vec<DeadLetter>,
+    /// Messages that became deliverable (timed out or came due).
+    pub ready: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    consumer: ConsumerId,
+    deadline: Instant,
+    attempts: u16,
+}
+
+/// Per-consumer credit and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerState {
+    pub rdy: u32,
+    pub in_flight: u32,
+    #[serde(skip)]
+    pub timeout: Duration,
+    /// After CLS: no new deliveries.
+    pub closing: bool,
+    pub delivered: u64,
+    pub finished: u64,
+    pub requeued: u64,
+    pub timed_out: u64,
+}
+
+/// Channel-wide counters, kept since the channel was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelCounters {
+    /// Messages that entered the channel from the log.
+    pub message_count: u64,
+    pub finished: u64,
+    pub requeued: u64,
+    pub timed_out: u64,
+    pub dead_lettered: u64,
+}
+
+/// One channel's cursor, in-flight table, requeue and deferred queues, and consumers.
+#[derive(Debug)]
+pub struct ChannelState {
+    cursor: u64,
+    requeued: VecDeque<(u64, u16)>,
+    deferred: BTreeMap<(Instant, u64), u16>,
+    in_flight: BTreeMap<u64, InFlight>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    consumers: HashMap<ConsumerId, ConsumerState>,
+    /// 0 means unlimited.
+    pub max_attempts: u16,
+    pub paused: bool,
+    armed: Option<Instant>,
+    counters: ChannelCounters,
+}
+
+impl ChannelState {
+    /// A channel whose first message is the one at `cursor`.
+    pub fn new(cursor: u64, max_attempts: u16) -> Self {
+        ChannelState {
+            cursor,
+            requeued: VecDeque::new(),
+            deferred: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            consumers: HashMap::new(),
+            max_attempts,
+            paused: false,
+            armed: None,
+            counters: ChannelCounters::default(),
+        }
+    }
+
+    pub fn add_consumer(&mut self, id: ConsumerId, timeout: Duration) {
+        let consumer = ConsumerState {
+            timeout,
+            ..ConsumerState::default()
+        };
+        self.consumers.insert(id, consumer);
+    }
+
+    /// Sets a consumer's credit. Returns true when it can now take more than before.
+    pub fn set_rdy(&mut self, id: ConsumerId, rdy: u32) -> bool {
+        let Some(c) = self.consumers.get_mut(&id) else {
+            return false;
+        };
+        let raised = rdy > c.rdy;
+        c.rdy = rdy;
+        raised
+    }
+
+    /// Stops new deliveries to a consumer (CLS). Returns true if nothing is in flight to it.
+    pub fn close_consumer(&mut self, id: ConsumerId) -> bool {
+        self.consumers.get_mut(&id).is_some_and(|c| {
+            c.closing = true;
+            c.in_flight == 0
+        })
+    }
+
+    /// Whether a closing consumer has nothing left in flight.
+    pub fn is_drained(&self, id: ConsumerId) -> bool {
+        self.consumers.get(&id).is_none_or(|c| c.in_flight == 0)
+    }
+
+    /// Removes a consumer and requeues everything in flight to it at once.
+    pub fn remove_consumer(&mut self, id: ConsumerId, now: Now) -> Vec<DeadLetter> {
+        self.consumers.remove(&id);
+        let mine: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.consumer == id)
+            .map(|(&offset, _)| offset)
+            .collect();
+        let mut dead = Vec::new();
+        for offset in mine {
+            if let Some(f) = self.unflight(offset) {
+                dead.extend(self.requeue(
+                    offset,
+                    f.attempts,
+                    Duration::ZERO,
+                    now,
+                    DeadReason::Disconnect,
+                ));
+            }
+        }
+        dead
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// Moves up to `max` messages into flight to `id`, within its credit, and appends them to
+    /// `out`. Requeued messages go first, then the log from the cursor (unless the topic is
+    /// paused). DPUB messages that are not due yet move to deferred on the way.
+    pub fn take(
+        &mut self,
+        id: ConsumerId,
+        log: &dyn TopicLog,
+        now: Now,
+        topic_paused: bool,
+        max: usize,
+        out: &mut Vec<Taken>,
+    ) -> usize {
+        let Some(c) = self.consumers.get(&id) else {
+            return 0;
+        };
+        if self.paused || c.closing {
+            return 0;
+        }
+        let credit = (c.rdy.saturating_sub(c.in_flight) as usize).min(max);
+        let deadline = now.mono + c.timeout;
+        let want = credit.min(self.fair_share(log.end()));
+        let mut given = 0;
+        while given < want {
+            let Some((offset, attempts)) = self.requeued.pop_front() else {
+                break;
+            };
+            // A message emptied out of the log meanwhile is simply gone.
+            if let Some(message) = log.get(offset) {
+                out.push(self.fly(id, offset, attempts, deadline, message));
+                given += 1;
+            }
+        }
+        let mut batch = Vec::new();
+        while given < want && !topic_paused {
+            batch.clear();
+            log.read(self.cursor, want - given, &mut batch);
+            if batch.is_empty() {
+                break;
+            }
+            for (offset, message) in batch.drain(..) {
+                self.cursor = offset + 1;
+                self.counters.message_count += 1;
+                if message.deliver_at_ms > now.wall_ms {
+                    let wait = Duration::from_millis(message.deliver_at_ms - now.wall_ms);
+                    self.deferred.insert((now.mono + wait, offset), 0);
+                    continue;
+                }
+                out.push(self.fly(id, offset, 0, deadline, message));
+                given += 1;
+            }
+        }
+        given
+    }
+
+    /// What one consumer may take at once so that every consumer with credit gets a share of
+    /// what is ready, whichever of them the scheduler runs first.
+    fn fair_share(&self, log_end: u64) -> usize {
+        let hungry = self
+            .consumers
+            .values()
+            .filter(|c| !c.closing && c.rdy > c.in_flight)
+            .count();
+        let ready = self.depth(log_end) as usize;
+        ready.div_ceil(hungry.max(1)).max(1)
+    }
+
+    fn fly(
+        &mut self,
+        consumer: ConsumerId,
+        offset: u64,
+        attempts: u16,
+        deadline: Instant,
+        message: Arc<StoredMessage>,
+    ) -> Taken {
+        let attempts = attempts.saturating_add(1);
+        let flight = InFlight {
+            consumer,
+            deadline,
+            attempts,
+        };
+        self.in_flight.insert(offset, flight);
+        self.deadlines.insert((deadline, offset));
+        if let Some(c) = self.consumers.get_mut(&consumer) {
+            c.in_flight += 1;
+            c.delivered += 1;
+        }
+        Taken {
+            offset,
+            attempts,
+            message,
+        }
+    }
+
+    /// Acknowledges a message. Returns true when the consumer had no credit left before, so
+    /// that its sender should be woken.
+    pub fn fin(&mut self, id: ConsumerId, offset: u64) -> Result<bool, SettleError> {
+        self.check_owner(id, offset)?;
+        let was_full = self
+            .consumers
+            .get(&id)
+            .is_some_and(|c| c.in_flight >= c.rdy);
+        self.unflight(offset);
+        self.counters.finished += 1;
+        if let Some(c) = self.consumers.get_mut(&id) {
+            c.finished += 1;
+        }
+        Ok(was_full)
+    }
+
+    /// Gives a message back, deliverable again after `delay`, or dead-lettered if it has used
+    /// its attempts.
+    pub fn req(
+        &mut self,
+        id: ConsumerId,
+        offset: u64,
+        delay: Duration,
+        now: Now,
+    ) -> Result<Option<DeadLetter>, SettleError> {
+        self.check_owner(id, offset)?;
+        let Some(f) = self.unflight(offset) else {
+            return Err(SettleError::NotInFlight);
+        };
+        self.counters.requeued += 1;
+        if let Some(c) = self.consumers.get_mut(&id) {
+            c.requeued += 1;
+        }
+        Ok(self.requeue(offset, f.attempts, delay, now, DeadReason::Requeue))
+    }
+
+    /// Pushes a message's deadline to now plus its consumer's timeout.
+    pub fn touch(&mut self, id: ConsumerId, offset: u64, now: Now) -> Result<(), SettleError> {
+        self.check_owner(id, offset)?;
+        let timeout = self
+            .consumers
+            .get(&id)
+            .map_or(Duration::ZERO, |c| c.timeout);
+        if let Some(f) = self.in_flight.get_mut(&offset) {
+            self.deadlines.remove(&(f.deadline, offset));
+            f.deadline = now.mono + timeout;
+            self.deadlines.insert((f.deadline, offset));
+        }
+        Ok(())
+    }
+
+    fn check_owner(&self, id: ConsumerId, offset: u64) -> Result<(), SettleError> {
+        match self.in_flight.get(&offset) {
+            None => Err(SettleError::NotInFlight),
+            Some(f) if f.consumer != id => Err(SettleError::OtherConsumer),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn unflight(&mut self, offset: u64) -> Option<InFlight> {
+        let f = self.in_flight.remove(&offset)?;
+        self.deadlines.remove(&(f.deadline, offset));
+        if let Some(c) = self.consumers.get_mut(&f.consumer) {
+            c.in_flight -= 1;
+        }
+        Some(f)
+    }
+
+    fn requeue(
+        &mut self,
+        offset: u64,
+        attempts: u16,
+        delay: Duration,
+        now: Now,
+        reason: DeadReason,
+    ) -> Option<DeadLetter> {
+        if self.max_attempts > 0 && attempts >= self.max_attempts {
+            self.counters.dead_lettered += 1;
+            return Some(DeadLetter {
+                offset,
+                attempts,
+                reason,
+            });
+        }
+        if delay.is_zero() {
+            self.requeued.push_back((offset, attempts));
+        } else {
+            self.deferred.insert((now.mono + delay, offset), attempts);
+        }
+        None
+    }
+
+    /// Redelivers what passed its deadline and releases deferred messages that came due.
+    pub fn expire(&mut self, now: Now) -> Expired {
+        let mut expired = Expired::default();
+        while let Some(&(deadline, offset)) = self.deadlines.first() {
+            if deadline > now.mono {
+                break;
+            }
+            let Some(f) = self.unflight(offset) else {
+                continue;
+            };
+            self.counters.timed_out += 1;
+            if let Some(c) = self.consumers.get_mut(&f.consumer) {
+                c.timed_out += 1;
+            }
+            match self.requeue(offset, f.attempts, Duration::ZERO, now, DeadReason::Timeout) {
+                Some(dead) => expired.dead.push(dead),
+                None => expired.ready += 1,
+            }
+        }
+        while let Some(entry) = self.deferred.first_entry() {
+            let (due, offset) = *entry.key();
+            if due > now.mono {
+                break;
+            }
+            let attempts = entry.remove();
+            self.requeued.push_back((offset, attempts));
+            expired.ready += 1;
+        }
+        expired
+    }
+
+    /// The earliest in-flight deadline or deferred due time.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let flight = self.deadlines.first().map(|&(d, _)| d);
+        let deferred = self.deferred.first_key_value().map(|(&(d, _), _)| d);
+        match (flight, deferred) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Records the deadline the channel's timer is about to sleep until.
+    pub fn arm(&mut self) -> Option<Instant> {
+        self.armed = self.next_deadline();
+        self.armed
+    }
+
+    /// True when a deadline earlier than the armed one has appeared, so the timer must wake.
+    pub fn needs_rearm(&self) -> bool {
+        match (self.next_deadline(), self.armed) {
+            (Some(next), Some(armed)) => next < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Drops every message not yet finished: the unread log, requeued, deferred and in flight.
+    pub fn empty(&mut self, log_end: u64) {
+        self.cursor = self.cursor.max(log_end);
+        self.requeued.clear();
+        self.deferred.clear();
+        self.in_flight.clear();
+        self.deadlines.clear();
+        self.consumers.values_mut().for_each(|c| c.in_flight = 0);
+    }
+
+    /// The lowest offset this channel may still need from the log.
+    pub fn ack_floor(&self) -> u64 {
+        let requeued = self.requeued.iter().map(|&(o, _)| o);
+        let deferred = self.deferred.keys().map(|&(_, o)| o);
+        let flying = self.in_flight.keys().next().copied();
+        requeued
+            .chain(deferred)
+            .chain(flying)
+            .fold(self.cursor, u64::min)
+    }
+
+    /// Messages waiting to be delivered: the unread log plus the requeued queue.
+    pub fn depth(&self, log_end: u64) -> u64 {
+        log_end.saturating_sub(self.cursor) + self.requeued.len() as u64
+    }
+
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn deferred_count(&self) -> usize {
+        self.deferred.len()
+    }
+
+    pub fn counters(&self) -> ChannelCounters {
+        self.counters
+    }
+
+    pub fn consumer(&self, id: ConsumerId) -> Option<&ConsumerState> {
+        self.consumers.get(&id)
+    }
+
+    pub fn consumers(&self) -> impl Iterator<Item = (ConsumerId, &ConsumerState)> {
+        self.consumers.iter().map(|(&id, c)| (id, c))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let mut seen = BTreeSet::new();
+        let places = self
+            .requeued
+            .iter()
+            .map(|&(o, _)| o)
+            .chain(self.deferred.keys().map(|&(_, o)| o))
+            .chain(self.in_flight.keys().copied());
+        for offset in places {
+            assert!(offset < self.cursor, "offset {offset} past cursor held");
+            assert!(seen.insert(offset), "offset {offset} in two places");
+        }
+        assert_eq!(self.deadlines.len(), self.in_flight.len());
+        for (&offset, f) in &self.in_flight {
+            assert!(self.deadlines.contains(&(f.deadline, offset)));
+        }
+        for (&id, c) in &self.consumers {
+            let n = self.in_flight.values().filter(|f| f.consumer == id).count();
+            assert_eq!(c.in_flight as usize, n, "consumer {id} in-flight count");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

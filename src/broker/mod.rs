@@ -1,0 +1,475 @@
+//! The broker core: topics, their channels, and the consumers that share each channel.
+//!
+//! [`Broker`] is the one handle every surface (QUIC sessions, the HTTP API, later NSQ) calls.
+//! It knows nothing of QUIC or the codec. Delivery decisions are made by the sans-IO
+//! [`delivery::ChannelState`]; this module is the thin async shell around it: it owns the
+//! locks, wakes consumers, and runs one timer task per channel for deadlines and deferred
+//! messages. There is no global scan.
+//!
+//! # Locking
+//! `topics` → a topic's `channels` → a channel's `state` → the topic log's own lock. Locks are
+//! `std::sync::Mutex`/`RwLock`, never held across `.await`.
+
+pub mod delivery;
+mod stats;
+mod subscription;
+mod topic;
+
+pub use delivery::{ConsumerId, DeadReason, Now};
+pub use stats::{BrokerStats, ChannelStats, ConsumerStats, TopicStats};
+pub use subscription::Subscription;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::message::{ChannelName, MessageId, NewMessage, StoredMessage, TopicName};
+use crate::storage::{Storage, StorageError};
+use topic::{Channel, Topic};
+
+/// Limits and defaults for delivery. Tuned for NSQ-like workloads.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Deadline for a delivered message when the consumer asks for none.
+    #[serde(with = "crate::config::duration")]
+    pub msg_timeout: Duration,
+    /// Longest message timeout a consumer may ask for.
+    #[serde(with = "crate::config::duration")]
+    pub max_msg_timeout: Duration,
+    /// Highest RDY a consumer may set.
+    pub max_rdy: u32,
+    /// Longest REQ delay.
+    #[serde(with = "crate::config::duration")]
+    pub max_req_delay: Duration,
+    /// Longest DPUB delay.
+    #[serde(with = "crate::config::duration")]
+    pub max_defer: Duration,
+    /// Deliveries after which a failing message goes to `<topic>.dead`, for channels that set
+    /// none. 0 means unlimited.
+    pub max_attempts: u16,
+}
+
+/// Shortest message timeout a consumer may ask for.
+pub const MIN_MSG_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            msg_timeout: Duration::from_secs(60),
+            max_msg_timeout: Duration::from_secs(15 * 60),
+            max_rdy: 2500,
+            max_req_delay: Duration::from_secs(3600),
+            max_defer: Duration::from_secs(3600),
+            max_attempts: 0,
+        }
+    }
+}
+
+/// Why the broker refused a call.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("topic {0} does not exist")]
+    TopicNotFound(TopicName),
+    #[error("channel {channel} of topic {topic} does not exist")]
+    ChannelNotFound {
+        topic: TopicName,
+        channel: ChannelName,
+    },
+    #[error("could not store the publish to {topic}")]
+    Storage {
+        topic: TopicName,
+        #[source]
+        source: StorageError,
+    },
+    #[error("{what} of {value:?} is out of range ({min:?} to {max:?})")]
+    OutOfRange {
+        what: &'static str,
+        value: Duration,
+        min: Duration,
+        max: Duration,
+    },
+    #[error("RDY {rdy} is over the maximum of {max}")]
+    RdyTooHigh { rdy: u32, max: u32 },
+    #[error("{op} {id}: {source}")]
+    Settle {
+        op: &'static str,
+        id: MessageId,
+        #[source]
+        source: delivery::SettleError,
+    },
+    #[error("the topic or channel was deleted")]
+    Deleted,
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+/// The broker: a cheap, cloneable handle.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: BrokerConfig,
+    storage: Arc<dyn Storage>,
+    topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
+    next_consumer: AtomicU64,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    started: Instant,
+}
+
+impl Broker {
+    /// A broker over `storage`. Must be called inside a tokio runtime: channels spawn their
+    /// timer tasks on it.
+    pub fn new(config: BrokerConfig, storage: Arc<dyn Storage>) -> Broker {
+        Broker {
+            shared: Arc::new(Shared {
+                config,
+                storage,
+                topics: Mutex::new(HashMap::new()),
+                next_consumer: AtomicU64::new(1),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.shared.config
+    }
+
+    /// Stores `messages` on `topic` (created on first use), atomically, and resolves once
+    /// they are as durable as the storage promises. A non-zero `delay` is a DPUB.
+    pub async fn publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+        delay: Duration,
+    ) -> Result<Range<u64>, BrokerError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        check_range("DPUB delay", delay, Duration::ZERO, self.config().max_defer)?;
+        let topic = self.topic(topic)?;
+        let (range, durable) = topic.append(stamp(messages, delay))?;
+        durable.await.map_err(|source| BrokerError::Storage {
+            topic: topic.name.clone(),
+            source,
+        })?;
+        Ok(range)
+    }
+
+    /// Adds a consumer to `channel` of `topic`, creating both if needed. Credit starts at 0.
+    pub fn subscribe(
+        &self,
+        topic: &TopicName,
+        channel: &ChannelName,
+        msg_timeout: Option<Duration>,
+        remote: String,
+    ) -> Result<Subscription, BrokerError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let config = self.config();
+        let timeout = msg_timeout.unwrap_or(config.msg_timeout);
+        check_range(
+            "message timeout",
+            timeout,
+            MIN_MSG_TIMEOUT,
+            config.max_msg_timeout,
+        )?;
+        let topic = self.topic(topic)?;
+        let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
+        let channel = topic.join(channel, id, timeout, remote, self)?;
+        Ok(Subscription::new(self.clone(), topic, channel, id, timeout))
+    }
+
+    /// The topic, created if it doesn't exist.
+    fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
+        let mut topics = self.topics();
+        if let Some(topic) = topics.get(name) {
+            return Ok(topic.clone());
+        }
+        let log = self
+            .shared
+            .storage
+            .open_topic(name)
+            .map_err(|source| BrokerError::Storage {
+                topic: name.clone(),
+                source,
+            })?;
+        let topic = Arc::new(Topic::new(
+            name.clone(),
+            log,
+            self.shared.shutdown.child_token(),
+        ));
+        topics.insert(name.clone(), topic.clone());
+        tracing::info!(topic = %name, "topic created");
+        Ok(topic)
+    }
+
+    fn existing_topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
+        self.topics()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::TopicNotFound(name.clone()))
+    }
+
+    fn topics(&self) -> MutexGuard<'_, HashMap<TopicName, Arc<Topic>>> {
+        // Every critical section on this map is a single insert, remove or lookup.
+        self.shared.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn create_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
+        self.topic(name).map(drop)
+    }
+
+    /// Deletes a topic with all its channels and messages. Its consumers' streams end.
+    pub fn delete_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
+        let topic = self
+            .topics()
+            .remove(name)
+            .ok_or_else(|| BrokerError::TopicNotFound(name.clone()))?;
+        topic.delete();
+        self.shared
+            .storage
+            .delete_topic(name)
+            .map_err(|source| BrokerError::Storage {
+                topic: name.clone(),
+                source,
+            })?;
+        tracing::info!(topic = %name, "topic deleted");
+        Ok(())
+    }
+
+    pub fn pause_topic(&self, name: &TopicName, paused: bool) -> Result<(), BrokerError> {
+        self.existing_topic(name)?.set_paused(paused);
+        Ok(())
+    }
+
+    /// Drops every message of the topic that no consumer holds in flight, on every channel.
+    pub fn empty_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
+        self.existing_topic(name)?.empty();
+        Ok(())
+    }
+
+    pub fn create_channel(
+        &self,
+        topic: &TopicName,
+        channel: &ChannelName,
+        max_attempts: Option<u16>,
+    ) -> Result<(), BrokerError> {
+        let topic = self.topic(topic)?;
+        let channel = topic.channel(channel, self);
+        if let Some(max) = max_attempts {
+            channel.state().max_attempts = max;
+        }
+        Ok(())
+    }
+
+    pub fn delete_channel(
+        &self,
+        topic: &TopicName,
+        channel: &ChannelName,
+    ) -> Result<(), BrokerError> {
+        let t = self.existing_topic(topic)?;
+        t.remove_channel(channel)
+            .ok_or_else(|| BrokerError::ChannelNotFound {
+                topic: topic.clone(),
+                channel: channel.clone(),
+            })?;
+        self.drop_if_unused(&t);
+        Ok(())
+    }
+
+    pub fn pause_channel(
+        &self,
+        topic: &TopicName,
+        channel: &ChannelName,
+        paused: bool,
+    ) -> Result<(), BrokerError> {
+        let channel = self.existing_channel(topic, channel)?;
+        channel.state().paused = paused;
+        if !paused {
+            channel.wake_all();
+        }
+        Ok(())
+    }
+
+    pub fn empty_channel(
+        &self,
+        topic: &TopicName,
+        channel: &ChannelName,
+    ) -> Result<(), BrokerError> {
+        let t = self.existing_topic(topic)?;
+        let channel = self.existing_channel(topic, channel)?;
+        channel.state().empty(t.log.end());
+        channel.wake_all();
+        Ok(())
+    }
+
+    fn existing_channel(
+        &self,
+        topic: &TopicName,
+        channel: &ChannelName,
+    ) -> Result<Arc<Channel>, BrokerError> {
+        self.existing_topic(topic)?
+            .existing_channel(channel)
+            .ok_or_else(|| BrokerError::ChannelNotFound {
+                topic: topic.clone(),
+                channel: channel.clone(),
+            })
+    }
+
+    /// Removes an `#ephemeral` topic once its last channel is gone.
+    fn drop_if_unused(&self, topic: &Arc<Topic>) {
+        if !topic.name.is_ephemeral() {
+            return;
+        }
+        let mut topics = self.topics();
+        if topic.channel_count() == 0
+            && topics
+                .get(&topic.name)
+                .is_some_and(|t| Arc::ptr_eq(t, topic))
+        {
+            topics.remove(&topic.name);
+            topic.delete();
+        }
+    }
+
+    /// Copies dead-lettered messages to `<topic>.dead`, with headers saying why.
+    fn dead_letter(&self, topic: &Topic, channel: &ChannelName, dead: Vec<topic::DeadMessage>) {
+        if dead.is_empty() {
+            return;
+        }
+        let target = topic.name.dead_letter();
+        let messages = dead
+            .into_iter()
+            .map(|d| {
+                let mut m = NewMessage {
+                    headers: d.message.headers.clone(),
+                    body: d.message.body.clone(),
+                };
+                m.headers
+                    .push("quiver-dead-reason", d.letter.reason.as_str());
+                m.headers.push("quiver-dead-topic", topic.name.as_str());
+                m.headers.push("quiver-dead-channel", channel.as_str());
+                m.headers
+                    .push("quiver-dead-attempts", d.letter.attempts.to_string());
+                m
+            })
+            .collect::<Vec<_>>();
+        let count = messages.len();
+        let stored = stamp(messages, Duration::ZERO);
+        match self.topic(&target).and_then(|t| t.append(stored).map(drop)) {
+            Ok(()) => tracing::debug!(topic = %topic.name, %channel, count, "dead-lettered"),
+            Err(e) => {
+                tracing::error!(topic = %topic.name, %channel, count, error = %e, "dead-lettering failed")
+            }
+        }
+    }
+
+    /// Statistics for one topic or all of them, sorted by name.
+    pub fn stats(&self, topic: Option<&TopicName>) -> Result<BrokerStats, BrokerError> {
+        let topics: Vec<Arc<Topic>> = match topic {
+            Some(name) => vec![self.existing_topic(name)?],
+            None => self.topics().values().cloned().collect(),
+        };
+        let mut topics: Vec<TopicStats> = topics.iter().map(|t| t.stats()).collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(BrokerStats {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.shared.started.elapsed().as_secs(),
+            topics,
+        })
+    }
+
+    /// Starts shutdown: new publishes and subscriptions are refused, and subscriptions see
+    /// [`Broker::shutting_down`] fire so they can requeue and close.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+
+    pub async fn shutting_down(&self) {
+        self.shared.shutdown.cancelled().await
+    }
+
+    /// Waits for the channel timer tasks to end after [`Broker::shutdown`].
+    pub async fn wait_stopped(&self) {
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await
+    }
+
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.shared.tasks.spawn(task);
+    }
+}
+
+fn check_range(
+    what: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), BrokerError> {
+    if value < min || value > max {
+        return Err(BrokerError::OutOfRange {
+            what,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Adds the publish time and DPUB due time to new messages.
+fn stamp(messages: Vec<NewMessage>, delay: Duration) -> Vec<StoredMessage> {
+    let now = wall_clock();
+    let deliver_at_ms = if delay.is_zero() {
+        0
+    } else {
+        now.as_millis() as u64 + delay.as_millis() as u64
+    };
+    let timestamp_ns = now.as_nanos() as u64;
+    messages
+        .into_iter()
+        .map(|m| StoredMessage {
+            timestamp_ns,
+            deliver_at_ms,
+            headers: m.headers,
+            body: m.body,
+        })
+        .collect()
+}
+
+fn wall_clock() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+impl Now {
+    /// The current time, from tokio's clock (so paused-time tests work) and the wall clock.
+    pub fn current() -> Now {
+        Now {
+            mono: tokio::time::Instant::now().into_std(),
+            wall_ms: wall_clock().as_millis() as u64,
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Statistics, shared by `quiver stats`, `GET /stats` and `GET /metrics`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerStats {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub topics: Vec<TopicStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicStats {
+    pub name: String,
+    pub paused: bool,
+    /// Messages published since the topic was created.
+    pub message_count: u64,
+    /// Messages kept for the first channel while the topic has none.
+    pub depth: u64,
+    /// Bytes the topic's log retains.
+    pub retained_bytes: u64,
+    pub channels: Vec<ChannelStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    pub name: String,
+    pub paused: bool,
+    /// Ready to deliver: not yet read from the log, or requeued.
+    pub depth: u64,
+    pub in_flight: u64,
+    pub deferred: u64,
+    /// Messages that entered the channel.
+    pub message_count: u64,
+    pub finished: u64,
+    pub requeued: u64,
+    pub timed_out: u64,
+    pub dead_lettered: u64,
+    /// 0 means unlimited.
+    pub max_attempts: u16,
+    pub consumers: Vec<ConsumerStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerStats {
+    pub id: u64,
+    pub remote: String,
+    pub rdy: u32,
+    pub in_flight: u32,
+    pub delivered: u64,
+    pub finished: u64,
+    pub requeued: u64,
+    pub timed_out: u64,
+}
+
+impl BrokerStats {
+    pub fn topic(&self, name: &str) -> Option<&TopicStats> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+}
+
+impl TopicStats {
+    pub fn channel(&self, name: &str) -> Option<&ChannelStats> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}

@@ -1,0 +1,204 @@
+//! A consumer's handle on its channel: take messages within its credit, settle them, and
+//! requeue whatever it still holds when dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::delivery::{ConsumerId, SettleError, Taken};
+use super::topic::{read_dead, Channel, Topic};
+use super::{check_range, Broker, BrokerError, Now};
+use crate::message::{ChannelName, MessageId, TopicName};
+
+/// One consumer of one channel. Dropping it is the disconnect: everything in flight to it is
+/// requeued at once, and an `#ephemeral` channel left without consumers is deleted.
+#[derive(Debug)]
+pub struct Subscription {
+    broker: Broker,
+    topic: Arc<Topic>,
+    channel: Arc<Channel>,
+    id: ConsumerId,
+    waker: Arc<Notify>,
+    timeout: Duration,
+}
+
+impl Subscription {
+    pub(super) fn new(
+        broker: Broker,
+        topic: Arc<Topic>,
+        channel: Arc<Channel>,
+        id: ConsumerId,
+        timeout: Duration,
+    ) -> Self {
+        // `Topic::join` registered the waker before handing out the channel.
+        let waker = channel.waker(id).unwrap_or_default();
+        Subscription {
+            broker,
+            topic,
+            channel,
+            id,
+            waker,
+            timeout,
+        }
+    }
+
+    pub fn id(&self) -> ConsumerId {
+        self.id
+    }
+
+    pub fn topic(&self) -> &TopicName {
+        &self.topic.name
+    }
+
+    pub fn channel(&self) -> &ChannelName {
+        &self.channel.name
+    }
+
+    pub fn msg_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The wire id of the message at `offset`.
+    pub fn message_id(&self, offset: u64) -> MessageId {
+        MessageId::new(self.topic.incarnation, offset)
+    }
+
+    /// Moves up to `max` messages into flight to this consumer, within its RDY credit.
+    pub fn take(&self, max: usize, out: &mut Vec<Taken>) -> usize {
+        let mut state = self.channel.state();
+        let given = state.take(
+            self.id,
+            &*self.topic.log,
+            Now::current(),
+            self.topic.is_paused(),
+            max,
+            out,
+        );
+        if given > 0 || state.deferred_count() > 0 {
+            self.channel.rearm_if_needed(&state);
+        }
+        given
+    }
+
+    pub fn fin(&self, id: MessageId) -> Result<(), BrokerError> {
+        let offset = self.offset(id, "FIN")?;
+        let was_full = self
+            .channel
+            .state()
+            .fin(self.id, offset)
+            .map_err(|source| settle("FIN", id, source))?;
+        if was_full {
+            self.waker.notify_one();
+        }
+        Ok(())
+    }
+
+    pub fn req(&self, id: MessageId, delay: Duration) -> Result<(), BrokerError> {
+        check_range(
+            "REQ delay",
+            delay,
+            Duration::ZERO,
+            self.broker.config().max_req_delay,
+        )?;
+        let offset = self.offset(id, "REQ")?;
+        let dead = {
+            let mut state = self.channel.state();
+            let dead = state
+                .req(self.id, offset, delay, Now::current())
+                .map_err(|source| settle("REQ", id, source))?;
+            self.channel.rearm_if_needed(&state);
+            read_dead(&*self.topic.log, dead.into_iter().collect())
+        };
+        // The message is ready again, maybe for another consumer, and this one has credit.
+        self.channel.wake_all();
+        self.broker
+            .dead_letter(&self.topic, &self.channel.name, dead);
+        Ok(())
+    }
+
+    pub fn touch(&self, id: MessageId) -> Result<(), BrokerError> {
+        let offset = self.offset(id, "TOUCH")?;
+        self.channel
+            .state()
+            .touch(self.id, offset, Now::current())
+            .map_err(|source| settle("TOUCH", id, source))
+    }
+
+    /// Sets this consumer's credit (RDY).
+    pub fn set_rdy(&self, rdy: u32) -> Result<(), BrokerError> {
+        let max = self.broker.config().max_rdy;
+        if rdy > max {
+            return Err(BrokerError::RdyTooHigh { rdy, max });
+        }
+        if self.channel.state().set_rdy(self.id, rdy) {
+            self.waker.notify_one();
+        }
+        Ok(())
+    }
+
+    /// CLS: no new deliveries. Returns true if nothing is in flight any more.
+    pub fn close(&self) -> bool {
+        self.channel.state().close_consumer(self.id)
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.channel.state().is_drained(self.id)
+    }
+
+    /// Messages this consumer holds in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.channel
+            .state()
+            .consumer(self.id)
+            .map_or(0, |c| c.in_flight)
+    }
+
+    /// Resolves when there may be something to take: new messages, requeues, or credit.
+    pub async fn wait(&self) {
+        self.waker.notified().await
+    }
+
+    /// Resolves when the channel or topic is deleted or the broker shuts down.
+    pub async fn ended(&self) {
+        self.channel.deleted.cancelled().await
+    }
+
+    /// Why [`Subscription::ended`] fired.
+    pub fn end_reason(&self) -> BrokerError {
+        if self.broker.is_shutting_down() {
+            BrokerError::ShuttingDown
+        } else {
+            BrokerError::Deleted
+        }
+    }
+
+    fn offset(&self, id: MessageId, op: &'static str) -> Result<u64, BrokerError> {
+        if id.incarnation() != self.topic.incarnation {
+            return Err(settle(op, id, SettleError::NotInFlight));
+        }
+        Ok(id.offset())
+    }
+}
+
+fn settle(op: &'static str, id: MessageId, source: SettleError) -> BrokerError {
+    BrokerError::Settle { op, id, source }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let dead = {
+            let mut state = self.channel.state();
+            let dead = state.remove_consumer(self.id, Now::current());
+            read_dead(&*self.topic.log, dead)
+        };
+        self.channel.senders().remove(&self.id);
+        self.channel.wake_all();
+        self.broker
+            .dead_letter(&self.topic, &self.channel.name, dead);
+        if self.topic.remove_if_abandoned(&self.channel) {
+            tracing::info!(topic = %self.topic.name, channel = %self.channel.name, "ephemeral channel deleted");
+            self.broker.drop_if_unused(&self.topic);
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Topics and channels: the async shell around [`ChannelState`].
+//!
+//! A topic owns its log and its channels. Publishing appends to the log and wakes the
+//! channels' consumers; each consumer pulls from its channel when it has credit. Each channel
+//! runs one timer task that sleeps until the channel's next deadline or due time.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::{ChannelState, ConsumerId, DeadLetter, Now};
+use super::stats::{ChannelStats, ConsumerStats, TopicStats};
+use super::{Broker, BrokerError};
+use crate::message::{ChannelName, StoredMessage, TopicName};
+use crate::storage::{Durable, TopicLog};
+
+/// Appends between two attempts to trim the log below every channel's ack floor.
+const TRIM_EVERY: u64 = 1024;
+
+#[derive(Debug)]
+pub(super) struct Topic {
+    pub(super) name: TopicName,
+    /// Random per topic incarnation; the high half of every message id.
+    pub(super) incarnation: u64,
+    pub(super) log: Arc<dyn TopicLog>,
+    channels: RwLock<HashMap<ChannelName, Arc<Channel>>>,
+    paused: AtomicBool,
+    message_count: AtomicU64,
+    appends_since_trim: AtomicU64,
+    deleted: CancellationToken,
+}
+
+/// A message that used up its attempts, read from the log before the channel let go of it.
+#[derive(Debug)]
+pub(super) struct DeadMessage {
+    pub(super) letter: DeadLetter,
+    pub(super) message: Arc<StoredMessage>,
+}
+
+impl Topic {
+    pub(super) fn new(name: TopicName, log: Arc<dyn TopicLog>, deleted: CancellationToken) -> Self {
+        Topic {
+            name,
+            incarnation: random_u64(),
+            log,
+            channels: RwLock::new(HashMap::new()),
+            paused: AtomicBool::new(false),
+            message_count: AtomicU64::new(0),
+            appends_since_trim: AtomicU64::new(0),
+            deleted,
+        }
+    }
+
+    /// Appends to the log and wakes every channel. Returns the offsets and a future that
+    /// resolves when they are durable.
+    pub(super) fn append(
+        &self,
+        messages: Vec<StoredMessage>,
+    ) -> Result<(Range<u64>, Durable), BrokerError> {
+        let count = messages.len() as u64;
+        let range = self
+            .log
+            .append(messages)
+            .map_err(|source| BrokerError::Storage {
+                topic: self.name.clone(),
+                source,
+            })?;
+        self.message_count.fetch_add(count, Ordering::Relaxed);
+        for channel in self.channels().values() {
+            channel.wake_all();
+        }
+        if self.appends_since_trim.fetch_add(count, Ordering::Relaxed) + count >= TRIM_EVERY {
+            self.appends_since_trim.store(0, Ordering::Relaxed);
+            self.trim();
+        }
+        let durable = self.log.durable(range.end);
+        Ok((range, durable))
+    }
+
+    /// Drops the log prefix every channel has settled. A topic without channels keeps its
+    /// messages for the first channel to come.
+    fn trim(&self) {
+        let channels = self.channels();
+        let floor = channels.values().map(|c| c.state().ack_floor()).min();
+        if let Some(floor) = floor {
+            self.log.trim(floor);
+        }
+    }
+
+    /// The channel, created if needed, with `id` added as a consumer. Done under the channels
+    /// lock so that an `#ephemeral` channel can't be removed between lookup and join.
+    pub(super) fn join(
+        &self,
+        name: &ChannelName,
+        id: ConsumerId,
+        timeout: Duration,
+        remote: String,
+        broker: &Broker,
+    ) -> Result<Arc<Channel>, BrokerError> {
+        if self.deleted.is_cancelled() {
+            return Err(BrokerError::Deleted);
+        }
+        let mut channels = self.channels_mut();
+        let channel = self.channel_locked(&mut channels, name, broker);
+        channel.state().add_consumer(id, timeout);
+        channel
+            .senders()
+            .insert(id, (Arc::new(Notify::new()), remote));
+        Ok(channel)
+    }
+
+    pub(super) fn channel(&self, name: &ChannelName, broker: &Broker) -> Arc<Channel> {
+        let mut channels = self.channels_mut();
+        self.channel_locked(&mut channels, name, broker)
+    }
+
+    fn channel_locked(
+        &self,
+        channels: &mut HashMap<ChannelName, Arc<Channel>>,
+        name: &ChannelName,
+        broker: &Broker,
+    ) -> Arc<Channel> {
+        if let Some(channel) = channels.get(name) {
+            return channel.clone();
+        }
+        // The first channel inherits the backlog kept for it; later ones start at the end.
+        let cursor = if channels.is_empty() {
+            self.log.start()
+        } else {
+            self.log.end()
+        };
+        let state = ChannelState::new(cursor, broker.config().max_attempts);
+        let channel = Arc::new(Channel {
+            name: name.clone(),
+            state: Mutex::new(state),
+            senders: Mutex::new(HashMap::new()),
+            timer: Notify::new(),
+            deleted: self.deleted.child_token(),
+        });
+        channels.insert(name.clone(), channel.clone());
+        broker.spawn(run_timer(
+            broker.clone(),
+            self.name.clone(),
+            channel.clone(),
+        ));
+        tracing::info!(topic = %self.name, channel = %name, "channel created");
+        channel
+    }
+
+    pub(super) fn existing_channel(&self, name: &ChannelName) -> Option<Arc<Channel>> {
+        self.channels().get(name).cloned()
+    }
+
+    pub(super) fn remove_channel(&self, name: &ChannelName) -> Option<Arc<Channel>> {
+        let channel = self.channels_mut().remove(name)?;
+        channel.deleted.cancel();
+        tracing::info!(topic = %self.name, channel = %name, "channel deleted");
+        Some(channel)
+    }
+
+    /// Removes an `#ephemeral` channel if its last consumer has left.
+    pub(super) fn remove_if_abandoned(&self, channel: &Arc<Channel>) -> bool {
+        if !channel.name.is_ephemeral() {
+            return false;
+        }
+        let mut channels = self.channels_mut();
+        let abandoned = channel.state().consumer_count() == 0
+            && channels
+                .get(&channel.name)
+                .is_some_and(|c| Arc::ptr_eq(c, channel));
+        if abandoned {
+            channels.remove(&channel.name);
+            channel.deleted.cancel();
+        }
+        abandoned
+    }
+
+    pub(super) fn channel_count(&self) -> usize {
+        self.channels().len()
+    }
+
+    pub(super) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        if !paused {
+            self.channels().values().for_each(|c| c.wake_all());
+        }
+    }
+
+    pub(super) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn empty(&self) {
+        let end = self.log.end();
+        for channel in self.channels().values() {
+            channel.state().empty(end);
+            channel.wake_all();
+        }
+        self.log.trim(end);
+    }
+
+    pub(super) fn delete(&self) {
+        self.deleted.cancel();
+        self.channels_mut().clear();
+    }
+
+    pub(super) fn stats(&self) -> TopicStats {
+        let end = self.log.end();
+        let channels = self.channels();
+        let mut channel_stats: Vec<ChannelStats> =
+            channels.values().map(|c| c.stats(end)).collect();
+        channel_stats.sort_by(|a, b| a.name.cmp(&b.name));
+        TopicStats {
+            name: self.name.to_string(),
+            paused: self.is_paused(),
+            message_count: self.message_count.load(Ordering::Relaxed),
+            depth: if channels.is_empty() {
+                end - self.log.start()
+            } else {
+                0
+            },
+            retained_bytes: self.log.retained_bytes(),
+            channels: channel_stats,
+        }
+    }
+
+    fn channels(&self) -> RwLockReadGuard<'_, HashMap<ChannelName, Arc<Channel>>> {
+        // Writers only insert or remove whole entries; a poisoned map is still consistent.
+        self.channels.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn channels_mut(&self) -> RwLockWriteGuard<'_, HashMap<ChannelName, Arc<Channel>>> {
+        self.channels.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One channel: its delivery state, its consumers' wakers, and its timer.
+#[derive(Debug)]
+pub(super) struct Channel {
+    pub(super) name: ChannelName,
+    state: Mutex<ChannelState>,
+    /// Per consumer: the waker of its sending loop, and its remote address for stats.
+    senders: Mutex<HashMap<ConsumerId, (Arc<Notify>, String)>>,
+    timer: Notify,
+    pub(super) deleted: CancellationToken,
+}
+
+impl Channel {
+    pub(super) fn state(&self) -> MutexGuard<'_, ChannelState> {
+        // ChannelState methods leave it consistent at every point where they could panic
+        // (their asserts run before mutation), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn senders(&self) -> MutexGuard<'_, HashMap<ConsumerId, (Arc<Notify>, String)>> {
+        self.senders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn waker(&self, id: ConsumerId) -> Option<Arc<Notify>> {
+        self.senders().get(&id).map(|(n, _)| n.clone())
+    }
+
+    pub(super) fn wake_all(&self) {
+        self.senders().values().for_each(|(n, _)| n.notify_one());
+    }
+
+    /// Wakes the timer if a deadline earlier than the one it sleeps until appeared.
+    pub(super) fn rearm_if_needed(&self, state: &ChannelState) {
+        if state.needs_rearm() {
+            self.timer.notify_one();
+        }
+    }
+
+    fn stats(&self, log_end: u64) -> ChannelStats {
+        let senders = self.senders();
+        let state = self.state();
+        let counters = state.counters();
+        let mut consumers: Vec<ConsumerStats> = state
+            .consumers()
+            .map(|(id, c)| ConsumerStats {
+                id,
+                remote: senders.get(&id).map(|(_, r)| r.clone()).unwrap_or_default(),
+                rdy: c.rdy,
+                in_flight: c.in_flight,
+                delivered: c.delivered,
+                finished: c.finished,
+                requeued: c.requeued,
+                timed_out: c.timed_out,
+            })
+            .collect();
+        consumers.sort_by_key(|c| c.id);
+        ChannelStats {
+            name: self.name.to_string(),
+            paused: state.paused,
+            depth: state.depth(log_end),
+            in_flight: state.in_flight_count() as u64,
+            deferred: state.deferred_count() as u64,
+            message_count: counters.message_count,
+            finished: counters.finished,
+            requeued: counters.requeued,
+            timed_out: counters.timed_out,
+            dead_lettered: counters.dead_lettered,
+            max_attempts: state.max_attempts,
+            consumers,
+        }
+    }
+}
+
+/// Reads the messages behind dead letters while the caller still holds the channel state, so
+/// that trimming can't drop them first.
+pub(super) fn read_dead(log: &dyn TopicLog, dead: Vec<DeadLetter>) -> Vec<DeadMessage> {
+    dead.into_iter()
+        .filter_map(|letter| {
+            let message = log.get(letter.offset)?;
+            Some(DeadMessage { letter, message })
+        })
+        .collect()
+}
+
+/// The channel's timer: sleeps until the next in-flight deadline or deferred due time, then
+/// requeues what expired and dead-letters what used up its attempts.
+async fn run_timer(broker: Broker, topic_name: TopicName, channel: Arc<Channel>) {
+    loop {
+        let next = channel.state().arm();
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = channel.deleted.cancelled() => return,
+            _ = channel.timer.notified() => continue,
+            _ = sleep => {}
+        }
+        let Ok(topic) = broker.existing_topic(&topic_name) else {
+            return;
+        };
+        let (ready, dead) = {
+            let mut state = channel.state();
+            let expired = state.expire(Now::current());
+            (expired.ready, read_dead(&*topic.log, expired.dead))
+        };
+        if ready > 0 || !dead.is_empty() {
+            channel.wake_all();
+        }
+        broker.dead_letter(&topic, &channel.name, dead);
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // The system RNG only fails if the OS has no entropy source at all; fall back to the clock.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        return super::wall_clock().as_nanos() as u64;
+    }
+    u64::from_ne_bytes(bytes)
+}

@@ -1,0 +1,450 @@
+//! Command-line parsing and the commands themselves. Only this file and `main.rs` use anyhow.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio::task::JoinSet;
+
+use quiver::client::{Client, ClientOptions, SubEvent, SubscribeOptions};
+use quiver::config::{parse_duration, Config};
+use quiver::message::{ChannelName, Delivery, NewMessage, TopicName};
+use quiver::server::Server;
+use quiver::transport::tls::{parse_fingerprint, Trust};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quiver",
+    version,
+    about = "A message broker and router over QUIC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Publish a message, or one message per line of stdin.
+    Pub(PubArgs),
+    /// Print messages from a channel, FINning each one.
+    Sub(SubArgs),
+    /// Show topics and channels: depth, in flight, deferred, requeued, timed out, dead-lettered.
+    Stats(StatsArgs),
+    /// Load a broker and report throughput, latency and memory.
+    Bench(quiver::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file; flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./quiver-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// QUIC listen address [default: 127.0.0.1:7400].
+    #[arg(long)]
+    quic: Option<SocketAddr>,
+    /// HTTP admin listen address [default: 127.0.0.1:7401].
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Certificate chain (PEM) instead of the self-signed development certificate.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Default message timeout, e.g. 60s.
+    #[arg(long, value_parser = parse_duration)]
+    msg_timeout: Option<Duration>,
+    /// Default max attempts per channel before dead-lettering (0 = unlimited).
+    #[arg(long)]
+    max_attempts: Option<u16>,
+}
+
+/// How CLI clients find and trust the broker.
+#[derive(Debug, Args)]
+struct ConnectArgs {
+    /// Broker QUIC address.
+    #[arg(long, env = "QUIVER_ADDR", default_value = "127.0.0.1:7400")]
+    addr: SocketAddr,
+    /// Trust this CA (or self-signed certificate) file.
+    #[arg(long, env = "QUIVER_CA")]
+    ca: Option<PathBuf>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint.
+    #[arg(long, env = "QUIVER_FINGERPRINT")]
+    fingerprint: Option<String>,
+    /// Skip certificate verification. Development only.
+    #[arg(long)]
+    insecure: bool,
+    /// Name to verify in the broker's certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Without --ca, --fingerprint or --insecure, trust <DATA_DIR>/tls/cert.pem: the dev
+    /// certificate of a broker started in the same directory.
+    #[arg(long, default_value = "quiver-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct PubArgs {
+    topic: TopicName,
+    /// The message; without it, each line of stdin is one message.
+    message: Option<String>,
+    /// Header as key=value; repeatable.
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Deliver no earlier than this delay from now (DPUB), e.g. 30s.
+    #[arg(long, value_parser = parse_duration)]
+    defer: Option<Duration>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+struct SubArgs {
+    topic: TopicName,
+    channel: ChannelName,
+    /// Exit after this many messages.
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+    /// One JSON object per message: id, timestamp, attempts, headers, body.
+    #[arg(long)]
+    json: bool,
+    /// Messages in flight at once.
+    #[arg(long, default_value_t = 200)]
+    rdy: u32,
+    /// Message timeout to ask for, e.g. 30s.
+    #[arg(long, value_parser = parse_duration)]
+    msg_timeout: Option<Duration>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    /// Only this topic.
+    #[arg(long)]
+    topic: Option<TopicName>,
+    /// The raw JSON document.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Pub(args) => publish(args).await,
+        Command::Sub(args) => subscribe(args).await,
+        Command::Stats(args) => stats(args).await,
+        Command::Bench(args) => {
+            let json = args.json;
+            let report = quiver::bench::run(args).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print_text();
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    if k.is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    apply_overrides(&mut config, args);
+    let server = Server::start(config.clone()).await?;
+    println!("quiver {} serving", env!("CARGO_PKG_VERSION"));
+    println!("  QUIC    {}  (ALPN quiver/1)", server.quic_addr());
+    println!("  HTTP    http://{}", server.http_addr());
+    println!("  data    {}", config.data_dir.display());
+    println!("  cert    {}", server.cert_path().display());
+    println!("  sha256  {}", server.fingerprint());
+    std::io::stdout().flush()?;
+    wait_for_signal().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+fn apply_overrides(config: &mut Config, args: ServeArgs) {
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = args.quic {
+        config.listen.quic = addr;
+    }
+    if let Some(addr) = args.http {
+        config.listen.http = addr;
+    }
+    if args.tls_cert.is_some() {
+        config.tls.cert = args.tls_cert;
+        config.tls.key = args.tls_key;
+    }
+    if args.tls_client_ca.is_some() {
+        config.tls.client_ca = args.tls_client_ca;
+    }
+    if let Some(timeout) = args.msg_timeout {
+        config.broker.msg_timeout = timeout;
+    }
+    if let Some(max) = args.max_attempts {
+        config.broker.max_attempts = max;
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn connect(args: &ConnectArgs) -> Result<Client> {
+    let trust = if let Some(ca) = &args.ca {
+        Trust::CaFile(ca.clone())
+    } else if let Some(pin) = &args.fingerprint {
+        Trust::Fingerprint(parse_fingerprint(pin)?)
+    } else if args.insecure {
+        Trust::DangerousInsecure
+    } else {
+        let dev = args.data_dir.join("tls").join("cert.pem");
+        if !dev.exists() {
+            bail!(
+                "no way to trust the broker: pass --ca FILE, --fingerprint SHA256 or --insecure \
+                 (or run from the directory where `quiver serve` made {})",
+                dev.display()
+            );
+        }
+        Trust::CaFile(dev)
+    };
+    let mut options = ClientOptions::new(args.addr, trust);
+    options.server_name = args.server_name.clone();
+    Client::connect(&options)
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))
+}
+
+async fn publish(args: PubArgs) -> Result<()> {
+    let client = connect(&args.connect).await?;
+    let producer = client.producer().await?;
+    let make = |body: String| {
+        let mut m = NewMessage::new(body);
+        for (k, v) in &args.headers {
+            m.headers.push(k.clone(), v.clone());
+        }
+        m
+    };
+    let send = |m: NewMessage| {
+        let (producer, topic, defer) = (producer.clone(), args.topic.clone(), args.defer);
+        async move {
+            match defer {
+                Some(delay) => producer.publish_deferred(&topic, m, delay).await,
+                None => producer.publish(&topic, m).await,
+            }
+        }
+    };
+    let mut published = 0u64;
+    if let Some(message) = &args.message {
+        send(make(message.clone())).await?;
+        published += 1;
+    } else {
+        // Pipeline stdin lines, a bounded number at a time.
+        let mut inflight = JoinSet::new();
+        for line in std::io::stdin().lock().lines() {
+            let line = line.context("reading stdin")?;
+            if inflight.len() >= 256 {
+                if let Some(done) = inflight.join_next().await {
+                    done??;
+                    published += 1;
+                }
+            }
+            inflight.spawn(send(make(line)));
+        }
+        while let Some(done) = inflight.join_next().await {
+            done??;
+            published += 1;
+        }
+    }
+    tracing::debug!(published, "done");
+    client.close().await;
+    Ok(())
+}
+
+async fn subscribe(args: SubArgs) -> Result<()> {
+    let client = connect(&args.connect).await?;
+    let options = SubscribeOptions {
+        msg_timeout: args.msg_timeout,
+    };
+    let mut sub = client
+        .subscribe(&args.topic, &args.channel, options)
+        .await?;
+    let limit = args.count.unwrap_or(u64::MAX);
+    if limit == 0 {
+        return Ok(());
+    }
+    // In flight + finished never passes the count, so no message is taken only to be given back.
+    let mut rdy = u64::from(args.rdy.max(1)).min(limit);
+    sub.rdy(rdy as u32).await?;
+    let mut finished = 0u64;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let event = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            event = sub.next_event() => event,
+        };
+        let delivery = match event {
+            Some(SubEvent::Message(d)) if finished < limit => d,
+            Some(SubEvent::Message(d)) => {
+                sub.req(d.id, Duration::ZERO).await?;
+                continue;
+            }
+            Some(SubEvent::Error(e)) if e.fatal => bail!(e),
+            Some(SubEvent::Error(e)) => {
+                eprintln!("warning: {e}");
+                continue;
+            }
+            Some(SubEvent::Closed) | None => return Ok(()),
+        };
+        print_delivery(&mut out, &delivery, args.json)?;
+        let left = limit - finished - 1;
+        if left < rdy {
+            rdy = left;
+            sub.rdy(rdy as u32).await?;
+        }
+        sub.fin(delivery.id).await?;
+        finished += 1;
+        if finished == limit {
+            break;
+        }
+    }
+    sub.cls().await?;
+    while let Some(event) = sub.next_event().await {
+        match event {
+            SubEvent::Message(d) => sub.req(d.id, Duration::ZERO).await?,
+            SubEvent::Closed => break,
+            SubEvent::Error(e) if e.fatal => bail!(e),
+            SubEvent::Error(_) => {}
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn print_delivery(out: &mut impl Write, d: &Delivery, json: bool) -> Result<()> {
+    if json {
+        let headers: serde_json::Map<String, serde_json::Value> = d
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        let line = serde_json::json!({
+            "id": d.id.to_string(),
+            "timestamp_ns": d.timestamp_ns,
+            "attempts": d.attempts,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&d.body),
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        out.write_all(&d.body)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn stats(args: StatsArgs) -> Result<()> {
+    let client = connect(&args.connect).await?;
+    let stats = client.stats(args.topic.as_ref()).await?;
+    client.close().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(());
+    }
+    let mut rows = vec![[
+        "TOPIC",
+        "CHANNEL",
+        "DEPTH",
+        "IN_FLIGHT",
+        "DEFERRED",
+        "REQUEUED",
+        "TIMED_OUT",
+        "DEAD",
+        "MESSAGES",
+        "CONSUMERS",
+    ]
+    .map(String::from)];
+    for t in &stats.topics {
+        let paused = |p: bool, name: &str| {
+            if p {
+                format!("{name} (paused)")
+            } else {
+                name.to_string()
+            }
+        };
+        rows.push([
+            paused(t.paused, &t.name),
+            "-".into(),
+            t.depth.to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            t.message_count.to_string(),
+            "-".into(),
+        ]);
+        for c in &t.channels {
+            rows.push([
+                String::new(),
+                paused(c.paused, &c.name),
+                c.depth.to_string(),
+                c.in_flight.to_string(),
+                c.deferred.to_string(),
+                c.requeued.to_string(),
+                c.timed_out.to_string(),
+                c.dead_lettered.to_string(),
+                c.message_count.to_string(),
+                c.consumers.len().to_string(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..10)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! `GET /metrics`: [`BrokerStats`] in the Prometheus text exposition format, version 0.0.4.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::error::ApiError;
+use crate::broker::{Broker, BrokerStats, ChannelStats, TopicStats};
+
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// A gauge or a counter.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        }
+    }
+}
+
+/// A per-topic metric: name, kind, help and how to read it.
+type TopicMetric = (&'static str, Kind, &'static str, fn(&TopicStats) -> u64);
+/// A per-channel metric.
+type ChannelMetric = (&'static str, Kind, &'static str, fn(&ChannelStats) -> u64);
+
+const TOPIC_METRICS: [TopicMetric; 2] = [
+    (
+        "quiver_topic_depth",
+        Kind::Gauge,
+        "Messages kept for the first channel while the topic has none.",
+        |t| t.depth,
+    ),
+    (
+        "quiver_topic_messages_total",
+        Kind::Counter,
+        "Messages published to the topic.",
+        |t| t.message_count,
+    ),
+];
+
+const CHANNEL_METRICS: [ChannelMetric; 9] = [
+    (
+        "quiver_channel_depth",
+        Kind::Gauge,
+        "Messages ready to deliver on the channel.",
+        |c| c.depth,
+    ),
+    (
+        "quiver_channel_in_flight",
+        Kind::Gauge,
+        "Messages delivered and not yet settled.",
+        |c| c.in_flight,
+    ),
+    (
+        "quiver_channel_deferred",
+        Kind::Gauge,
+        "Messages deferred by DPUB or REQ with a delay.",
+        |c| c.deferred,
+    ),
+    (
+        "quiver_channel_consumers",
+        Kind::Gauge,
+        "Consumers subscribed to the channel.",
+        |c| c.consumers.len() as u64,
+    ),
+    (
+        "quiver_channel_messages_total",
+        Kind::Counter,
+        "Messages that entered the channel.",
+        |c| c.message_count,
+    ),
+    (
+        "quiver_channel_finished_total",
+        Kind::Counter,
+        "Messages finished (FIN).",
+        |c| c.finished,
+    ),
+    (
+        "quiver_channel_requeued_total",
+        Kind::Counter,
+        "Messages requeued (REQ).",
+        |c| c.requeued,
+    ),
+    (
+        "quiver_channel_timed_out_total",
+        Kind::Counter,
+        "Deliveries that timed out.",
+        |c| c.timed_out,
+    ),
+    (
+        "quiver_channel_dead_lettered_total",
+        Kind::Counter,
+        "Messages moved to the dead-letter topic.",
+        |c| c.dead_lettered,
+    ),
+];
+
+pub(crate) async fn metrics(State(broker): State<Broker>) -> Result<impl IntoResponse, ApiError> {
+    let stats = broker.stats(None)?;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&stats)))
+}
+
+/// The exposition text for `stats`.
+pub(crate) fn render(stats: &BrokerStats) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "quiver_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since the broker started.",
+    );
+    sample(&mut out, "quiver_uptime_seconds", &[], stats.uptime_secs);
+    for (name, kind, help, read) in TOPIC_METRICS {
+        family(&mut out, name, kind, help);
+        for topic in &stats.topics {
+            sample(&mut out, name, &[("topic", &topic.name)], read(topic));
+        }
+    }
+    for (name, kind, help, read) in CHANNEL_METRICS {
+        family(&mut out, name, kind, help);
+        for topic in &stats.topics {
+            for channel in &topic.channels {
+                let labels = [("topic", topic.name.as_str()), ("channel", &channel.name)];
+                sample(&mut out, name, &labels, read(channel));
+            }
+        }
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: Kind, help: &str) {
+    // Writing to a String can't fail.
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (label, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(label);
+            out.push_str("=\"");
+            escape_label_value(out, value);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Escapes backslash, double quote and newline, as the format requires of label values.
+fn escape_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        sample(&mut out, "m", &[("topic", "a\\b\"c\nd")], 3);
+        assert_eq!(out, "m{topic=\"a\\\\b\\\"c\\nd\"} 3\n");
+    }
+
+    #[test]
+    fn every_family_has_help_and_type() {
+        let stats = BrokerStats {
+            topics: vec![TopicStats {
+                name: "t".into(),
+                message_count: 2,
+                channels: vec![ChannelStats {
+                    name: "c".into(),
+                    finished: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&stats);
+        assert!(text.contains("# TYPE quiver_topic_messages_total counter\n"));
+        assert!(text.contains("quiver_topic_messages_total{topic=\"t\"} 2\n"));
+        assert!(text.contains("quiver_channel_finished_total{topic=\"t\",channel=\"c\"} 1\n"));
+        let families = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        assert_eq!(families, 1 + TOPIC_METRICS.len() + CHANNEL_METRICS.len());
+    }
+}

@@ -1,0 +1,110 @@
+//! The HTTP API: publishing, topic and channel administration, stats and metrics over plain
+//! HTTP/1.1, modelled on nsqd's HTTP API.
+//!
+//! This module owns request parsing (query parameters, `X-Quiver-Header-*` headers, size-limited
+//! bodies), the mapping of [`BrokerError`](crate::broker::BrokerError) to HTTP statuses and JSON
+//! errors, and the Prometheus rendering of [`BrokerStats`](crate::broker::BrokerStats). All the
+//! semantics live in [`Broker`]; every handler here is a thin translation.
+//!
+//! # Endpoints
+//! | Method | Path | Parameters | Does |
+//! |---|---|---|---|
+//! | GET | `/ping` | | `OK` |
+//! | GET | `/stats` | `topic`? | [`Broker::stats`] as JSON |
+//! | GET | `/metrics` | | Prometheus text format 0.0.4 |
+//! | POST | `/pub` | `topic`, `defer`? (ms) | publishes the body as one message (a DPUB with `defer`) |
+//! | POST | `/mpub` | `topic`, `defer`? (ms) | publishes each non-empty line of the body, as one batch |
+//! | POST | `/topic/{create,delete,pause,unpause,empty}` | `topic` | topic administration |
+//! | POST | `/channel/{create,delete,pause,unpause,empty}` | `topic`, `channel`, `max_attempts`? | channel administration (`max_attempts` on create only) |
+//!
+//! Successful POSTs answer `200 OK` with the body `OK`; `/pub` and `/mpub` only once the broker
+//! reports the messages durable. Message headers come from request headers named
+//! `X-Quiver-Header-<name>`: `<name>` is lowercased, the value must be UTF-8.
+//!
+//! Errors are JSON, `{"error": "...", "code": "E_..."}`, with the wire protocol's error codes:
+//! 400 for bad input (naming the parameter), 404 for an unknown topic or channel, 413 for an
+//! oversized body, 503 while shutting down and 500 when storage fails.
+
+mod admin;
+mod body;
+mod error;
+mod metrics;
+mod params;
+mod publish;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod test_client;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::broker::{Broker, BrokerError};
+use crate::protocol::AdminOp;
+use error::ApiError;
+use params::Params;
+
+/// Serves the HTTP API on `listener` until [`Broker::shutting_down`] fires, then stops accepting
+/// and returns once the open requests are answered.
+pub async fn serve(listener: tokio::net::TcpListener, broker: Broker) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::debug!(%addr, "HTTP API listening");
+    }
+    let stop = broker.clone();
+    let result = axum::serve(listener, router(broker))
+        .with_graceful_shutdown(async move { stop.shutting_down().await })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "HTTP API stopped");
+    }
+}
+
+/// The HTTP API's routes over `broker`.
+pub fn router(broker: Broker) -> Router {
+    let mut router = Router::new()
+        .route("/ping", get(ping))
+        .route("/stats", get(admin::stats))
+        .route("/metrics", get(metrics::metrics))
+        .route("/pub", post(publish::publish))
+        .route("/mpub", post(publish::multi_publish));
+    for (name, op) in OPS {
+        router = router
+            .route(
+                &format!("/topic/{name}"),
+                post(move |state: State<Broker>, params: Params| admin::topic(state, params, op)),
+            )
+            .route(
+                &format!("/channel/{name}"),
+                post(move |state: State<Broker>, params: Params| admin::channel(state, params, op)),
+            );
+    }
+    router.fallback(no_route).with_state(broker)
+}
+
+/// Administrative operations by their path segment.
+const OPS: [(&str, AdminOp); 5] = [
+    ("create", AdminOp::Create),
+    ("delete", AdminOp::Delete),
+    ("pause", AdminOp::Pause),
+    ("unpause", AdminOp::Unpause),
+    ("empty", AdminOp::Empty),
+];
+
+/// Refuses changes once the broker is shutting down, before any work is done for them.
+fn refuse_if_shutting_down(broker: &Broker) -> Result<(), ApiError> {
+    if broker.is_shutting_down() {
+        return Err(BrokerError::ShuttingDown.into());
+    }
+    Ok(())
+}
+
+async fn ping() -> &'static str {
+    "OK"
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}

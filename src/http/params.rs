@@ -1,0 +1,87 @@
+//! Query parameters, parsed leniently as strings and validated one by one, so every error
+//! names the parameter that caused it.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::message::{ChannelName, TopicName};
+
+/// The query parameters any endpoint may take. Each endpoint reads the ones it uses.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Params {
+    topic: Option<String>,
+    channel: Option<String>,
+    defer: Option<String>,
+    max_attempts: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<Params>::from_request_parts(parts, state)
+            .await
+            .map(|Query(params)| params)
+            .map_err(|e| ApiError::BadParam {
+                param: "query",
+                message: e.body_text(),
+            })
+    }
+}
+
+impl Params {
+    pub(crate) fn topic(&self) -> Result<TopicName, ApiError> {
+        let name = self.topic.as_deref().ok_or(ApiError::missing("topic"))?;
+        TopicName::new(name).map_err(|e| ApiError::BadParam {
+            param: "topic",
+            message: e.to_string(),
+        })
+    }
+
+    /// The topic, when the parameter is given.
+    pub(crate) fn topic_opt(&self) -> Result<Option<TopicName>, ApiError> {
+        self.topic.as_ref().map(|_| self.topic()).transpose()
+    }
+
+    pub(crate) fn channel(&self) -> Result<ChannelName, ApiError> {
+        let name = self
+            .channel
+            .as_deref()
+            .ok_or(ApiError::missing("channel"))?;
+        ChannelName::new(name).map_err(|e| ApiError::BadParam {
+            param: "channel",
+            message: e.to_string(),
+        })
+    }
+
+    /// The DPUB delay in milliseconds, at most `max`; zero when absent.
+    pub(crate) fn defer(&self, max: Duration) -> Result<Duration, ApiError> {
+        let Some(text) = self.defer.as_deref() else {
+            return Ok(Duration::ZERO);
+        };
+        let ms: u64 = text
+            .parse()
+            .map_err(|_| ApiError::bad("defer", "expected milliseconds as a whole number"))?;
+        let delay = Duration::from_millis(ms);
+        if delay > max {
+            let why = format!("{ms} ms is over the maximum of {} ms", max.as_millis());
+            return Err(ApiError::bad("defer", why));
+        }
+        Ok(delay)
+    }
+
+    pub(crate) fn max_attempts(&self) -> Result<Option<u16>, ApiError> {
+        self.max_attempts
+            .as_deref()
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    ApiError::bad("max_attempts", format!("expected 0 to {}", u16::MAX))
+                })
+            })
+            .transpose()
+    }
+}

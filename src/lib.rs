@@ -1,0 +1,16 @@
+//! Quiver: a message broker and router over QUIC, with NSQ's delivery model.
+//!
+//! # Layout
+//! - [`message`]: names, ids, headers and messages, validated once and shared by every layer.
+//! - [`protocol`]: the pure wire codec (frames, commands, replies, wire errors).
+pub mod bench;
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod message;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod storage;
+pub mod transport;

@@ -1,0 +1,355 @@
+//! The vocabulary every layer shares: validated names, message ids, headers and messages.
+//!
+//! These types are parsed once, at the edge (the codec, the HTTP API, the CLI), and trusted
+//! everywhere after that: a `TopicName` in hand is always a valid topic name.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Longest topic or channel name a client may use (NSQ's limit).
+pub const MAX_NAME_LEN: usize = 64;
+/// Largest message body the broker accepts.
+pub const MAX_BODY_LEN: usize = 1 << 20;
+/// Largest encoded header block (keys, values and their length prefixes).
+pub const MAX_HEADERS_LEN: usize = 64 << 10;
+/// Suffix that marks a topic or channel as in-memory and short-lived.
+pub const EPHEMERAL_SUFFIX: &str = "#ephemeral";
+/// Suffix of the dead-letter topic that receives a topic's exhausted messages.
+pub const DEAD_LETTER_SUFFIX: &str = ".dead";
+
+/// Why a name, header block or body was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInput {
+    #[error("invalid {kind} name {name:?}: {why}")]
+    Name {
+        kind: &'static str,
+        name: String,
+        why: &'static str,
+    },
+    #[error("headers take {len} bytes, over the {max}-byte limit")]
+    HeadersTooLarge { len: usize, max: usize },
+    #[error("header name is empty")]
+    EmptyHeaderName,
+    #[error("body is {len} bytes, over the {max}-byte limit")]
+    BodyTooLarge { len: usize, max: usize },
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $ty(Arc<str>);
+
+        impl $ty {
+            /// Validates `name`: 1 to 64 bytes of `[A-Za-z0-9._-]`, optionally ending in
+            /// `#ephemeral`.
+            pub fn new(name: &str) -> Result<Self, InvalidInput> {
+                validate_name($kind, name)?;
+                Ok(Self(name.into()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// True for `#ephemeral` names, which live in memory only and go away with their
+            /// last user.
+            pub fn is_ephemeral(&self) -> bool {
+                self.0.ends_with(EPHEMERAL_SUFFIX)
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = InvalidInput;
+            fn from_str(s: &str) -> Result<Self, InvalidInput> {
+                Self::new(s)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A validated topic name.
+    TopicName,
+    "topic"
+);
+name_type!(
+    /// A validated channel name.
+    ChannelName,
+    "channel"
+);
+
+impl TopicName {
+    /// The topic that receives this topic's dead-lettered messages: `<topic>.dead`.
+    ///
+    /// Dead-letter names may exceed [`MAX_NAME_LEN`] by the suffix; [`TopicName::new`] accepts
+    /// any name that is a valid name followed by one or more `.dead` suffixes.
+    pub fn dead_letter(&self) -> TopicName {
+        TopicName(format!("{}{DEAD_LETTER_SUFFIX}", self.0).into())
+    }
+}
+
+fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidInput> {
+    let invalid = |why| InvalidInput::Name {
+        kind,
+        name: name.chars().take(80).collect(),
+        why,
+    };
+    let base = name.strip_suffix(EPHEMERAL_SUFFIX).unwrap_or(name);
+    if base.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if !base
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        // `orders.dead.dead` of a 64-byte `orders` is still a valid dead-letter topic.
+        match name.strip_suffix(DEAD_LETTER_SUFFIX) {
+            Some(inner) if kind == "topic" => return validate_name(kind, inner),
+            _ => return Err(invalid("longer than 64 bytes")),
+        }
+    }
+    Ok(())
+}
+
+/// A message id: 16 bytes, unique within a broker's data directory.
+///
+/// The first 8 bytes name the topic's incarnation (a random value chosen when the topic is
+/// created), the last 8 its offset in the topic's log. Every channel of a topic sees the same id
+/// for the same message, as in NSQ.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    pub fn new(incarnation: u64, offset: u64) -> Self {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&incarnation.to_be_bytes());
+        id[8..].copy_from_slice(&offset.to_be_bytes());
+        MessageId(id)
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        u64::from_be_bytes(self.half(0))
+    }
+
+    pub fn offset(&self) -> u64 {
+        u64::from_be_bytes(self.half(8))
+    }
+
+    fn half(&self, at: usize) -> [u8; 8] {
+        let mut half = [0u8; 8];
+        half.copy_from_slice(&self.0[at..at + 8]);
+        half
+    }
+
+    /// Parses the 32-character hex form printed by `Display`.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        if text.len() != 32 {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(MessageId(id))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// Ordered string key/value pairs. Keys may repeat; order is kept.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn new() -> Self {
+        Headers(Vec::new())
+    }
+
+    /// Validates the total size and that no key is empty.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, InvalidInput> {
+        let headers = Headers(pairs);
+        headers.validate()?;
+        Ok(headers)
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.0.iter().any(|(k, _)| k.is_empty()) {
+            return Err(InvalidInput::EmptyHeaderName);
+        }
+        let len = self.encoded_len();
+        if len > MAX_HEADERS_LEN {
+            return Err(InvalidInput::HeadersTooLarge {
+                len,
+                max: MAX_HEADERS_LEN,
+            });
+        }
+        Ok(())
+    }
+
+    /// Size of the header block on the wire: a u16 count, then u16-length-prefixed strings.
+    pub fn encoded_len(&self) -> usize {
+        2 + self
+            .0
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum::<usize>()
+    }
+
+    /// Appends a pair without validating; callers validate once the block is complete.
+    pub fn push(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.0.push((key.into(), value.into()));
+    }
+
+    /// The first value for `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        self.0
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// What a publisher sends: headers and body. The broker adds id, timestamp and attempts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewMessage {
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+impl NewMessage {
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        NewMessage {
+            headers: Headers::new(),
+            body: body.into(),
+        }
+    }
+
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push(key, value);
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        self.headers.validate()?;
+        if self.body.len() > MAX_BODY_LEN {
+            return Err(InvalidInput::BodyTooLarge {
+                len: self.body.len(),
+                max: MAX_BODY_LEN,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A message as a topic's log stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Publish time, nanoseconds since the Unix epoch.
+    pub timestamp_ns: u64,
+    /// Not deliverable before this wall-clock time (milliseconds since the Unix epoch); 0 means
+    /// at once. Set by DPUB.
+    pub deliver_at_ms: u64,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+/// A message as a consumer receives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: MessageId,
+    pub timestamp_ns: u64,
+    /// How many times this message has been delivered on this channel, this one included.
+    pub attempts: u16,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_nsq_rules() {
+        assert!(TopicName::new("orders.eu_1-a").is_ok());
+        assert!(TopicName::new("t#ephemeral").unwrap().is_ephemeral());
+        assert!(TopicName::new("").is_err());
+        assert!(TopicName::new("#ephemeral").is_err());
+        assert!(TopicName::new("a b").is_err());
+        assert!(ChannelName::new(&"x".repeat(65)).is_err());
+        assert!(TopicName::new(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn dead_letter_names_may_exceed_the_limit_by_their_suffix() {
+        let long = TopicName::new(&"x".repeat(64)).unwrap();
+        let dead = long.dead_letter().dead_letter();
+        assert_eq!(TopicName::new(dead.as_str()).unwrap(), dead);
+        assert!(ChannelName::new(&format!("{}.dead", "x".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn message_id_round_trips_through_hex() {
+        let id = MessageId::new(0xdead_beef, 42);
+        assert_eq!(id.offset(), 42);
+        assert_eq!(id.incarnation(), 0xdead_beef);
+        assert_eq!(MessageId::parse_hex(&id.to_string()), Some(id));
+        assert_eq!(MessageId::parse_hex("zz"), None);
+    }
+
+    #[test]
+    fn headers_are_size_checked() {
+        let big = Headers::from_pairs(vec![("k".into(), "v".repeat(MAX_HEADERS_LEN))]);
+        assert!(matches!(big, Err(InvalidInput::HeadersTooLarge { .. })));
+        assert!(Headers::from_pairs(vec![(String::new(), "v".into())]).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! The composition root: storage → broker → listeners, and graceful shutdown.
+//!
+//! Shutdown is one protocol: stop accepting connections; tell the broker, whose subscriptions
+//! then send E_SHUTTING_DOWN and requeue what they had in flight; give sessions
+//! `limits.shutdown_grace` to finish; close the QUIC endpoint; wait for the channel timers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use crate::config::{Config, ConfigError};
+use crate::storage::MemoryStorage;
+use crate::transport::tls::{self, TlsError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("creating data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting up TLS")]
+    Tls(#[from] TlsError),
+    #[error("binding {what} on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running broker with its listeners.
+#[derive(Debug)]
+pub struct Server {
+    broker: Broker,
+    endpoint: quinn::Endpoint,
+    quic_addr: SocketAddr,
+    http_addr: SocketAddr,
+    fingerprint: String,
+    cert_path: PathBuf,
+    tasks: TaskTracker,
+    config: Config,
+}
+
+impl Server {
+    /// Validates `config`, loads or makes the certificate, binds both listeners and starts
+    /// serving. Call inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let (identity, cert_path) = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, cert.clone()),
+            _ => {
+                let dir = config.data_dir.join("tls");
+                (
+                    tls::load_or_create_dev_identity(&dir)?,
+                    dir.join("cert.pem"),
+                )
+            }
+        };
+        let server_config = tls::server_config(&identity, config.tls.client_ca.as_deref())?;
+        let bind = |what, addr, source| ServerError::Bind { what, addr, source };
+        let endpoint = quinn::Endpoint::server(server_config, config.listen.quic)
+            .map_err(|e| bind("QUIC", config.listen.quic, e))?;
+        let quic_addr = endpoint
+            .local_addr()
+            .map_err(|e| bind("QUIC", config.listen.quic, e))?;
+        let http = tokio::net::TcpListener::bind(config.listen.http)
+            .await
+            .map_err(|e| bind("HTTP", config.listen.http, e))?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|e| bind("HTTP", config.listen.http, e))?;
+
+        let broker = Broker::new(config.broker.clone(), Arc::new(MemoryStorage));
+        let tasks = TaskTracker::new();
+        tasks.spawn(accept(
+            endpoint.clone(),
+            broker.clone(),
+            config.limits.max_connections,
+            tasks.clone(),
+        ));
+        tasks.spawn(crate::http::serve(http, broker.clone()));
+        tracing::info!(%quic_addr, %http_addr, fingerprint = %identity.fingerprint, "quiver is serving");
+        Ok(Server {
+            broker,
+            endpoint,
+            quic_addr,
+            http_addr,
+            fingerprint: identity.fingerprint,
+            cert_path,
+            tasks,
+            config,
+        })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// SHA-256 fingerprint of the certificate the broker presents.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The PEM file clients can trust as a CA to reach this broker.
+    pub fn cert_path(&self) -> &std::path::Path {
+        &self.cert_path
+    }
+
+    /// Graceful shutdown; see the module docs.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.broker.shutdown();
+        self.tasks.close();
+        let grace = self.config.limits.shutdown_grace;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "sessions still open after the grace period; closing them"
+            );
+        }
+        self.endpoint
+            .close(crate::session::CLOSE_SHUTDOWN.into(), b"shutting down");
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+        self.broker.wait_stopped().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Accepts connections until shutdown, at most `max` at once.
+async fn accept(endpoint: quinn::Endpoint, broker: Broker, max: usize, tasks: TaskTracker) {
+    let permits = Arc::new(Semaphore::new(max));
+    loop {
+        let incoming = tokio::select! {
+            _ = broker.shutting_down() => return,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), max, "connection refused: at the connection limit");
+            incoming.refuse();
+            continue;
+        };
+        let broker = broker.clone();
+        tasks.spawn(async move {
+            match incoming.await {
+                Ok(conn) => crate::session::run_connection(conn, broker).await,
+                Err(e) => tracing::debug!(error = %e, "handshake failed"),
+            }
+            drop(permit);
+        });
+    }
+}

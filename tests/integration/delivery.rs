@@ -1,0 +1,376 @@
+//! Delivery semantics over real QUIC: fan-out, sharing, requeue, deadlines, TOUCH,
+//! disconnects, RDY, dead letters, DPUB, ephemeral channels, CLS and shutdown.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use quiver::client::SubEvent;
+use quiver::message::NewMessage;
+use quiver::protocol::ErrorCode;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn fan_out_copies_every_message_to_every_channel() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut a = subscribe(&client, "fan", "a", None).await;
+    let mut b = subscribe(&client, "fan", "b", None).await;
+    a.rdy(100).await.unwrap();
+    b.rdy(100).await.unwrap();
+    publish(&client, "fan", (0..50).map(|i| format!("m{i}"))).await;
+    for sub in [&mut a, &mut b] {
+        let mut bodies = Vec::new();
+        for _ in 0..50 {
+            let d = next_message(sub, SOON).await;
+            bodies.push(body(&d));
+            sub.fin(d.id).await.unwrap();
+        }
+        assert_eq!(bodies, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn three_consumers_share_ten_thousand_messages_without_duplicates() {
+    let broker = TestBroker::start().await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let client = broker.client().await;
+        let mut sub = subscribe(&client, "share", "c", None).await;
+        sub.rdy(100).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut errors = 0;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(1500), sub.next_event()).await {
+                    Ok(Some(SubEvent::Message(d))) => {
+                        sub.fin(d.id).await.unwrap();
+                        ids.push(d.id);
+                    }
+                    Ok(Some(SubEvent::Error(_))) => errors += 1,
+                    _ => break,
+                }
+            }
+            drop(client);
+            (ids, errors)
+        }));
+    }
+    let client = broker.client().await;
+    publish(&client, "share", (0..10_000).map(|i| i.to_string())).await;
+    let mut all = HashSet::new();
+    for task in tasks {
+        let (ids, errors) = task.await.unwrap();
+        assert_eq!(errors, 0, "a FIN was refused");
+        assert!(!ids.is_empty(), "every consumer gets a share");
+        for id in ids {
+            assert!(all.insert(id), "message {id} delivered twice");
+        }
+    }
+    assert_eq!(all.len(), 10_000);
+    let stats = broker.broker().stats(None).unwrap();
+    let c = stats.topic("share").unwrap().channel("c").unwrap();
+    assert_eq!(
+        (c.finished, c.requeued, c.timed_out, c.depth, c.in_flight),
+        (10_000, 0, 0, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn requeued_message_is_redelivered_after_delay_with_attempts_plus_one() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut sub = subscribe(&client, "req", "c", None).await;
+    sub.rdy(10).await.unwrap();
+    publish(&client, "req", ["x".to_string()]).await;
+    let first = next_message(&mut sub, SOON).await;
+    assert_eq!(first.attempts, 1);
+    let requeued_at = Instant::now();
+    sub.req(first.id, Duration::from_millis(700)).await.unwrap();
+    let again = next_message(&mut sub, SOON).await;
+    assert!(
+        requeued_at.elapsed() >= Duration::from_millis(700),
+        "redelivered after {:?}",
+        requeued_at.elapsed()
+    );
+    assert_eq!((again.id, again.attempts), (first.id, 2));
+    sub.fin(again.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn message_past_its_deadline_is_redelivered() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut sub = subscribe(&client, "deadline", "c", Some(Duration::from_secs(1))).await;
+    sub.rdy(10).await.unwrap();
+    publish(&client, "deadline", ["x".to_string()]).await;
+    let first = next_message(&mut sub, SOON).await;
+    let delivered_at = Instant::now();
+    let again = next_message(&mut sub, SOON).await;
+    assert!(delivered_at.elapsed() >= Duration::from_millis(950));
+    assert_eq!((again.id, again.attempts), (first.id, 2));
+    let stats = broker.broker().stats(None).unwrap();
+    assert_eq!(
+        stats
+            .topic("deadline")
+            .unwrap()
+            .channel("c")
+            .unwrap()
+            .timed_out,
+        1
+    );
+}
+
+#[tokio::test]
+async fn touch_keeps_a_message_past_its_original_deadline() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut sub = subscribe(&client, "touch", "c", Some(Duration::from_secs(1))).await;
+    sub.rdy(10).await.unwrap();
+    publish(&client, "touch", ["x".to_string()]).await;
+    let d = next_message(&mut sub, SOON).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        sub.touch(d.id).await.unwrap();
+    }
+    // 1.8 s after delivery, well past the original 1 s deadline: still ours.
+    expect_silence(&mut sub, Duration::from_millis(300)).await;
+    sub.fin(d.id).await.unwrap();
+    expect_silence(&mut sub, Duration::from_millis(1200)).await;
+    let stats = broker.broker().stats(None).unwrap();
+    let c = stats.topic("touch").unwrap().channel("c").unwrap();
+    assert_eq!((c.finished, c.timed_out), (1, 0));
+}
+
+#[tokio::test]
+async fn dropped_connection_hands_its_in_flight_messages_to_another_consumer_at_once() {
+    let broker = TestBroker::start().await;
+    let doomed = broker.client().await;
+    let mut a = subscribe(&doomed, "drop", "c", None).await;
+    a.rdy(5).await.unwrap();
+    let publisher = broker.client().await;
+    publish(&publisher, "drop", (0..5).map(|i| i.to_string())).await;
+    let mut held = HashSet::new();
+    for _ in 0..5 {
+        held.insert(next_message(&mut a, SOON).await.id);
+    }
+    let mut b = subscribe(&publisher, "drop", "c", None).await;
+    b.rdy(10).await.unwrap();
+    expect_silence(&mut b, Duration::from_millis(200)).await;
+    doomed.close().await;
+    let started = Instant::now();
+    for _ in 0..5 {
+        let d = next_message(&mut b, SOON).await;
+        assert!(held.remove(&d.id));
+        assert_eq!(d.attempts, 2);
+    }
+    // The default 60 s timeout played no part.
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn rdy_zero_stops_delivery_and_rdy_n_caps_in_flight() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut sub = subscribe(&client, "rdy", "c", None).await;
+    publish(&client, "rdy", (0..10).map(|i| i.to_string())).await;
+    expect_silence(&mut sub, Duration::from_millis(300)).await;
+    sub.rdy(3).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next_message(&mut sub, SOON).await);
+    }
+    expect_silence(&mut sub, Duration::from_millis(300)).await;
+    let stats = broker.broker().stats(None).unwrap();
+    assert_eq!(
+        stats.topic("rdy").unwrap().channel("c").unwrap().in_flight,
+        3
+    );
+    sub.fin(held[0].id).await.unwrap();
+    next_message(&mut sub, SOON).await;
+    expect_silence(&mut sub, Duration::from_millis(300)).await;
+    sub.rdy(0).await.unwrap();
+    for d in &held[1..] {
+        sub.fin(d.id).await.unwrap();
+    }
+    expect_silence(&mut sub, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn message_past_max_attempts_moves_to_the_dead_letter_topic_with_reasons() {
+    let broker = TestBroker::start().await;
+    broker
+        .broker()
+        .create_channel(&topic("orders"), &channel("c"), Some(2))
+        .unwrap();
+    let client = broker.client().await;
+    let mut dead = subscribe(&client, "orders.dead", "inspect", None).await;
+    dead.rdy(10).await.unwrap();
+    let mut sub = subscribe(&client, "orders", "c", None).await;
+    sub.rdy(10).await.unwrap();
+    let producer = client.producer().await.unwrap();
+    producer
+        .publish(
+            &topic("orders"),
+            NewMessage::new("poison").with_header("k", "v"),
+        )
+        .await
+        .unwrap();
+    for attempt in 1..=2 {
+        let d = next_message(&mut sub, SOON).await;
+        assert_eq!(d.attempts, attempt);
+        sub.req(d.id, Duration::ZERO).await.unwrap();
+    }
+    expect_silence(&mut sub, Duration::from_millis(300)).await;
+    let d = next_message(&mut dead, SOON).await;
+    assert_eq!(body(&d), "poison");
+    assert_eq!(d.headers.get("k"), Some("v"));
+    assert_eq!(d.headers.get("quiver-dead-reason"), Some("requeue"));
+    assert_eq!(d.headers.get("quiver-dead-channel"), Some("c"));
+    assert_eq!(d.headers.get("quiver-dead-topic"), Some("orders"));
+    assert_eq!(d.headers.get("quiver-dead-attempts"), Some("2"));
+    let stats = broker.broker().stats(None).unwrap();
+    assert_eq!(
+        stats
+            .topic("orders")
+            .unwrap()
+            .channel("c")
+            .unwrap()
+            .dead_lettered,
+        1
+    );
+}
+
+#[tokio::test]
+async fn deferred_publish_is_not_delivered_before_its_delay() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut sub = subscribe(&client, "dpub", "c", None).await;
+    sub.rdy(10).await.unwrap();
+    let producer = client.producer().await.unwrap();
+    let sent = Instant::now();
+    producer
+        .publish_deferred(
+            &topic("dpub"),
+            NewMessage::new("later"),
+            Duration::from_millis(800),
+        )
+        .await
+        .unwrap();
+    producer
+        .publish(&topic("dpub"), NewMessage::new("now"))
+        .await
+        .unwrap();
+    assert_eq!(body(&next_message(&mut sub, SOON).await), "now");
+    let later = next_message(&mut sub, SOON).await;
+    assert_eq!(body(&later), "later");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(800),
+        "delivered after {:?}",
+        sent.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn ephemeral_channel_is_gone_after_its_last_consumer_leaves() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let a = subscribe(&client, "eph", "tail#ephemeral", None).await;
+    let b = subscribe(&client, "eph", "tail#ephemeral", None).await;
+    let has_channel = || {
+        let stats = broker.broker().stats(None).unwrap();
+        stats
+            .topic("eph")
+            .is_some_and(|t| t.channel("tail#ephemeral").is_some())
+    };
+    assert!(has_channel());
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(has_channel(), "one consumer is left");
+    drop(b);
+    eventually("ephemeral channel deleted", || !has_channel()).await;
+}
+
+#[tokio::test]
+async fn cls_drains_in_flight_messages_then_closes() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut sub = subscribe(&client, "cls", "c", None).await;
+    sub.rdy(2).await.unwrap();
+    publish(&client, "cls", (0..5).map(|i| i.to_string())).await;
+    let a = next_message(&mut sub, SOON).await;
+    let b = next_message(&mut sub, SOON).await;
+    sub.cls().await.unwrap();
+    sub.fin(a.id).await.unwrap();
+    expect_silence(&mut sub, Duration::from_millis(200)).await;
+    sub.fin(b.id).await.unwrap();
+    assert_eq!(next_event(&mut sub, SOON).await, Some(SubEvent::Closed));
+    let stats = broker.broker().stats(None).unwrap();
+    assert_eq!(stats.topic("cls").unwrap().channel("c").unwrap().depth, 3);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_requeues_what_is_in_flight() {
+    let mut broker = TestBroker::start().await;
+    let core = broker.broker().clone();
+    let client = broker.client().await;
+    let mut sub = subscribe(&client, "bye", "c", None).await;
+    sub.rdy(3).await.unwrap();
+    publish(&client, "bye", (0..5).map(|i| i.to_string())).await;
+    for _ in 0..3 {
+        next_message(&mut sub, SOON).await;
+    }
+    broker.shutdown().await;
+    match next_event(&mut sub, SOON).await {
+        Some(SubEvent::Error(e)) => assert_eq!((e.code, e.fatal), (ErrorCode::ShuttingDown, true)),
+        other => panic!("expected E_SHUTTING_DOWN, got {other:?}"),
+    }
+    let stats = core.stats(None).unwrap();
+    let c = stats.topic("bye").unwrap().channel("c").unwrap();
+    assert_eq!(
+        (c.in_flight, c.depth),
+        (0, 5),
+        "in-flight messages are back in the queue"
+    );
+}
+
+#[tokio::test]
+async fn paused_channel_holds_messages_until_unpaused() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let mut sub = subscribe(&client, "pause", "c", None).await;
+    sub.rdy(10).await.unwrap();
+    let admin = quiver::protocol::AdminRequest::Channel {
+        op: quiver::protocol::AdminOp::Pause,
+        topic: topic("pause"),
+        channel: channel("c"),
+    };
+    client.admin(admin).await.unwrap();
+    publish(&client, "pause", ["held".to_string()]).await;
+    expect_silence(&mut sub, Duration::from_millis(300)).await;
+    let stats = client.stats(Some(&topic("pause"))).await.unwrap();
+    let c = stats.topic("pause").unwrap().channel("c").unwrap();
+    assert!(c.paused);
+    assert_eq!(c.depth, 1);
+    let admin = quiver::protocol::AdminRequest::Channel {
+        op: quiver::protocol::AdminOp::Unpause,
+        topic: topic("pause"),
+        channel: channel("c"),
+    };
+    client.admin(admin).await.unwrap();
+    assert_eq!(body(&next_message(&mut sub, SOON).await), "held");
+}
+
+#[tokio::test]
+async fn first_channel_receives_the_backlog_and_later_channels_start_at_the_end() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    publish(&client, "backlog", ["early".to_string()]).await;
+    let mut first = subscribe(&client, "backlog", "first", None).await;
+    first.rdy(10).await.unwrap();
+    assert_eq!(body(&next_message(&mut first, SOON).await), "early");
+    let mut later = subscribe(&client, "backlog", "later", None).await;
+    later.rdy(10).await.unwrap();
+    publish(&client, "backlog", ["late".to_string()]).await;
+    assert_eq!(body(&next_message(&mut later, SOON).await), "late");
+    assert_eq!(body(&next_message(&mut first, SOON).await), "late");
+}

@@ -1,0 +1,153 @@
+//! `TestBroker`: a broker on 127.0.0.1:0 with a temp data directory, and helpers.
+
+use std::time::Duration;
+
+use quiver::broker::Broker;
+use quiver::client::{Client, ClientOptions, SubEvent, SubscribeOptions, Subscription};
+use quiver::config::Config;
+use quiver::message::{ChannelName, Delivery, NewMessage, TopicName};
+use quiver::server::Server;
+use quiver::transport::tls::{self, Trust};
+
+pub struct TestBroker {
+    server: Option<Server>,
+    broker: Broker,
+    pub options: ClientOptions,
+    _dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default();
+        config.data_dir = dir.path().join("data");
+        config.listen.quic = "127.0.0.1:0".parse().unwrap();
+        config.listen.http = "127.0.0.1:0".parse().unwrap();
+        config.limits.shutdown_grace = Duration::from_secs(2);
+        configure(&mut config);
+        let server = Server::start(config).await.expect("server starts");
+        let options = ClientOptions::new(
+            server.quic_addr(),
+            Trust::CaFile(server.cert_path().to_owned()),
+        );
+        TestBroker {
+            broker: server.broker().clone(),
+            server: Some(server),
+            options,
+            _dir: dir,
+        }
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().expect("running").http_addr()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.options)
+            .await
+            .expect("client connects")
+    }
+
+    /// A bare QUIC connection, for sending hand-made frames.
+    pub async fn raw_connection(&self) -> quinn::Connection {
+        let config = tls::client_config(&self.options.trust, None).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(config);
+        endpoint
+            .connect(self.options.addr, "localhost")
+            .unwrap()
+            .await
+            .expect("raw connection")
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+pub fn topic(name: &str) -> TopicName {
+    TopicName::new(name).unwrap()
+}
+
+pub fn channel(name: &str) -> ChannelName {
+    ChannelName::new(name).unwrap()
+}
+
+pub async fn publish(client: &Client, t: &str, bodies: impl IntoIterator<Item = String>) {
+    let producer = client.producer().await.unwrap();
+    let messages: Vec<NewMessage> = bodies.into_iter().map(NewMessage::new).collect();
+    for chunk in messages.chunks(200) {
+        producer
+            .publish_batch(&topic(t), chunk.to_vec())
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn subscribe(
+    client: &Client,
+    t: &str,
+    c: &str,
+    timeout: Option<Duration>,
+) -> Subscription {
+    let options = SubscribeOptions {
+        msg_timeout: timeout,
+    };
+    client
+        .subscribe(&topic(t), &channel(c), options)
+        .await
+        .unwrap()
+}
+
+/// The next message, failing the test after `within`.
+pub async fn next_message(sub: &mut Subscription, within: Duration) -> Delivery {
+    loop {
+        match tokio::time::timeout(within, sub.next_event()).await {
+            Ok(Some(SubEvent::Message(d))) => return d,
+            Ok(Some(SubEvent::Error(e))) if !e.fatal => continue,
+            Ok(other) => panic!("expected a message, got {other:?}"),
+            Err(_) => panic!("no message within {within:?}"),
+        }
+    }
+}
+
+/// Asserts that no message arrives for `quiet`.
+pub async fn expect_silence(sub: &mut Subscription, quiet: Duration) {
+    if let Ok(event) = tokio::time::timeout(quiet, sub.next_event()).await {
+        panic!("expected nothing for {quiet:?}, got {event:?}");
+    }
+}
+
+/// The next event, failing the test after `within`.
+pub async fn next_event(sub: &mut Subscription, within: Duration) -> Option<SubEvent> {
+    tokio::time::timeout(within, sub.next_event())
+        .await
+        .unwrap_or_else(|_| panic!("no event within {within:?}"))
+}
+
+pub fn body(d: &Delivery) -> String {
+    String::from_utf8(d.body.to_vec()).unwrap()
+}
+
+/// Waits until `check` holds for the broker's stats, or fails after 5 s.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub const SOON: Duration = Duration::from_secs(5);
