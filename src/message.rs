@@ -94,12 +94,25 @@ name_type!(
 );
 
 impl TopicName {
-    /// The topic that receives this topic's dead-lettered messages: `<topic>.dead`.
+    /// The topic that receives this topic's dead-lettered messages: `<topic>.dead`, with the
+    /// `#ephemeral` suffix kept last (`t#ephemeral` → `t.dead#ephemeral`).
     ///
-    /// Dead-letter names may exceed [`MAX_NAME_LEN`] by the suffix; [`TopicName::new`] accepts
-    /// any name that is a valid name followed by one or more `.dead` suffixes.
+    /// A dead-letter topic is its own dead-letter topic, so names never grow past
+    /// [`MAX_NAME_LEN`] plus the suffixes: messages that keep failing there stay there.
     pub fn dead_letter(&self) -> TopicName {
-        TopicName(format!("{}{DEAD_LETTER_SUFFIX}", self.0).into())
+        let (base, ephemeral) = split_ephemeral(&self.0);
+        if base.ends_with(DEAD_LETTER_SUFFIX) {
+            return self.clone();
+        }
+        TopicName(format!("{base}{DEAD_LETTER_SUFFIX}{ephemeral}").into())
+    }
+}
+
+/// Splits `name#ephemeral` into `("name", "#ephemeral")`; other names into `(name, "")`.
+fn split_ephemeral(name: &str) -> (&str, &str) {
+    match name.strip_suffix(EPHEMERAL_SUFFIX) {
+        Some(base) => (base, EPHEMERAL_SUFFIX),
+        None => (name, ""),
     }
 }
 
@@ -109,7 +122,7 @@ fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidInput> {
         name: name.chars().take(80).collect(),
         why,
     };
-    let base = name.strip_suffix(EPHEMERAL_SUFFIX).unwrap_or(name);
+    let (base, _) = split_ephemeral(name);
     if base.is_empty() {
         return Err(invalid("must not be empty"));
     }
@@ -119,12 +132,13 @@ fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidInput> {
     {
         return Err(invalid("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"));
     }
-    if name.len() > MAX_NAME_LEN {
-        // `orders.dead.dead` of a 64-byte `orders` is still a valid dead-letter topic.
-        match name.strip_suffix(DEAD_LETTER_SUFFIX) {
-            Some(inner) if kind == "topic" => return validate_name(kind, inner),
-            _ => return Err(invalid("longer than 64 bytes")),
-        }
+    // A dead-letter topic may exceed the limit by its suffix: `<64 bytes>.dead` is valid.
+    let counted = match base.strip_suffix(DEAD_LETTER_SUFFIX) {
+        Some(inner) if kind == "topic" => inner,
+        _ => base,
+    };
+    if counted.len() > MAX_NAME_LEN {
+        return Err(invalid("longer than 64 bytes"));
     }
     Ok(())
 }
@@ -330,11 +344,21 @@ mod tests {
     }
 
     #[test]
-    fn dead_letter_names_may_exceed_the_limit_by_their_suffix() {
+    fn dead_letter_names_may_exceed_the_limit_by_their_suffix_only() {
         let long = TopicName::new(&"x".repeat(64)).unwrap();
-        let dead = long.dead_letter().dead_letter();
+        let dead = long.dead_letter();
         assert_eq!(TopicName::new(dead.as_str()).unwrap(), dead);
+        assert_eq!(dead.dead_letter(), dead, "a dead-letter topic is its own");
+        assert!(TopicName::new(&format!("{}.dead.dead", "x".repeat(64))).is_err());
         assert!(ChannelName::new(&format!("{}.dead", "x".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn dead_letter_of_an_ephemeral_topic_is_ephemeral_and_valid() {
+        let dead = TopicName::new("t#ephemeral").unwrap().dead_letter();
+        assert_eq!(dead.as_str(), "t.dead#ephemeral");
+        assert!(dead.is_ephemeral());
+        assert_eq!(TopicName::new(dead.as_str()).unwrap(), dead);
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn split_frame(buf: &mut BytesMut) -> Result<Option<RawFrame>, FrameError> {
         });
     }
     if buf.len() < 4 + len {
-        buf.reserve(4 + len - buf.len());
+        // No reserve for the declared length: memory grows only as bytes actually arrive.
         return Ok(None);
     }
     buf.advance(4);
