@@ -23,8 +23,10 @@ impl TestBroker {
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config::default();
-        config.data_dir = dir.path().join("data");
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
         config.listen.quic = "127.0.0.1:0".parse().unwrap();
         config.listen.http = "127.0.0.1:0".parse().unwrap();
         config.limits.shutdown_grace = Duration::from_secs(2);
@@ -44,10 +46,6 @@ impl TestBroker {
 
     pub fn broker(&self) -> &Broker {
         &self.broker
-    }
-
-    pub fn http_addr(&self) -> std::net::SocketAddr {
-        self.server.as_ref().expect("running").http_addr()
     }
 
     pub async fn client(&self) -> Client {
