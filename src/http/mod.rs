@@ -2,7 +2,7 @@
 //! HTTP/1.1, modelled on nsqd's HTTP API.
 //!
 //! This module owns request parsing (query parameters, `X-Quiver-Header-*` headers, size-limited
-//! bodies), the mapping of [`BrokerError`](crate::broker::BrokerError) to HTTP statuses and JSON
+//! bodies), the mapping of [`BrokerError`] to HTTP statuses and JSON
 //! errors, and the Prometheus rendering of [`BrokerStats`](crate::broker::BrokerStats). All the
 //! semantics live in [`Broker`]; every handler here is a thin translation.
 //!
