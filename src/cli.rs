@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands themselves. Only this file and `main.rs` use anyhow.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use tokio::task::JoinSet;
 
-use quiver::client::{Client, ClientOptions, SubEvent, SubscribeOptions};
+use quiver::client::{Client, ClientOptions, Confirmation, SubEvent, SubscribeOptions};
 use quiver::config::{parse_duration, Config};
 use quiver::message::{ChannelName, Delivery, NewMessage, TopicName};
 use quiver::server::Server;
@@ -260,34 +260,41 @@ async fn publish(args: PubArgs) -> Result<()> {
         }
         m
     };
-    let send = |m: NewMessage| {
-        let (producer, topic, defer) = (producer.clone(), args.topic.clone(), args.defer);
-        async move {
-            match defer {
-                Some(delay) => producer.publish_deferred(&topic, m, delay).await,
-                None => producer.publish(&topic, m).await,
-            }
-        }
-    };
     let mut published = 0u64;
     if let Some(message) = &args.message {
-        send(make(message.clone())).await?;
+        let message = make(message.clone());
+        match args.defer {
+            Some(delay) => {
+                producer
+                    .publish_deferred(&args.topic, message, delay)
+                    .await?
+            }
+            None => producer.publish(&args.topic, message).await?,
+        }
         published += 1;
-    } else {
-        // Pipeline stdin lines, a bounded number at a time.
-        let mut inflight = JoinSet::new();
+    } else if let Some(delay) = args.defer {
         for line in std::io::stdin().lock().lines() {
             let line = line.context("reading stdin")?;
-            if inflight.len() >= 256 {
-                if let Some(done) = inflight.join_next().await {
-                    done??;
+            producer
+                .publish_deferred(&args.topic, make(line), delay)
+                .await?;
+            published += 1;
+        }
+    } else {
+        // Pipeline stdin lines in order, with a bounded number awaiting confirmation.
+        let mut waiting: VecDeque<Confirmation> = VecDeque::new();
+        for line in std::io::stdin().lock().lines() {
+            let line = line.context("reading stdin")?;
+            if waiting.len() >= 256 {
+                if let Some(confirm) = waiting.pop_front() {
+                    confirm.wait().await?;
                     published += 1;
                 }
             }
-            inflight.spawn(send(make(line)));
+            waiting.push_back(producer.start_publish(&args.topic, make(line)).await?);
         }
-        while let Some(done) = inflight.join_next().await {
-            done??;
+        for confirm in waiting {
+            confirm.wait().await?;
             published += 1;
         }
     }

@@ -132,12 +132,10 @@ fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidInput> {
     {
         return Err(invalid("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"));
     }
-    // A dead-letter topic may exceed the limit by its suffix: `<64 bytes>.dead` is valid.
-    let counted = match base.strip_suffix(DEAD_LETTER_SUFFIX) {
-        Some(inner) if kind == "topic" => inner,
-        _ => base,
-    };
-    if counted.len() > MAX_NAME_LEN {
+    // The limit counts `#ephemeral` (as NSQ does) but not a dead-letter topic's `.dead`.
+    let dead = kind == "topic" && base.ends_with(DEAD_LETTER_SUFFIX);
+    let counted = name.len() - if dead { DEAD_LETTER_SUFFIX.len() } else { 0 };
+    if counted > MAX_NAME_LEN {
         return Err(invalid("longer than 64 bytes"));
     }
     Ok(())
@@ -341,6 +339,12 @@ mod tests {
         assert!(TopicName::new("a b").is_err());
         assert!(ChannelName::new(&"x".repeat(65)).is_err());
         assert!(TopicName::new(&"x".repeat(64)).is_ok());
+        let ephemeral = |n| format!("{}{EPHEMERAL_SUFFIX}", "x".repeat(n));
+        assert!(ChannelName::new(&ephemeral(54)).is_ok());
+        assert!(
+            ChannelName::new(&ephemeral(55)).is_err(),
+            "#ephemeral counts toward 64"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod subscription;
 mod writer;
 
 pub use consumer::{ConsumerConfig, ConsumerSummary};
-pub use producer::Producer;
+pub use producer::{Confirmation, Producer};
 pub use subscription::{Acker, SubEvent, Subscription};
 
 use std::net::SocketAddr;

@@ -84,7 +84,30 @@ impl Producer {
         .await
     }
 
+    /// Queues one publish and returns at once with a [`Confirmation`] to await later.
+    /// Publishes queued from one task reach the broker in the order they were queued, so a
+    /// caller can pipeline many while keeping their order.
+    pub async fn start_publish(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<Confirmation, ClientError> {
+        self.enqueue(|seq| Command::Pub {
+            seq,
+            topic: topic.clone(),
+            message,
+        })
+        .await
+    }
+
     async fn request(&self, command: impl FnOnce(u64) -> Command) -> Result<(), ClientError> {
+        self.enqueue(command).await?.wait().await
+    }
+
+    async fn enqueue(
+        &self,
+        command: impl FnOnce(u64) -> Command,
+    ) -> Result<Confirmation, ClientError> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(seq, tx);
@@ -92,7 +115,18 @@ impl Producer {
             lock(&self.inner.pending).remove(&seq);
             return Err(ClientError::Closed);
         }
-        match rx.await {
+        Ok(Confirmation(rx))
+    }
+}
+
+/// The broker's answer to one queued publish.
+#[derive(Debug)]
+pub struct Confirmation(oneshot::Receiver<Result<(), WireError>>);
+
+impl Confirmation {
+    /// Resolves on the PUB-OK, or the broker's refusal.
+    pub async fn wait(self) -> Result<(), ClientError> {
+        match self.0.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ClientError::Broker(e)),
             Err(_) => Err(ClientError::Closed),
