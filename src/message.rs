@@ -259,10 +259,6 @@ impl Headers {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    pub fn into_pairs(self) -> Vec<(String, String)> {
-        self.0
-    }
 }
 
 impl fmt::Debug for Headers {

@@ -109,11 +109,10 @@ struct InFlight {
 }
 
 /// Per-consumer credit and counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsumerState {
     pub rdy: u32,
     pub in_flight: u32,
-    #[serde(skip)]
     pub timeout: Duration,
     /// After CLS: no new deliveries.
     pub closing: bool,
@@ -124,7 +123,7 @@ pub struct ConsumerState {
 }
 
 /// Channel-wide counters, kept since the channel was created.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChannelCounters {
     /// Messages that entered the channel from the log.
     pub message_count: u64,

@@ -190,7 +190,7 @@ impl Broker {
         let topic = self.topic(topic)?;
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
         let channel = topic.join(channel, id, timeout, remote, self)?;
-        Ok(Subscription::new(self.clone(), topic, channel, id, timeout))
+        Ok(Subscription::new(self.clone(), topic, channel, id))
     }
 
     /// The topic, created if it doesn't exist.

@@ -20,7 +20,6 @@ pub struct Subscription {
     channel: Arc<Channel>,
     id: ConsumerId,
     waker: Arc<Notify>,
-    timeout: Duration,
 }
 
 impl Subscription {
@@ -29,7 +28,6 @@ impl Subscription {
         topic: Arc<Topic>,
         channel: Arc<Channel>,
         id: ConsumerId,
-        timeout: Duration,
     ) -> Self {
         // `Topic::join` registered the waker before handing out the channel.
         let waker = channel.waker(id).unwrap_or_default();
@@ -39,7 +37,6 @@ impl Subscription {
             channel,
             id,
             waker,
-            timeout,
         }
     }
 
@@ -53,10 +50,6 @@ impl Subscription {
 
     pub fn channel(&self) -> &ChannelName {
         &self.channel.name
-    }
-
-    pub fn msg_timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// The wire id of the message at `offset`.
@@ -144,14 +137,6 @@ impl Subscription {
 
     pub fn is_drained(&self) -> bool {
         self.channel.state().is_drained(self.id)
-    }
-
-    /// Messages this consumer holds in flight.
-    pub fn in_flight(&self) -> u32 {
-        self.channel
-            .state()
-            .consumer(self.id)
-            .map_or(0, |c| c.in_flight)
     }
 
     /// Resolves when there may be something to take: new messages, requeues, or credit.

@@ -24,7 +24,7 @@ pub use consumer::{ConsumerConfig, ConsumerSummary};
 pub use producer::{Confirmation, Producer};
 pub use subscription::{Acker, SubEvent, Subscription};
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -111,10 +111,10 @@ impl Client {
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path()));
         let config = tls::client_config(&options.trust, identity)?;
-        let bind: SocketAddr = if options.addr.is_ipv6() {
-            "[::]:0".parse().map_err(|_| ClientError::Closed)?
+        let bind = if options.addr.is_ipv6() {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
         } else {
-            SocketAddr::from(([0, 0, 0, 0], 0))
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
         };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Bind)?;
         endpoint.set_default_client_config(config);

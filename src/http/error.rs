@@ -65,8 +65,8 @@ impl ApiError {
                 format!("{what} is over the {limit}-byte limit"),
             ),
             ApiError::Broker(e) => {
-                let (status, code) = broker_status(e);
-                (status, code, error_chain(e))
+                let wire = crate::session::broker_error(e, 0);
+                (broker_status(wire.code), wire.code, wire.message)
             }
             ApiError::NoRoute => (
                 StatusCode::NOT_FOUND,
@@ -77,17 +77,13 @@ impl ApiError {
     }
 }
 
-/// The one place a broker error becomes an HTTP status and error code.
-fn broker_status(e: &BrokerError) -> (StatusCode, ErrorCode) {
-    match e {
-        BrokerError::TopicNotFound(_)
-        | BrokerError::ChannelNotFound { .. }
-        | BrokerError::Deleted => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-        BrokerError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::PubFailed),
-        BrokerError::OutOfRange { .. }
-        | BrokerError::RdyTooHigh { .. }
-        | BrokerError::Settle { .. } => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
-        BrokerError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
+/// The HTTP status for a broker refusal; its code and message are the ones a QUIC client gets.
+fn broker_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::PubFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -108,16 +104,4 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": message, "code": code.name() });
         (status, Json(body)).into_response()
     }
-}
-
-/// An error and its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -33,6 +33,18 @@ pub struct RawFrame {
     pub payload: Bytes,
 }
 
+impl RawFrame {
+    /// The sequence number of a publish frame, read even when the rest of its payload is bad,
+    /// so that the error can answer the right request. 0 for other frames.
+    pub fn publish_seq(&self) -> u64 {
+        let is_publish = matches!(self.kind, command::PUB | command::MPUB | command::DPUB);
+        match self.payload.get(..8) {
+            Some(seq) if is_publish => seq.iter().fold(0, |n, &b| n << 8 | u64::from(b)),
+            _ => 0,
+        }
+    }
+}
+
 /// Phase one of decoding: takes one whole frame off the front of `buf`, if one is there.
 ///
 /// Returns `Ok(None)` when more bytes are needed. A length of zero or over [`MAX_FRAME_LEN`]

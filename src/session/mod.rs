@@ -93,9 +93,8 @@ fn read_error(e: &ReadError) -> WireError {
     }
 }
 
-/// Maps a broker refusal to the error frame a client gets.
-fn broker_error(e: &BrokerError, seq: u64) -> WireError {
-    use crate::broker::delivery::SettleError;
+/// Maps a broker refusal to the error a client gets, over QUIC or HTTP.
+pub fn broker_error(e: &BrokerError, seq: u64) -> WireError {
     let code = match e {
         BrokerError::TopicNotFound(_) | BrokerError::ChannelNotFound { .. } => ErrorCode::NotFound,
         BrokerError::Storage { .. } => ErrorCode::PubFailed,
@@ -103,10 +102,7 @@ fn broker_error(e: &BrokerError, seq: u64) -> WireError {
         BrokerError::OutOfRange { .. } | BrokerError::RdyTooHigh { .. } => ErrorCode::Invalid,
         BrokerError::Settle { op: "FIN", .. } => ErrorCode::FinFailed,
         BrokerError::Settle { op: "REQ", .. } => ErrorCode::ReqFailed,
-        BrokerError::Settle {
-            source: SettleError::NotInFlight | SettleError::OtherConsumer,
-            ..
-        } => ErrorCode::TouchFailed,
+        BrokerError::Settle { .. } => ErrorCode::TouchFailed,
         BrokerError::Deleted => ErrorCode::NotFound,
         BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
     };

@@ -47,7 +47,7 @@ pub(super) async fn run(
 }
 
 async fn handle_raw(raw: RawFrame, broker: &Broker, out: &mut BytesMut) -> Result<(), WireError> {
-    let seq = seq_hint(&raw);
+    let seq = raw.publish_seq();
     match Command::decode(raw) {
         Ok(cmd) => handle(cmd, broker, out).await,
         Err(e) => {
@@ -98,14 +98,6 @@ async fn handle(cmd: Command, broker: &Broker, out: &mut BytesMut) -> Result<(),
         }
     }
     Ok(())
-}
-
-/// The sequence number of a publish frame whose payload failed to parse, when it has one.
-fn seq_hint(raw: &RawFrame) -> u64 {
-    match (raw.kind, raw.payload.get(..8)) {
-        (0x01..=0x03, Some(seq)) => u64::from_be_bytes(seq.try_into().unwrap_or_default()),
-        _ => 0,
-    }
 }
 
 async fn flush(send: &mut SendStream, out: &mut BytesMut) -> Result<(), WireError> {
