@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{BrokerConfig, MIN_MSG_TIMEOUT};
+use crate::storage::StorageConfig;
 
 /// Everything `quiver serve` needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +19,7 @@ pub struct Config {
     pub listen: ListenConfig,
     pub tls: TlsConfig,
     pub broker: BrokerConfig,
+    pub storage: StorageConfig,
     pub limits: LimitsConfig,
 }
 
@@ -28,6 +30,7 @@ impl Default for Config {
             listen: ListenConfig::default(),
             tls: TlsConfig::default(),
             broker: BrokerConfig::default(),
+            storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -99,7 +102,7 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     #[error("config field `{field}`: {why}")]
-    Invalid { field: &'static str, why: String },
+    Invalid { field: String, why: String },
 }
 
 impl Config {
@@ -117,7 +120,12 @@ impl Config {
 
     /// Checks every field once; the broker trusts the config after this.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, why: String| Err(ConfigError::Invalid { field, why });
+        let invalid = |field: &str, why: String| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                why,
+            })
+        };
         let b = &self.broker;
         if b.max_msg_timeout < MIN_MSG_TIMEOUT {
             return invalid(
@@ -149,7 +157,9 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty".into());
         }
-        Ok(())
+        self.storage
+            .validate()
+            .map_err(|(field, why)| ConfigError::Invalid { field, why })
     }
 }
 
@@ -202,6 +212,26 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde adapter for optional human-readable durations.
+pub mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| super::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

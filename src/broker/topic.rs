@@ -224,7 +224,7 @@ impl Topic {
             } else {
                 0
             },
-            retained_bytes: self.log.retained_bytes(),
+            retained_bytes: self.log.stats().bytes,
             channels: channel_stats,
         }
     }

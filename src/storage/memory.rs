@@ -4,8 +4,11 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Durable, Storage, StorageError, TopicLog};
-use crate::message::{StoredMessage, TopicName};
+use super::{
+    ChannelRecord, ChannelStore, Durable, LogStats, NoChannelStore, Storage, StorageError,
+    TopicLog, TopicMeta,
+};
+use crate::message::{ChannelName, StoredMessage, TopicName};
 
 /// Storage that keeps every topic's log in memory.
 #[derive(Debug, Default)]
@@ -19,11 +22,21 @@ impl Storage for MemoryStorage {
     fn delete_topic(&self, _topic: &TopicName) -> Result<(), StorageError> {
         Ok(())
     }
+
+    fn existing_topics(&self) -> Vec<TopicName> {
+        Vec::new()
+    }
+
+    fn close(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
+/// A topic log in memory. Also used by the file storage for `#ephemeral` topics.
 #[derive(Debug, Default)]
-struct MemoryLog {
+pub(crate) struct MemoryLog {
     inner: Mutex<Inner>,
+    meta: Mutex<Option<TopicMeta>>,
 }
 
 #[derive(Debug, Default)]
@@ -100,8 +113,35 @@ impl TopicLog for MemoryLog {
         }
     }
 
-    fn retained_bytes(&self) -> u64 {
-        self.lock().bytes
+    fn stats(&self) -> LogStats {
+        LogStats {
+            bytes: self.lock().bytes,
+            ..LogStats::default()
+        }
+    }
+
+    fn meta(&self) -> Option<TopicMeta> {
+        *self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save_meta(&self, meta: TopicMeta) -> Result<(), StorageError> {
+        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = Some(meta);
+        Ok(())
+    }
+
+    fn existing_channels(&self) -> Vec<ChannelName> {
+        Vec::new()
+    }
+
+    fn open_channel(
+        &self,
+        _channel: &ChannelName,
+    ) -> Result<(Arc<dyn ChannelStore>, Option<ChannelRecord>), StorageError> {
+        Ok((Arc::new(NoChannelStore), None))
+    }
+
+    fn delete_channel(&self, _channel: &ChannelName) -> Result<(), StorageError> {
+        Ok(())
     }
 }
 
@@ -133,6 +173,6 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, 2);
         log.trim(100);
-        assert_eq!((log.start(), log.end(), log.retained_bytes()), (3, 3, 0));
+        assert_eq!((log.start(), log.end(), log.stats().bytes), (3, 3, 0));
     }
 }

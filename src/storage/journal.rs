@@ -1,0 +1,1 @@
+//! Channel state files: a journal of state events and checkpoints. (Being written.)
