@@ -132,6 +132,10 @@ fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidInput> {
     {
         return Err(invalid("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"));
     }
+    // Names become directory names in the data directory.
+    if base == "." || base == ".." {
+        return Err(invalid("must not be '.' or '..'"));
+    }
     // The limit counts `#ephemeral` (as NSQ does) but not a dead-letter topic's `.dead`.
     let dead = kind == "topic" && base.ends_with(DEAD_LETTER_SUFFIX);
     let counted = name.len() - if dead { DEAD_LETTER_SUFFIX.len() } else { 0 };
@@ -333,6 +337,9 @@ mod tests {
         assert!(TopicName::new("").is_err());
         assert!(TopicName::new("#ephemeral").is_err());
         assert!(TopicName::new("a b").is_err());
+        assert!(TopicName::new("..").is_err());
+        assert!(ChannelName::new(".").is_err());
+        assert!(TopicName::new("...").is_ok());
         assert!(ChannelName::new(&"x".repeat(65)).is_err());
         assert!(TopicName::new(&"x".repeat(64)).is_ok());
         let ephemeral = |n| format!("{}{EPHEMERAL_SUFFIX}", "x".repeat(n));

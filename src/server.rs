@@ -1,8 +1,10 @@
-//! The composition root: storage → broker → listeners, and graceful shutdown.
+//! The composition root: storage → broker (recovered from the data directory) → listeners,
+//! and graceful shutdown.
 //!
 //! Shutdown is one protocol: stop accepting connections; tell the broker, whose subscriptions
 //! then send E_SHUTTING_DOWN and requeue what they had in flight; give sessions
-//! `limits.shutdown_grace` to finish; close the QUIC endpoint; wait for the channel timers.
+//! `limits.shutdown_grace` to finish; close the QUIC endpoint; wait for the channel timers;
+//! save every channel's state and close the store cleanly, so that the next start is fast.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
-use crate::storage::MemoryStorage;
+use crate::broker::BrokerError;
+use crate::storage::{FileStorage, StorageError};
 use crate::transport::tls::{self, TlsError};
 
 /// Why the server could not start.
@@ -29,6 +32,10 @@ pub enum ServerError {
     },
     #[error("setting up TLS")]
     Tls(#[from] TlsError),
+    #[error("opening the message store")]
+    Storage(#[from] StorageError),
+    #[error("recovering topics and channels")]
+    Recover(#[from] BrokerError),
     #[error("binding {what} on {addr}")]
     Bind {
         what: &'static str,
@@ -84,7 +91,9 @@ impl Server {
             .local_addr()
             .map_err(|e| bind("HTTP", config.listen.http, e))?;
 
-        let broker = Broker::new(config.broker.clone(), Arc::new(MemoryStorage));
+        let storage = FileStorage::open(&config.data_dir, config.storage.clone())?;
+        let broker = Broker::new(config.broker.clone(), Arc::new(storage));
+        broker.recover()?;
         let tasks = TaskTracker::new();
         tasks.spawn(accept(
             endpoint.clone(),
@@ -147,6 +156,12 @@ impl Server {
             .close(crate::session::CLOSE_SHUTDOWN.into(), b"shutting down");
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
         self.broker.wait_stopped().await;
+        let broker = self.broker.clone();
+        match tokio::task::spawn_blocking(move || broker.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "closing the message store failed; the next start will recover"),
+            Err(e) => tracing::error!(error = %e, "closing the message store panicked"),
+        }
         tracing::info!("stopped");
     }
 }

@@ -12,9 +12,23 @@
 //!                         └──────────────┴────────────── take ◄────────────────────────┘
 //! ```
 //!
+//! # Durability
+//! Every change that matters after a restart is also pushed as a [`StateEvent`] onto
+//! [`ChannelState::events`], which the async shell hands to the channel's
+//! [`ChannelStore`](crate::storage::ChannelStore) before it releases the channel's lock. The
+//! events err toward redelivery: an offset the cursor passed is pending until a `Settle` says
+//! otherwise, so a lost event can only bring a message back. [`ChannelState::snapshot`] and
+//! [`ChannelState::restore`] turn the state into a [`ChannelRecord`] and back; on restore,
+//! everything that was in flight is ready again with its attempts kept.
+//!
+//! A dead-lettered message stays pending (in `dead`) until the shell reports that its copy in
+//! the dead-letter topic is durable ([`ChannelState::dead_settled`]), so a crash between the
+//! two can only duplicate it.
+//!
 //! # Invariants
-//! - An offset below the cursor is in exactly one of requeued, deferred or in flight, or it is
-//!   settled (finished or dead-lettered). Offsets at or past the cursor are in none of them.
+//! - An offset below the cursor is in exactly one of requeued, deferred, in flight or dead, or
+//!   it is settled (finished, or dead-lettered with its copy durable). Offsets at or past the
+//!   cursor are in none of them.
 //! - `deadlines` holds exactly one entry per in-flight message, equal to its deadline.
 //! - A consumer's `in_flight` equals the number of in-flight entries that name it, and `take`
 //!   never raises it past the consumer's RDY.
@@ -27,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::message::StoredMessage;
-use crate::storage::TopicLog;
+use crate::storage::{ChannelOptions, ChannelRecord, PendingEntry, StateEvent, TopicLog};
 
 /// Identifies one consumer (one subscription stream) within the broker.
 pub type ConsumerId = u64;
@@ -131,6 +145,9 @@ pub struct ChannelCounters {
     pub requeued: u64,
     pub timed_out: u64,
     pub dead_lettered: u64,
+    /// Messages that were pending when the channel was restored from disk: each may have
+    /// been finished just before a crash, so this bounds the duplicates a restart caused.
+    pub recovered: u64,
 }
 
 /// One channel's cursor, in-flight table, requeue and deferred queues, and consumers.
@@ -141,12 +158,18 @@ pub struct ChannelState {
     deferred: BTreeMap<(Instant, u64), u16>,
     in_flight: BTreeMap<u64, InFlight>,
     deadlines: BTreeSet<(Instant, u64)>,
+    /// Dead-lettered, waiting for the copy to be durable: offset → attempts.
+    dead: BTreeMap<u64, u16>,
     consumers: HashMap<ConsumerId, ConsumerState>,
     /// 0 means unlimited.
     pub max_attempts: u16,
     pub paused: bool,
+    /// Message timeout for consumers that ask for none; None means the broker's default.
+    pub msg_timeout: Option<Duration>,
     armed: Option<Instant>,
     counters: ChannelCounters,
+    /// Changes not yet handed to the channel's store, in order.
+    pub events: Vec<StateEvent>,
 }
 
 impl ChannelState {
@@ -158,12 +181,85 @@ impl ChannelState {
             deferred: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            dead: BTreeMap::new(),
             consumers: HashMap::new(),
             max_attempts,
             paused: false,
+            msg_timeout: None,
             armed: None,
             counters: ChannelCounters::default(),
+            events: Vec::new(),
         }
+    }
+
+    /// A channel as it was saved: what was pending is ready again (or deferred until its due
+    /// time), with its attempts kept. Offsets below `log_start` are gone from the log and
+    /// are dropped.
+    pub fn restore(record: &ChannelRecord, log_start: u64, now: Now) -> Self {
+        let options = record.options;
+        let mut state = ChannelState::new(record.cursor.max(log_start), options.max_attempts);
+        state.paused = options.paused;
+        state.msg_timeout =
+            (options.msg_timeout_ms > 0).then(|| Duration::from_millis(options.msg_timeout_ms));
+        for (&offset, entry) in record.pending.range(log_start..) {
+            if entry.due_ms > now.wall_ms {
+                let wait = Duration::from_millis(entry.due_ms - now.wall_ms);
+                state.deferred.insert((now.mono + wait, offset), entry.attempts);
+            } else {
+                state.requeued.push_back((offset, entry.attempts));
+            }
+            state.counters.recovered += 1;
+        }
+        state
+    }
+
+    /// The whole durable state, for a checkpoint. In-flight and dead-lettered messages are
+    /// saved as pending, due at once.
+    pub fn snapshot(&self, now: Now) -> ChannelRecord {
+        let at_once = |attempts| PendingEntry {
+            attempts,
+            due_ms: 0,
+        };
+        let mut pending = BTreeMap::new();
+        for (&offset, f) in &self.in_flight {
+            pending.insert(offset, at_once(f.attempts));
+        }
+        for &(offset, attempts) in &self.requeued {
+            pending.insert(offset, at_once(attempts));
+        }
+        for (&offset, &attempts) in &self.dead {
+            pending.insert(offset, at_once(attempts));
+        }
+        for (&(due, offset), &attempts) in &self.deferred {
+            let wait = due.saturating_duration_since(now.mono);
+            let entry = PendingEntry {
+                attempts,
+                due_ms: now.wall_ms + wait.as_millis() as u64,
+            };
+            pending.insert(offset, entry);
+        }
+        ChannelRecord {
+            cursor: self.cursor,
+            options: self.options(),
+            pending,
+        }
+    }
+
+    pub fn options(&self) -> ChannelOptions {
+        ChannelOptions {
+            paused: self.paused,
+            max_attempts: self.max_attempts,
+            msg_timeout_ms: self.msg_timeout.map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    /// Changes the channel's options, recording them.
+    pub fn set_options(&mut self, options: ChannelOptions) {
+        self.paused = options.paused;
+        self.max_attempts = options.max_attempts;
+        self.msg_timeout =
+            (options.msg_timeout_ms > 0).then(|| Duration::from_millis(options.msg_timeout_ms));
+        self.events.push(StateEvent::Options(options));
     }
 
     pub fn add_consumer(&mut self, id: ConsumerId, timeout: Duration) {
@@ -245,6 +341,12 @@ impl ChannelState {
         }
         let credit = (c.rdy.saturating_sub(c.in_flight) as usize).min(max);
         let deadline = now.mono + c.timeout;
+        let start = log.start();
+        if self.cursor < start {
+            // Retention dropped messages this channel had not read.
+            self.cursor = start;
+            self.events.push(StateEvent::Empty(start));
+        }
         let want = credit.min(self.fair_share(log.end()));
         let mut given = 0;
         while given < want {
@@ -253,10 +355,21 @@ impl ChannelState {
             };
             // A message emptied out of the log meanwhile is simply gone.
             if let Some(message) = log.get(offset) {
-                out.push(self.fly(id, offset, attempts, deadline, message));
+                let taken = self.fly(id, offset, attempts, deadline, message);
+                self.events.push(StateEvent::Pending {
+                    offset,
+                    entry: PendingEntry {
+                        attempts: taken.attempts,
+                        due_ms: 0,
+                    },
+                });
+                out.push(taken);
                 given += 1;
+            } else {
+                self.events.push(StateEvent::Settle(offset));
             }
         }
+        let cursor_before = self.cursor;
         let mut batch = Vec::new();
         while given < want && !topic_paused {
             batch.clear();
@@ -270,11 +383,21 @@ impl ChannelState {
                 if message.deliver_at_ms > now.wall_ms {
                     let wait = Duration::from_millis(message.deliver_at_ms - now.wall_ms);
                     self.deferred.insert((now.mono + wait, offset), 0);
+                    self.events.push(StateEvent::Pending {
+                        offset,
+                        entry: PendingEntry {
+                            attempts: 0,
+                            due_ms: message.deliver_at_ms,
+                        },
+                    });
                     continue;
                 }
                 out.push(self.fly(id, offset, 0, deadline, message));
                 given += 1;
             }
+        }
+        if self.cursor != cursor_before {
+            self.events.push(StateEvent::Cursor(self.cursor));
         }
         given
     }
@@ -327,6 +450,7 @@ impl ChannelState {
             .get(&id)
             .is_some_and(|c| c.in_flight >= c.rdy);
         self.unflight(offset);
+        self.events.push(StateEvent::Settle(offset));
         self.counters.finished += 1;
         if let Some(c) = self.consumers.get_mut(&id) {
             c.finished += 1;
@@ -396,18 +520,47 @@ impl ChannelState {
     ) -> Option<DeadLetter> {
         if self.max_attempts > 0 && attempts >= self.max_attempts {
             self.counters.dead_lettered += 1;
+            self.dead.insert(offset, attempts);
             return Some(DeadLetter {
                 offset,
                 attempts,
                 reason,
             });
         }
-        if delay.is_zero() {
+        let due_ms = if delay.is_zero() {
             self.requeued.push_back((offset, attempts));
+            0
         } else {
             self.deferred.insert((now.mono + delay, offset), attempts);
-        }
+            now.wall_ms + delay.as_millis() as u64
+        };
+        self.events.push(StateEvent::Pending {
+            offset,
+            entry: PendingEntry { attempts, due_ms },
+        });
         None
+    }
+
+    /// The dead-letter copy of `offset` is durable: the channel is done with it.
+    pub fn dead_settled(&mut self, offset: u64) {
+        if self.dead.remove(&offset).is_some() {
+            self.events.push(StateEvent::Settle(offset));
+        }
+    }
+
+    /// The dead-letter copy of `offset` could not be stored: the message stays in the
+    /// channel, deferred by `retry`, and is dead-lettered again when it next fails.
+    pub fn dead_failed(&mut self, offset: u64, retry: Duration, now: Now) {
+        if let Some(attempts) = self.dead.remove(&offset) {
+            self.deferred.insert((now.mono + retry, offset), attempts);
+            self.events.push(StateEvent::Pending {
+                offset,
+                entry: PendingEntry {
+                    attempts,
+                    due_ms: now.wall_ms + retry.as_millis() as u64,
+                },
+            });
+        }
     }
 
     /// Redelivers what passed its deadline and releases deferred messages that came due.
@@ -473,7 +626,9 @@ impl ChannelState {
         self.deferred.clear();
         self.in_flight.clear();
         self.deadlines.clear();
+        self.dead.clear();
         self.consumers.values_mut().for_each(|c| c.in_flight = 0);
+        self.events.push(StateEvent::Empty(self.cursor));
     }
 
     /// The lowest offset this channel may still need from the log.
@@ -481,9 +636,11 @@ impl ChannelState {
         let requeued = self.requeued.iter().map(|&(o, _)| o);
         let deferred = self.deferred.keys().map(|&(_, o)| o);
         let flying = self.in_flight.keys().next().copied();
+        let dead = self.dead.keys().next().copied();
         requeued
             .chain(deferred)
             .chain(flying)
+            .chain(dead)
             .fold(self.cursor, u64::min)
     }
 
@@ -520,7 +677,8 @@ impl ChannelState {
             .iter()
             .map(|&(o, _)| o)
             .chain(self.deferred.keys().map(|&(_, o)| o))
-            .chain(self.in_flight.keys().copied());
+            .chain(self.in_flight.keys().copied())
+            .chain(self.dead.keys().copied());
         for offset in places {
             assert!(offset < self.cursor, "offset {offset} past cursor held");
             assert!(seen.insert(offset), "offset {offset} in two places");

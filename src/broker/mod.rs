@@ -29,8 +29,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::message::{ChannelName, MessageId, NewMessage, StoredMessage, TopicName};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Durable, Storage, StorageError};
 use topic::{Channel, Topic};
+
+/// How long a message whose dead-letter copy could not be stored waits before it is
+/// delivered (and, when it fails again, dead-lettered) again.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
 
 /// Limits and defaults for delivery. Tuned for NSQ-like workloads.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -155,17 +159,29 @@ impl Broker {
         messages: Vec<NewMessage>,
         delay: Duration,
     ) -> Result<Range<u64>, BrokerError> {
+        self.append(topic, messages, delay)?.confirmed().await
+    }
+
+    /// The first half of [`Broker::publish`]: appends at once, in call order, and returns
+    /// the confirmation to await. Several confirmations can be awaited together, so that
+    /// pipelined publishes share one fsync.
+    pub fn append(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+        delay: Duration,
+    ) -> Result<Published, BrokerError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
         check_range("DPUB delay", delay, Duration::ZERO, self.config().max_defer)?;
         let topic = self.topic(topic)?;
         let (range, durable) = topic.append(stamp(messages, delay))?;
-        durable.await.map_err(|source| BrokerError::Storage {
+        Ok(Published {
             topic: topic.name.clone(),
-            source,
-        })?;
-        Ok(range)
+            range,
+            durable,
+        })
     }
 
     /// Adds a consumer to `channel` of `topic`, creating both if needed. Credit starts at 0.
@@ -211,10 +227,42 @@ impl Broker {
             name.clone(),
             log,
             self.shared.shutdown.child_token(),
-        ));
+        )?);
         topics.insert(name.clone(), topic.clone());
-        tracing::info!(topic = %name, "topic created");
+        tracing::info!(topic = %name, "topic opened");
         Ok(topic)
+    }
+
+    /// Re-opens every topic the storage holds, with its channels and their delivery state:
+    /// what was in flight when the broker stopped is ready again, attempts kept. Call once,
+    /// before serving.
+    pub fn recover(&self) -> Result<(), BrokerError> {
+        let names = self.shared.storage.existing_topics();
+        let (mut channels, mut recovered) = (0, 0);
+        for name in &names {
+            let topic = self.topic(name)?;
+            recovered += topic.restore_channels(self)?;
+            channels += topic.channel_count();
+        }
+        if !names.is_empty() {
+            tracing::info!(
+                topics = names.len(),
+                channels,
+                recovered,
+                "recovered; messages that were in flight will be delivered again"
+            );
+        }
+        Ok(())
+    }
+
+    /// After [`Broker::wait_stopped`]: saves every channel's state and closes the storage
+    /// cleanly, so that the next start is fast.
+    pub fn close(&self) -> Result<(), StorageError> {
+        let topics: Vec<Arc<Topic>> = self.topics().values().cloned().collect();
+        for topic in &topics {
+            topic.checkpoint_channels();
+        }
+        self.shared.storage.close()
     }
 
     fn existing_topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
@@ -252,8 +300,7 @@ impl Broker {
     }
 
     pub fn pause_topic(&self, name: &TopicName, paused: bool) -> Result<(), BrokerError> {
-        self.existing_topic(name)?.set_paused(paused);
-        Ok(())
+        self.existing_topic(name)?.set_paused(paused)
     }
 
     /// Drops every message of the topic that no consumer holds in flight, on every channel.
@@ -269,9 +316,14 @@ impl Broker {
         max_attempts: Option<u16>,
     ) -> Result<(), BrokerError> {
         let topic = self.topic(topic)?;
-        let channel = topic.channel(channel, self);
+        let channel = topic.channel(channel, self)?;
         if let Some(max) = max_attempts {
-            channel.state().max_attempts = max;
+            let mut state = channel.state();
+            let options = state.options();
+            state.set_options(crate::storage::ChannelOptions {
+                max_attempts: max,
+                ..options
+            });
         }
         Ok(())
     }
@@ -298,7 +350,11 @@ impl Broker {
         paused: bool,
     ) -> Result<(), BrokerError> {
         let channel = self.existing_channel(topic, channel)?;
-        channel.state().paused = paused;
+        {
+            let mut state = channel.state();
+            let options = state.options();
+            state.set_options(crate::storage::ChannelOptions { paused, ..options });
+        }
         if !paused {
             channel.wake_all();
         }
@@ -346,11 +402,15 @@ impl Broker {
         }
     }
 
-    /// Copies dead-lettered messages to `<topic>.dead`, with headers saying why.
-    fn dead_letter(&self, topic: &Topic, channel: &ChannelName, dead: Vec<topic::DeadMessage>) {
+    /// Copies dead-lettered messages to `<topic>.dead`, with headers saying why. The source
+    /// channel lets go of them once the copies are durable; if they can't be stored, the
+    /// messages stay in the channel and are tried again later.
+    fn dead_letter(&self, topic: &Topic, channel: &Arc<Channel>, dead: Vec<topic::DeadMessage>) {
         if dead.is_empty() {
             return;
         }
+        let offsets: Vec<u64> = dead.iter().map(|d| d.letter.offset).collect();
+        let channel_name = &channel.name;
         let target = topic.name.dead_letter();
         let messages = dead
             .into_iter()
@@ -362,7 +422,7 @@ impl Broker {
                 m.headers
                     .push("quiver-dead-reason", d.letter.reason.as_str());
                 m.headers.push("quiver-dead-topic", topic.name.as_str());
-                m.headers.push("quiver-dead-channel", channel.as_str());
+                m.headers.push("quiver-dead-channel", channel_name.as_str());
                 m.headers
                     .push("quiver-dead-attempts", d.letter.attempts.to_string());
                 m
@@ -370,10 +430,39 @@ impl Broker {
             .collect::<Vec<_>>();
         let count = messages.len();
         let stored = stamp(messages, Duration::ZERO);
-        match self.topic(&target).and_then(|t| t.append(stored).map(drop)) {
-            Ok(()) => tracing::debug!(topic = %topic.name, %channel, count, "dead-lettered"),
-            Err(e) => {
-                tracing::error!(topic = %topic.name, %channel, count, error = %e, "dead-lettering failed")
+        let (name, channel_name) = (topic.name.clone(), channel_name.clone());
+        let settle = move |channel: &Channel, result: Result<(), String>| {
+            let mut state = channel.state();
+            match result {
+                Ok(()) => {
+                    offsets.iter().for_each(|&o| state.dead_settled(o));
+                    tracing::debug!(topic = %name, channel = %channel_name, count, "dead-lettered");
+                }
+                Err(e) => {
+                    let now = Now::current();
+                    for &o in &offsets {
+                        state.dead_failed(o, DEAD_LETTER_RETRY, now);
+                    }
+                    channel.rearm_if_needed(&state);
+                    tracing::error!(topic = %name, channel = %channel_name, count, error = %e, "dead-lettering failed; will retry");
+                }
+            }
+        };
+        let mut durable = match self.topic(&target).and_then(|t| t.append(stored)) {
+            Ok((_, durable)) => durable,
+            Err(e) => return settle(channel, Err(e.to_string())),
+        };
+        // Under most fsync policies the copy is durable already; otherwise wait for it.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match durable.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => settle(channel, r.map_err(|e| e.to_string())),
+            std::task::Poll::Pending => {
+                let channel = channel.clone();
+                self.spawn(async move {
+                    let result = durable.await.map_err(|e| e.to_string());
+                    settle(&channel, result);
+                });
             }
         }
     }
@@ -418,6 +507,34 @@ impl Broker {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         self.shared.tasks.spawn(task);
+    }
+}
+
+/// An appended publish, waiting to be confirmed.
+pub struct Published {
+    topic: TopicName,
+    range: Range<u64>,
+    durable: Durable,
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("topic", &self.topic)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Published {
+    /// Resolves with the offsets once the messages are as durable as the fsync policy
+    /// promises.
+    pub async fn confirmed(self) -> Result<Range<u64>, BrokerError> {
+        self.durable.await.map_err(|source| BrokerError::Storage {
+            topic: self.topic,
+            source,
+        })?;
+        Ok(self.range)
     }
 }
 

@@ -17,8 +17,20 @@ pub struct TopicStats {
     pub message_count: u64,
     /// Messages kept for the first channel while the topic has none.
     pub depth: u64,
-    /// Bytes the topic's log retains.
+    /// Bytes the topic's log retains: on disk, or in memory for `#ephemeral` topics.
     pub retained_bytes: u64,
+    /// Segment files of the log.
+    pub segments: u64,
+    /// Data fsyncs done, and their latency percentiles in microseconds.
+    pub fsyncs: u64,
+    pub fsync_p50_us: u64,
+    pub fsync_p99_us: u64,
+    /// Messages and bytes that `max_age` or `max_bytes` retention dropped before every
+    /// channel had finished them.
+    pub retention_dropped_messages: u64,
+    pub retention_dropped_bytes: u64,
+    /// Records found corrupt on disk and skipped.
+    pub corrupt_records: u64,
     pub channels: Vec<ChannelStats>,
 }
 
@@ -36,6 +48,9 @@ pub struct ChannelStats {
     pub requeued: u64,
     pub timed_out: u64,
     pub dead_lettered: u64,
+    /// Messages restored as unfinished when the broker started: an upper bound on the
+    /// duplicates the restart caused on this channel.
+    pub recovered: u64,
     /// 0 means unlimited.
     pub max_attempts: u16,
     pub consumers: Vec<ConsumerStats>,

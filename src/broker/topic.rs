@@ -5,7 +5,7 @@
 //! runs one timer task that sleeps until the channel's next deadline or due time.
 
 use std::collections::HashMap;
-use std::ops::Range;
+use std::ops::{Deref, DerefMut, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use super::delivery::{ChannelState, ConsumerId, DeadLetter, Now};
 use super::stats::{ChannelStats, ConsumerStats, TopicStats};
 use super::{Broker, BrokerError};
 use crate::message::{ChannelName, StoredMessage, TopicName};
-use crate::storage::{Durable, TopicLog};
+use crate::storage::{ChannelStore, Durable, TopicLog, TopicMeta};
 
 /// Appends between two attempts to trim the log below every channel's ack floor.
 const TRIM_EVERY: u64 = 1024;
@@ -43,16 +43,55 @@ pub(super) struct DeadMessage {
 }
 
 impl Topic {
-    pub(super) fn new(name: TopicName, log: Arc<dyn TopicLog>, deleted: CancellationToken) -> Self {
-        Topic {
+    /// The topic over `log`: recovered with its saved incarnation and pause state, or new
+    /// with a fresh incarnation, which is saved.
+    pub(super) fn new(
+        name: TopicName,
+        log: Arc<dyn TopicLog>,
+        deleted: CancellationToken,
+    ) -> Result<Self, BrokerError> {
+        let meta = match log.meta() {
+            Some(meta) => meta,
+            None => {
+                let meta = TopicMeta {
+                    incarnation: random_u64(),
+                    paused: false,
+                };
+                log.save_meta(meta).map_err(|source| BrokerError::Storage {
+                    topic: name.clone(),
+                    source,
+                })?;
+                meta
+            }
+        };
+        Ok(Topic {
             name,
-            incarnation: random_u64(),
+            incarnation: meta.incarnation,
             log,
             channels: RwLock::new(HashMap::new()),
-            paused: AtomicBool::new(false),
+            paused: AtomicBool::new(meta.paused),
             message_count: AtomicU64::new(0),
             appends_since_trim: AtomicU64::new(0),
             deleted,
+        })
+    }
+
+    /// Re-creates the channels whose state the log recovered. Returns how many messages they
+    /// hold that had been delivered before the restart (and so may be delivered twice).
+    pub(super) fn restore_channels(&self, broker: &Broker) -> Result<u64, BrokerError> {
+        let mut recovered = 0;
+        for name in self.log.existing_channels() {
+            let channel = self.channel(&name, broker)?;
+            recovered += channel.state().counters().recovered;
+        }
+        Ok(recovered)
+    }
+
+    /// Saves every channel's whole state, so that the next start replays nothing.
+    pub(super) fn checkpoint_channels(&self) {
+        for channel in self.channels().values() {
+            let state = channel.state();
+            channel.store.checkpoint(state.snapshot(Now::current()));
         }
     }
 
@@ -106,7 +145,7 @@ impl Topic {
             return Err(BrokerError::Deleted);
         }
         let mut channels = self.channels_mut();
-        let channel = self.channel_locked(&mut channels, name, broker);
+        let channel = self.channel_locked(&mut channels, name, broker)?;
         channel.state().add_consumer(id, timeout);
         channel
             .senders()
@@ -114,7 +153,11 @@ impl Topic {
         Ok(channel)
     }
 
-    pub(super) fn channel(&self, name: &ChannelName, broker: &Broker) -> Arc<Channel> {
+    pub(super) fn channel(
+        &self,
+        name: &ChannelName,
+        broker: &Broker,
+    ) -> Result<Arc<Channel>, BrokerError> {
         let mut channels = self.channels_mut();
         self.channel_locked(&mut channels, name, broker)
     }
@@ -124,20 +167,38 @@ impl Topic {
         channels: &mut HashMap<ChannelName, Arc<Channel>>,
         name: &ChannelName,
         broker: &Broker,
-    ) -> Arc<Channel> {
+    ) -> Result<Arc<Channel>, BrokerError> {
         if let Some(channel) = channels.get(name) {
-            return channel.clone();
+            return Ok(channel.clone());
         }
-        // The first channel inherits the backlog kept for it; later ones start at the end.
-        let cursor = if channels.is_empty() {
-            self.log.start()
-        } else {
-            self.log.end()
+        let (store, record) =
+            self.log
+                .open_channel(name)
+                .map_err(|source| BrokerError::Storage {
+                    topic: self.name.clone(),
+                    source,
+                })?;
+        let now = Now::current();
+        let state = match record {
+            Some(record) => ChannelState::restore(&record, self.log.start(), now),
+            None => {
+                // The first channel inherits the backlog kept for it; later ones start at
+                // the end.
+                let cursor = if channels.is_empty() {
+                    self.log.start()
+                } else {
+                    self.log.end()
+                };
+                let state = ChannelState::new(cursor, broker.config().max_attempts);
+                // Saved at once, so that replaying its journal starts from this cursor.
+                store.checkpoint(state.snapshot(now));
+                state
+            }
         };
-        let state = ChannelState::new(cursor, broker.config().max_attempts);
         let channel = Arc::new(Channel {
             name: name.clone(),
             state: Mutex::new(state),
+            store,
             senders: Mutex::new(HashMap::new()),
             timer: Notify::new(),
             deleted: self.deleted.child_token(),
@@ -148,8 +209,8 @@ impl Topic {
             self.name.clone(),
             channel.clone(),
         ));
-        tracing::info!(topic = %self.name, channel = %name, "channel created");
-        channel
+        tracing::info!(topic = %self.name, channel = %name, "channel opened");
+        Ok(channel)
     }
 
     pub(super) fn existing_channel(&self, name: &ChannelName) -> Option<Arc<Channel>> {
@@ -159,8 +220,15 @@ impl Topic {
     pub(super) fn remove_channel(&self, name: &ChannelName) -> Option<Arc<Channel>> {
         let channel = self.channels_mut().remove(name)?;
         channel.deleted.cancel();
+        self.forget_channel(name);
         tracing::info!(topic = %self.name, channel = %name, "channel deleted");
         Some(channel)
+    }
+
+    fn forget_channel(&self, name: &ChannelName) {
+        if let Err(e) = self.log.delete_channel(name) {
+            tracing::error!(topic = %self.name, channel = %name, error = %e, "removing the channel's saved state failed");
+        }
     }
 
     /// Removes an `#ephemeral` channel if its last consumer has left.
@@ -176,6 +244,7 @@ impl Topic {
         if abandoned {
             channels.remove(&channel.name);
             channel.deleted.cancel();
+            self.forget_channel(&channel.name);
         }
         abandoned
     }
@@ -184,11 +253,22 @@ impl Topic {
         self.channels().len()
     }
 
-    pub(super) fn set_paused(&self, paused: bool) {
+    pub(super) fn set_paused(&self, paused: bool) -> Result<(), BrokerError> {
+        let meta = TopicMeta {
+            incarnation: self.incarnation,
+            paused,
+        };
+        self.log
+            .save_meta(meta)
+            .map_err(|source| BrokerError::Storage {
+                topic: self.name.clone(),
+                source,
+            })?;
         self.paused.store(paused, Ordering::Relaxed);
         if !paused {
             self.channels().values().for_each(|c| c.wake_all());
         }
+        Ok(())
     }
 
     pub(super) fn is_paused(&self) -> bool {
@@ -211,6 +291,7 @@ impl Topic {
 
     pub(super) fn stats(&self) -> TopicStats {
         let end = self.log.end();
+        let log = self.log.stats();
         let channels = self.channels();
         let mut channel_stats: Vec<ChannelStats> =
             channels.values().map(|c| c.stats(end)).collect();
@@ -224,7 +305,14 @@ impl Topic {
             } else {
                 0
             },
-            retained_bytes: self.log.stats().bytes,
+            retained_bytes: log.bytes,
+            segments: log.segments,
+            fsyncs: log.fsyncs,
+            fsync_p50_us: log.fsync_p50_us,
+            fsync_p99_us: log.fsync_p99_us,
+            retention_dropped_messages: log.retention_dropped_messages,
+            retention_dropped_bytes: log.retention_dropped_bytes,
+            corrupt_records: log.corrupt_records,
             channels: channel_stats,
         }
     }
@@ -239,11 +327,13 @@ impl Topic {
     }
 }
 
-/// One channel: its delivery state, its consumers' wakers, and its timer.
+/// One channel: its delivery state and where it is saved, its consumers' wakers, and its
+/// timer.
 #[derive(Debug)]
 pub(super) struct Channel {
     pub(super) name: ChannelName,
     state: Mutex<ChannelState>,
+    store: Arc<dyn ChannelStore>,
     /// Per consumer: the waker of its sending loop, and its remote address for stats.
     senders: Mutex<HashMap<ConsumerId, (Arc<Notify>, String)>>,
     timer: Notify,
@@ -251,10 +341,15 @@ pub(super) struct Channel {
 }
 
 impl Channel {
-    pub(super) fn state(&self) -> MutexGuard<'_, ChannelState> {
+    /// Locks the channel's state. The guard hands the changes made under it to the channel's
+    /// store when it is dropped, still under the lock, so the journal is in state order.
+    pub(super) fn state(&self) -> StateGuard<'_> {
         // ChannelState methods leave it consistent at every point where they could panic
         // (their asserts run before mutation), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        StateGuard {
+            state: self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            store: &*self.store,
+        }
     }
 
     pub(super) fn senders(&self) -> MutexGuard<'_, HashMap<ConsumerId, (Arc<Notify>, String)>> {
@@ -305,8 +400,43 @@ impl Channel {
             requeued: counters.requeued,
             timed_out: counters.timed_out,
             dead_lettered: counters.dead_lettered,
+            recovered: counters.recovered,
             max_attempts: state.max_attempts,
             consumers,
+        }
+    }
+}
+
+/// A locked [`ChannelState`] that records its changes in the channel's store when dropped,
+/// and checkpoints the whole state when the store's journal has grown enough.
+pub(super) struct StateGuard<'a> {
+    state: MutexGuard<'a, ChannelState>,
+    store: &'a dyn ChannelStore,
+}
+
+impl Deref for StateGuard<'_> {
+    type Target = ChannelState;
+
+    fn deref(&self) -> &ChannelState {
+        &self.state
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ChannelState {
+        &mut self.state
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        if self.state.events.is_empty() {
+            return;
+        }
+        self.store.record(&mut self.state.events);
+        if self.store.wants_checkpoint() {
+            let record = self.state.snapshot(Now::current());
+            self.store.checkpoint(record);
         }
     }
 }
@@ -349,7 +479,7 @@ async fn run_timer(broker: Broker, topic_name: TopicName, channel: Arc<Channel>)
         if ready > 0 || !dead.is_empty() {
             channel.wake_all();
         }
-        broker.dead_letter(&topic, &channel.name, dead);
+        broker.dead_letter(&topic, &channel, dead);
     }
 }
 

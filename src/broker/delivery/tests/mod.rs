@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::{ChannelState, ConsumerId, DeadLetter, DeadReason, Expired, Now, SettleError, Taken};
 use crate::message::{Headers, StoredMessage, TopicName};
-use crate::storage::{MemoryStorage, Storage, TopicLog};
+use crate::storage::{ChannelRecord, MemoryStorage, Storage, TopicLog};
 
 mod backlog;
 mod consumers;

@@ -114,6 +114,8 @@ struct Machine {
     finished: BTreeSet<u64>,
     dead: BTreeSet<u64>,
     timed_out: u64,
+    /// The channel's events replayed, as a store would on recovery.
+    journal: ChannelRecord,
 }
 
 impl Machine {
@@ -134,6 +136,7 @@ impl Machine {
             finished: BTreeSet::new(),
             dead: BTreeSet::new(),
             timed_out: 0,
+            journal: ChannelRecord::default(),
         }
     }
 
@@ -201,6 +204,8 @@ impl Machine {
             assert_eq!(d.reason, reason);
             assert_eq!(Some(d.attempts), self.deliveries.get(&d.offset).copied());
             self.settle_dead(d.offset);
+            // The copy is durable at once here; the journal must settle it only now.
+            self.ch.dead_settled(d.offset);
         }
     }
 
@@ -460,6 +465,8 @@ impl Machine {
             assert!(floor <= first, "ack floor {floor} above unsettled {first}");
         }
 
+        self.check_journal();
+
         let earliest = self.held.values().map(|h| h.deadline).min();
         if self.ch.deferred_count() == 0 {
             assert_eq!(self.ch.next_deadline(), earliest);
@@ -467,6 +474,33 @@ impl Machine {
             let next = self.ch.next_deadline().expect("a deadline");
             assert!(next <= earliest);
         }
+    }
+
+    /// The events replayed give the same cursor and pending set as a snapshot, and a channel
+    /// restored from the snapshot saves the same state again.
+    fn check_journal(&mut self) {
+        for event in self.ch.events.drain(..) {
+            self.journal.apply(&event);
+        }
+        let wall = self.now.wall_ms;
+        let normalize = |r: &ChannelRecord| {
+            let pending: Vec<(u64, u16, u64)> = r
+                .pending
+                .iter()
+                .map(|(&o, e)| (o, e.attempts, if e.due_ms <= wall { 0 } else { e.due_ms }))
+                .collect();
+            (r.cursor, pending)
+        };
+        let snapshot = self.ch.snapshot(self.now);
+        assert_eq!(normalize(&self.journal), normalize(&snapshot), "journal replay");
+        let restored = ChannelState::restore(&snapshot, self.log.start(), self.now);
+        restored.check_invariants();
+        assert_eq!(restored.in_flight_count(), 0);
+        assert_eq!(
+            normalize(&restored.snapshot(self.now)),
+            normalize(&snapshot),
+            "restore"
+        );
     }
 
     /// Removes every consumer, then delivers and finishes everything left.
