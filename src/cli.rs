@@ -69,6 +69,19 @@ struct ServeArgs {
     /// Default max attempts per channel before dead-lettering (0 = unlimited).
     #[arg(long)]
     max_attempts: Option<u16>,
+    /// When a publish is confirmed: always (after its fsync), interval:<dur> (after the
+    /// write; fsync within the interval) or never [default: interval:10ms].
+    #[arg(long)]
+    fsync: Option<quiver::storage::FsyncPolicy>,
+    /// Roll log segments at this many bytes [default: 67108864].
+    #[arg(long)]
+    segment_bytes: Option<u64>,
+    /// Delete log segments older than this (e.g. 168h), finished or not.
+    #[arg(long, value_parser = parse_duration)]
+    max_age: Option<Duration>,
+    /// Delete the oldest log segments while a topic's log is larger than this many bytes.
+    #[arg(long)]
+    max_bytes: Option<u64>,
 }
 
 /// How CLI clients find and trust the broker.
@@ -209,6 +222,18 @@ fn apply_overrides(config: &mut Config, args: ServeArgs) {
     }
     if let Some(timeout) = args.msg_timeout {
         config.broker.msg_timeout = timeout;
+    }
+    if let Some(fsync) = args.fsync {
+        config.storage.fsync = fsync;
+    }
+    if let Some(bytes) = args.segment_bytes {
+        config.storage.segment_bytes = bytes;
+    }
+    if args.max_age.is_some() {
+        config.storage.max_age = args.max_age;
+    }
+    if args.max_bytes.is_some() {
+        config.storage.max_bytes = args.max_bytes;
     }
     if let Some(max) = args.max_attempts {
         config.broker.max_attempts = max;

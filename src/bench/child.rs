@@ -72,13 +72,14 @@ pub(super) struct ChildBroker {
 
 impl ChildBroker {
     /// Starts `exe serve` and waits until it prints its QUIC address and certificate path.
-    pub(super) async fn start(exe: &Path) -> Result<ChildBroker, BenchError> {
+    pub(super) async fn start(exe: &Path, extra: &[String]) -> Result<ChildBroker, BenchError> {
         let data_dir = TempDir::create()?;
         let mut child = Command::new(exe)
             .arg("serve")
             .arg("--data-dir")
             .arg(&data_dir.0)
             .args(["--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

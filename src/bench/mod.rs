@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// The executable to start as the broker instead of this one (for tests).
     #[arg(long, hide = true)]
     pub broker_exe: Option<PathBuf>,
+    /// fsync policy of the broker the bench starts (always, interval:<dur>, never). Ignored
+    /// with --addr.
+    #[arg(long)]
+    pub fsync: Option<crate::storage::FsyncPolicy>,
 }
 
 impl Default for BenchArgs {
@@ -125,6 +129,7 @@ impl Default for BenchArgs {
             json: false,
             no_progress: false,
             broker_exe: None,
+            fsync: None,
         }
     }
 }
@@ -217,7 +222,11 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
                 Some(exe) => exe.clone(),
                 None => std::env::current_exe().map_err(BenchError::CurrentExe)?,
             };
-            let child = child::ChildBroker::start(&exe).await?;
+            let mut extra = Vec::new();
+            if let Some(fsync) = args.fsync {
+                extra.extend(["--fsync".to_string(), fsync.to_string()]);
+            }
+            let child = child::ChildBroker::start(&exe, &extra).await?;
             let found = (child.addr(), Trust::CaFile(child.cert_path().to_owned()));
             broker = Some(child);
             found
