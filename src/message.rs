@@ -133,7 +133,7 @@ fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidInput> {
         return Err(invalid("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"));
     }
     // Names become directory names in the data directory.
-    if base == "." || base == ".." {
+    if name == "." || name == ".." {
         return Err(invalid("must not be '.' or '..'"));
     }
     // The limit counts `#ephemeral` (as NSQ does) but not a dead-letter topic's `.dead`.

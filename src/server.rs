@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
-use crate::config::{Config, ConfigError};
 use crate::broker::BrokerError;
+use crate::config::{Config, ConfigError};
 use crate::storage::{FileStorage, StorageError};
 use crate::transport::tls::{self, TlsError};
 
@@ -159,7 +159,9 @@ impl Server {
         let broker = self.broker.clone();
         match tokio::task::spawn_blocking(move || broker.close()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "closing the message store failed; the next start will recover"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "closing the message store failed; the next start will recover")
+            }
             Err(e) => tracing::error!(error = %e, "closing the message store panicked"),
         }
         tracing::info!("stopped");

@@ -204,7 +204,9 @@ impl ChannelState {
         for (&offset, entry) in record.pending.range(log_start..) {
             if entry.due_ms > now.wall_ms {
                 let wait = Duration::from_millis(entry.due_ms - now.wall_ms);
-                state.deferred.insert((now.mono + wait, offset), entry.attempts);
+                state
+                    .deferred
+                    .insert((now.mono + wait, offset), entry.attempts);
             } else {
                 state.requeued.push_back((offset, entry.attempts));
             }

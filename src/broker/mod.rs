@@ -134,7 +134,7 @@ impl Broker {
     /// A broker over `storage`. Must be called inside a tokio runtime: channels spawn their
     /// timer tasks on it.
     pub fn new(config: BrokerConfig, storage: Arc<dyn Storage>) -> Broker {
-        Broker {
+        let broker = Broker {
             shared: Arc::new(Shared {
                 config,
                 storage,
@@ -144,7 +144,9 @@ impl Broker {
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
             }),
-        }
+        };
+        broker.spawn(trim_periodically(broker.clone()));
+        broker
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -507,6 +509,24 @@ impl Broker {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         self.shared.tasks.spawn(task);
+    }
+}
+
+/// How often every topic's log is trimmed below its channels' ack floors, besides every
+/// [`topic::TRIM_EVERY`] appends: so that space comes back even when nothing is published
+/// (after a full disk, say).
+const TRIM_PERIOD: Duration = Duration::from_secs(1);
+
+async fn trim_periodically(broker: Broker) {
+    let mut tick = tokio::time::interval(TRIM_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = broker.shutting_down() => return,
+            _ = tick.tick() => {}
+        }
+        let topics: Vec<Arc<Topic>> = broker.topics().values().cloned().collect();
+        topics.iter().for_each(|t| t.trim());
     }
 }
 

@@ -105,8 +105,7 @@ impl Subscription {
         };
         // The message is ready again, maybe for another consumer, and this one has credit.
         self.channel.wake_all();
-        self.broker
-            .dead_letter(&self.topic, &self.channel, dead);
+        self.broker.dead_letter(&self.topic, &self.channel, dead);
         Ok(())
     }
 
@@ -179,8 +178,7 @@ impl Drop for Subscription {
         };
         self.channel.senders().remove(&self.id);
         self.channel.wake_all();
-        self.broker
-            .dead_letter(&self.topic, &self.channel, dead);
+        self.broker.dead_letter(&self.topic, &self.channel, dead);
         if self.topic.remove_if_abandoned(&self.channel) {
             tracing::info!(topic = %self.topic.name, channel = %self.channel.name, "ephemeral channel deleted");
             self.broker.drop_if_unused(&self.topic);

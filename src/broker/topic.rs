@@ -20,7 +20,7 @@ use crate::message::{ChannelName, StoredMessage, TopicName};
 use crate::storage::{ChannelStore, Durable, TopicLog, TopicMeta};
 
 /// Appends between two attempts to trim the log below every channel's ack floor.
-const TRIM_EVERY: u64 = 1024;
+pub(super) const TRIM_EVERY: u64 = 1024;
 
 #[derive(Debug)]
 pub(super) struct Topic {
@@ -123,7 +123,7 @@ impl Topic {
 
     /// Drops the log prefix every channel has settled. A topic without channels keeps its
     /// messages for the first channel to come.
-    fn trim(&self) {
+    pub(super) fn trim(&self) {
         let channels = self.channels();
         let floor = channels.values().map(|c| c.state().ack_floor()).min();
         if let Some(floor) = floor {

@@ -71,6 +71,9 @@ pub enum ErrorCode {
     ShuttingDown = 13,
     /// An unexpected broker error.
     Internal = 14,
+    /// The broker's disk is full: nothing of the publish was kept. Retry later; the broker
+    /// recovers by itself once space returns.
+    DiskFull = 15,
 }
 
 impl ErrorCode {
@@ -91,6 +94,7 @@ impl ErrorCode {
             12 => NotFound,
             13 => ShuttingDown,
             14 => Internal,
+            15 => DiskFull,
             _ => return None,
         })
     }
@@ -124,6 +128,7 @@ impl ErrorCode {
             NotFound => "E_NOT_FOUND",
             ShuttingDown => "E_SHUTTING_DOWN",
             Internal => "E_INTERNAL",
+            DiskFull => "E_DISK_FULL",
         }
     }
 }

@@ -97,6 +97,7 @@ fn read_error(e: &ReadError) -> WireError {
 pub fn broker_error(e: &BrokerError, seq: u64) -> WireError {
     let code = match e {
         BrokerError::TopicNotFound(_) | BrokerError::ChannelNotFound { .. } => ErrorCode::NotFound,
+        BrokerError::Storage { source, .. } if source.is_disk_full() => ErrorCode::DiskFull,
         BrokerError::Storage { .. } => ErrorCode::PubFailed,
         BrokerError::OutOfRange { what, .. } if what.starts_with("REQ") => ErrorCode::ReqFailed,
         BrokerError::OutOfRange { .. } | BrokerError::RdyTooHigh { .. } => ErrorCode::Invalid,

@@ -99,9 +99,7 @@ async fn handle_raw(
 async fn handle(cmd: Command, broker: &Broker, tx: &mpsc::Sender<Answer>) -> Result<(), WireError> {
     let seq = cmd.seq();
     let appended = match cmd {
-        Command::Pub { topic, message, .. } => {
-            broker.append(&topic, vec![message], Duration::ZERO)
-        }
+        Command::Pub { topic, message, .. } => broker.append(&topic, vec![message], Duration::ZERO),
         Command::Mpub {
             topic, messages, ..
         } => broker.append(&topic, messages, Duration::ZERO),
@@ -144,7 +142,10 @@ async fn queue(tx: &mpsc::Sender<Answer>, answer: Answer) -> Result<(), WireErro
         .map_err(|_| WireError::new(ErrorCode::Internal, 0, "stream closed").fatal())
 }
 
-async fn write_half(mut rx: mpsc::Receiver<Answer>, send: &mut SendStream) -> Result<(), WireError> {
+async fn write_half(
+    mut rx: mpsc::Receiver<Answer>,
+    send: &mut SendStream,
+) -> Result<(), WireError> {
     let mut out = BytesMut::new();
     while let Some(answer) = rx.recv().await {
         answer_one(answer, send, &mut out).await?;

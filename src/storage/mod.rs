@@ -46,7 +46,7 @@ use crate::message::{ChannelName, StoredMessage, TopicName};
 /// A storage failure, with what was being done when it happened.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("topic {topic}: {op} failed: {source}")]
+    #[error("topic {topic}: {op} failed")]
     Io {
         topic: String,
         op: &'static str,
@@ -70,10 +70,12 @@ impl StorageError {
     /// returns.
     pub fn is_disk_full(&self) -> bool {
         match self {
-            StorageError::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            ) || source.raw_os_error() == Some(27), // EFBIG: file size limit
+            StorageError::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) || source.raw_os_error() == Some(27)
+            } // EFBIG: file size limit
             StorageError::Corrupt { .. } => false,
         }
     }

@@ -158,15 +158,15 @@ impl StorageConfig {
             }
             Ok(())
         };
-        check(
-            "storage.".into(),
-            Some(self.segment_bytes),
-            self.max_bytes,
-        )?;
+        check("storage.".into(), Some(self.segment_bytes), self.max_bytes)?;
         for (name, t) in &self.topics {
             crate::message::TopicName::new(name)
                 .map_err(|e| (format!("storage.topics.{name}"), e.to_string()))?;
-            check(format!("storage.topics.{name}."), t.segment_bytes, t.max_bytes)?;
+            check(
+                format!("storage.topics.{name}."),
+                t.segment_bytes,
+                t.max_bytes,
+            )?;
         }
         Ok(())
     }
@@ -182,14 +182,14 @@ mod tests {
             ("always", FsyncPolicy::Always),
             ("never", FsyncPolicy::Never),
             ("interval", FsyncPolicy::Interval(Duration::from_millis(10))),
-            ("interval:250ms", FsyncPolicy::Interval(Duration::from_millis(250))),
+            (
+                "interval:250ms",
+                FsyncPolicy::Interval(Duration::from_millis(250)),
+            ),
             ("interval:2s", FsyncPolicy::Interval(Duration::from_secs(2))),
         ] {
             assert_eq!(text.parse::<FsyncPolicy>().unwrap(), policy, "{text}");
-            assert_eq!(
-                policy.to_string().parse::<FsyncPolicy>().unwrap(),
-                policy
-            );
+            assert_eq!(policy.to_string().parse::<FsyncPolicy>().unwrap(), policy);
         }
         for bad in ["", "sometimes", "interval:", "interval:0ms", "interval:5m"] {
             assert!(bad.parse::<FsyncPolicy>().is_err(), "{bad}");

@@ -4,6 +4,9 @@
 
 mod cli;
 mod client;
+mod crash;
 mod delivery;
+mod durability;
 mod errors;
+mod process;
 mod support;

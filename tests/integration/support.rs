@@ -13,7 +13,7 @@ pub struct TestBroker {
     server: Option<Server>,
     broker: Broker,
     pub options: ClientOptions,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestBroker {
@@ -23,8 +23,18 @@ impl TestBroker {
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut broker = Self::start_in(&dir.path().join("data"), configure).await;
+        broker._dir = Some(dir);
+        broker
+    }
+
+    /// A broker on the data directory `data_dir`, which outlives it (for restart tests).
+    pub async fn start_in(
+        data_dir: &std::path::Path,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestBroker {
         let mut config = Config {
-            data_dir: dir.path().join("data"),
+            data_dir: data_dir.to_owned(),
             ..Config::default()
         };
         config.listen.quic = "127.0.0.1:0".parse().unwrap();
@@ -40,7 +50,7 @@ impl TestBroker {
             broker: server.broker().clone(),
             server: Some(server),
             options,
-            _dir: dir,
+            _dir: None,
         }
     }
 

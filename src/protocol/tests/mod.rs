@@ -22,7 +22,7 @@ mod strategies;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const ALL_CODES: [ErrorCode; 14] = [
+const ALL_CODES: [ErrorCode; 15] = [
     ErrorCode::BadFrame,
     ErrorCode::FrameTooLarge,
     ErrorCode::UnknownFrame,
@@ -37,6 +37,7 @@ const ALL_CODES: [ErrorCode; 14] = [
     ErrorCode::NotFound,
     ErrorCode::ShuttingDown,
     ErrorCode::Internal,
+    ErrorCode::DiskFull,
 ];
 
 const ALL_OPS: [AdminOp; 5] = [

@@ -7,9 +7,11 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// 1..=max bytes of the name alphabet.
+/// 1..=max bytes of the name alphabet, except `.` and `..` (refused as directory names).
 fn name_base(min: usize, max: usize) -> impl Strategy<Value = String> {
-    proptest::string::string_regex(&format!("[A-Za-z0-9._-]{{{min},{max}}}")).expect("valid regex")
+    proptest::string::string_regex(&format!("[A-Za-z0-9._-]{{{min},{max}}}"))
+        .expect("valid regex")
+        .prop_filter("not . or ..", |n| n != "." && n != "..")
 }
 
 fn topic_name() -> impl Strategy<Value = TopicName> {

@@ -35,7 +35,11 @@ fn assert_gone_for_good(f: &mut Fixture, now: Now) {
     let expired = f.expire(later);
     assert_eq!((expired.ready, expired.dead.len()), (0, 0));
     assert!(f.take(A, later).is_empty());
-    assert_eq!(f.ch.ack_floor(), 0, "held until the dead-letter copy is durable");
+    assert_eq!(
+        f.ch.ack_floor(),
+        0,
+        "held until the dead-letter copy is durable"
+    );
     f.ch.dead_settled(0);
     assert_eq!(f.ch.ack_floor(), 2);
     assert_eq!(f.ch.next_deadline(), None);
@@ -48,7 +52,11 @@ fn a_dead_letter_that_could_not_be_stored_comes_back_later() {
     assert_eq!(dead.map(|d| d.map(|d| d.offset)), Ok(Some(0)));
     f.ch.dead_failed(0, secs(5), f.t0);
     assert_eq!(f.ch.deferred_count(), 1);
-    assert_eq!(f.take(A, f.at(secs(4))), [1], "only the other message is ready");
+    assert_eq!(
+        f.take(A, f.at(secs(4))),
+        [1],
+        "only the other message is ready"
+    );
     f.fin(A, 1).expect("fin");
     f.expire(f.at(secs(5)));
     assert_eq!(f.take(A, f.at(secs(5))), [0]);

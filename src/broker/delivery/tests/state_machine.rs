@@ -492,7 +492,11 @@ impl Machine {
             (r.cursor, pending)
         };
         let snapshot = self.ch.snapshot(self.now);
-        assert_eq!(normalize(&self.journal), normalize(&snapshot), "journal replay");
+        assert_eq!(
+            normalize(&self.journal),
+            normalize(&snapshot),
+            "journal replay"
+        );
         let restored = ChannelState::restore(&snapshot, self.log.start(), self.now);
         restored.check_invariants();
         assert_eq!(restored.in_flight_count(), 0);

@@ -1,1 +1,0 @@
-//! Channel state files: a journal of state events and checkpoints. (Being written.)

@@ -1,0 +1,108 @@
+//! `quiver serve` as a real child process: started on ephemeral loopback ports, and stopped
+//! with SIGTERM or killed with SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use quiver::client::ClientOptions;
+use quiver::transport::tls::{parse_fingerprint, Trust};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_quiver");
+
+pub struct ServeProcess {
+    child: Child,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    fingerprint: [u8; 32],
+}
+
+impl ServeProcess {
+    /// `quiver serve --data-dir <data_dir>` on ephemeral ports, plus `extra` flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> ServeProcess {
+        let mut command = Command::new(BIN);
+        command.arg("serve").arg("--data-dir").arg(data_dir);
+        command.args(["--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+        command.args(extra);
+        Self::spawn(command)
+    }
+
+    /// Runs `command`, which must end up running `quiver serve` with ephemeral ports, and
+    /// reads the addresses and fingerprint it prints. Set `QUIVER_TEST_LOG=1` to see its logs.
+    pub fn spawn(mut command: Command) -> ServeProcess {
+        let stderr = if std::env::var_os("QUIVER_TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("quiver serve starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut quic, mut http, mut fingerprint) = (None, None, None);
+        for line in lines.by_ref() {
+            let line = line.expect("stdout readable");
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("QUIC"), Some(addr)) => quic = addr.parse().ok(),
+                (Some("HTTP"), Some(url)) => {
+                    http = url.trim_start_matches("http://").parse().ok();
+                }
+                (Some("sha256"), Some(fp)) => {
+                    fingerprint = parse_fingerprint(fp).ok();
+                    break;
+                }
+                _ => {}
+            }
+        }
+        // Keep draining stdout so that the broker never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        let (Some(quic), Some(http), Some(fingerprint)) = (quic, http, fingerprint) else {
+            let status = child.wait().expect("wait");
+            panic!("quiver serve did not start ({status}); run with QUIVER_TEST_LOG=1");
+        };
+        ServeProcess {
+            child,
+            quic,
+            http,
+            fingerprint,
+        }
+    }
+
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions::new(self.quic, Trust::Fingerprint(self.fingerprint))
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM, then waits for a graceful exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("quiver serve did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
