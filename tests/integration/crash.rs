@@ -85,7 +85,7 @@ async fn crash_round(round: usize) {
         let mut n = 0u64;
         while let Some(SubEvent::Message(d)) = sub.next_event().await {
             n += 1;
-            if n % 2 == 0 && acker.fin(d.id).await.is_ok() {
+            if n.is_multiple_of(2) && acker.fin(d.id).await.is_ok() {
                 let at = Instant::now();
                 consumer_seen.lock().unwrap().finned.insert(body(&d), at);
             }

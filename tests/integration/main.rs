@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod crash;
 mod delivery;
+mod disk_full;
 mod durability;
 mod errors;
 mod process;
