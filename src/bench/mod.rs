@@ -207,6 +207,8 @@ struct Shared {
     target: AtomicU64,
     /// Consumers still reading.
     live_consumers: AtomicUsize,
+    /// Send → PUB-OK of each publish request, in microseconds.
+    publish_latency: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
     /// Poked when `consumed` reaches `target`, or a consumer stops.
     wake: Notify,
 }
@@ -355,6 +357,7 @@ struct Outcome {
     consume_secs: f64,
     elapsed_secs: f64,
     latency: hdrhistogram::Histogram<u64>,
+    publish_latency: hdrhistogram::Histogram<u64>,
 }
 
 async fn load(
@@ -368,6 +371,7 @@ async fn load(
         consumed: AtomicU64::new(0),
         target: AtomicU64::new(u64::MAX),
         live_consumers: AtomicUsize::new(0),
+        publish_latency: std::sync::Mutex::new(consumer::new_histogram()),
         wake: Notify::new(),
     });
 
@@ -495,6 +499,11 @@ async fn load(
         consume_secs: secs(consume_end),
         elapsed_secs: secs(publish_end.max(consume_end)),
         latency,
+        publish_latency: shared
+            .publish_latency
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|e| e.into_inner().clone()),
     })
 }
 

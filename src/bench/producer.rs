@@ -97,6 +97,7 @@ async fn publish_lane(
             buf.put_slice(&filler);
         }
         let all = buf.freeze();
+        let sent = Instant::now();
         let result = if lane.batch == 1 {
             producer.publish(&lane.topic, NewMessage::new(all)).await
         } else {
@@ -108,6 +109,10 @@ async fn publish_lane(
         match result {
             Ok(()) => {
                 shared.published.fetch_add(n as u64, Ordering::Relaxed);
+                let micros = sent.elapsed().as_micros() as u64;
+                if let Ok(mut h) = shared.publish_latency.lock() {
+                    h.saturating_record(micros.max(1));
+                }
             }
             Err(e) => {
                 shared.publish_errors.fetch_add(n as u64, Ordering::Relaxed);

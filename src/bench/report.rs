@@ -35,7 +35,10 @@ pub struct BenchReport {
     pub publish_rate: f64,
     /// Delivered messages per second, from the first publish to the last delivery.
     pub consume_rate: f64,
+    /// Publish → delivery, measured by the consumers.
     pub latency_us: LatencyUs,
+    /// Publish request sent → PUB-OK received, per request (a batch with MPUB).
+    pub publish_latency_us: LatencyUs,
     /// Peak RSS of the broker the bench started itself (`VmHWM`); `None` with `--addr`.
     pub broker_peak_rss_bytes: Option<u64>,
 }
@@ -47,17 +50,20 @@ impl BenchReport {
         broker_peak_rss_bytes: Option<u64>,
     ) -> BenchReport {
         let rate = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-        let h = &outcome.latency;
-        let latency_us = if h.is_empty() {
-            LatencyUs::default()
-        } else {
-            LatencyUs {
-                p50: h.value_at_quantile(0.50),
-                p99: h.value_at_quantile(0.99),
-                p999: h.value_at_quantile(0.999),
-                max: h.max(),
+        let summary = |h: &hdrhistogram::Histogram<u64>| {
+            if h.is_empty() {
+                LatencyUs::default()
+            } else {
+                LatencyUs {
+                    p50: h.value_at_quantile(0.50),
+                    p99: h.value_at_quantile(0.99),
+                    p999: h.value_at_quantile(0.999),
+                    max: h.max(),
+                }
             }
         };
+        let latency_us = summary(&outcome.latency);
+        let publish_latency_us = summary(&outcome.publish_latency);
         BenchReport {
             producers: args.producers,
             consumers: args.consumers,
@@ -71,6 +77,7 @@ impl BenchReport {
             publish_rate: rate(outcome.published, outcome.publish_secs),
             consume_rate: rate(outcome.consumed, outcome.consume_secs),
             latency_us,
+            publish_latency_us,
             broker_peak_rss_bytes,
         }
     }
@@ -116,6 +123,14 @@ impl BenchReport {
                 micros(l.max),
             );
         }
+        let l = &self.publish_latency_us;
+        out += &format!(
+            "  confirm    p50 {}  p99 {}  p99.9 {}  max {}\n",
+            micros(l.p50),
+            micros(l.p99),
+            micros(l.p999),
+            micros(l.max),
+        );
         if let Some(rss) = self.broker_peak_rss_bytes {
             out += &format!(
                 "  broker     peak RSS {:.1} MiB\n",

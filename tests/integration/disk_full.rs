@@ -33,7 +33,9 @@ async fn a_full_disk_fails_publishes_cleanly_and_recovers_when_space_returns() {
     let body = |i: usize| format!("{i:06}{}", "x".repeat(1018));
     let mut confirmed = 0;
     let refusal = loop {
-        let batch = (confirmed..confirmed + 10).map(|i| NewMessage::new(body(i))).collect();
+        let batch = (confirmed..confirmed + 10)
+            .map(|i| NewMessage::new(body(i)))
+            .collect();
         match producer.publish_batch(&topic("fill"), batch).await {
             Ok(()) => confirmed += 10,
             Err(e) => break e,
@@ -53,7 +55,10 @@ async fn a_full_disk_fails_publishes_cleanly_and_recovers_when_space_returns() {
         .publish(&topic("other"), NewMessage::new("x"))
         .await
         .unwrap_err();
-    assert!(matches!(&other, ClientError::Broker(e) if e.code == ErrorCode::DiskFull), "{other:?}");
+    assert!(
+        matches!(&other, ClientError::Broker(e) if e.code == ErrorCode::DiskFull),
+        "{other:?}"
+    );
     client.stats(None).await.unwrap();
 
     // Everything confirmed is intact. Finishing it lets retention delete its segments.
@@ -65,16 +70,25 @@ async fn a_full_disk_fails_publishes_cleanly_and_recovers_when_space_returns() {
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match producer.publish(&topic("fill"), NewMessage::new(body(confirmed))).await {
+        match producer
+            .publish(&topic("fill"), NewMessage::new(body(confirmed)))
+            .await
+        {
             Ok(()) => break,
             Err(e) if Instant::now() < deadline => {
-                assert!(matches!(&e, ClientError::Broker(w) if w.code == ErrorCode::DiskFull), "{e:?}");
+                assert!(
+                    matches!(&e, ClientError::Broker(w) if w.code == ErrorCode::DiskFull),
+                    "{e:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("publishing did not recover once space returned: {e:?}"),
         }
     }
-    assert_eq!(crate::support::body(&next_message(&mut sub, SOON).await), body(confirmed));
+    assert_eq!(
+        crate::support::body(&next_message(&mut sub, SOON).await),
+        body(confirmed)
+    );
     drop(sub);
     drop(client);
     assert!(serve.terminate().success());
