@@ -193,15 +193,18 @@ impl ChannelState {
     }
 
     /// A channel as it was saved: what was pending is ready again (or deferred until its due
-    /// time), with its attempts kept. Offsets below `log_start` are gone from the log and
-    /// are dropped.
-    pub fn restore(record: &ChannelRecord, log_start: u64, now: Now) -> Self {
+    /// time), with its attempts kept. `log` is the range of offsets the log holds: pending
+    /// offsets outside it are gone and dropped, and the cursor is brought inside it (after a
+    /// power loss the log can have lost a tail the channel had already read, and new
+    /// messages will be appended there).
+    pub fn restore(record: &ChannelRecord, log: std::ops::Range<u64>, now: Now) -> Self {
         let options = record.options;
-        let mut state = ChannelState::new(record.cursor.max(log_start), options.max_attempts);
+        let cursor = record.cursor.clamp(log.start, log.end.max(log.start));
+        let mut state = ChannelState::new(cursor, options.max_attempts);
         state.paused = options.paused;
         state.msg_timeout =
             (options.msg_timeout_ms > 0).then(|| Duration::from_millis(options.msg_timeout_ms));
-        for (&offset, entry) in record.pending.range(log_start..) {
+        for (&offset, entry) in record.pending.range(log.start..cursor) {
             if entry.due_ms > now.wall_ms {
                 let wait = Duration::from_millis(entry.due_ms - now.wall_ms);
                 state

@@ -180,7 +180,7 @@ impl Topic {
                 })?;
         let now = Now::current();
         let state = match record {
-            Some(record) => ChannelState::restore(&record, self.log.start(), now),
+            Some(record) => ChannelState::restore(&record, self.log.start()..self.log.end(), now),
             None => {
                 // The first channel inherits the backlog kept for it; later ones start at
                 // the end.

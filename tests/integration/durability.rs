@@ -47,6 +47,7 @@ async fn a_restart_keeps_channels_acks_deferred_due_times_and_attempts() {
     let data = dir.path().join("data");
     let mut broker = TestBroker::start_in(&data, |_| {}).await;
     let client = broker.client().await;
+    let mut sub = subscribe(&client, "keep", "work", None).await;
     publish(&client, "keep", bodies(0..6)).await;
     let b = broker.broker();
     b.create_channel(&topic("keep"), &channel("slow"), Some(7))
@@ -56,7 +57,6 @@ async fn a_restart_keeps_channels_acks_deferred_due_times_and_attempts() {
     b.create_topic(&topic("other")).unwrap();
     b.pause_topic(&topic("other"), true).unwrap();
 
-    let mut sub = subscribe(&client, "keep", "work", None).await;
     sub.rdy(10).await.unwrap();
     let mut held = std::collections::HashMap::new();
     for _ in 0..6 {
@@ -188,19 +188,25 @@ async fn interest_retention_deletes_only_segments_every_channel_passed() {
     let client = broker.client().await;
     let mut fast = subscribe(&client, "ret", "fast", None).await;
     let mut slow = subscribe(&client, "ret", "slow", None).await;
-    publish(&client, "ret", bodies(0..500)).await;
+    // About 100 bytes a record: 40 segments of 4 KiB.
+    let padded = |i: usize| format!("{i:05}{}", "x".repeat(55));
+    let producer = client.producer().await.unwrap();
+    let all: Vec<NewMessage> = (0..1500).map(|i| NewMessage::new(padded(i))).collect();
+    for batch in all.chunks(20) {
+        producer
+            .publish_batch(&topic("ret"), batch.to_vec())
+            .await
+            .unwrap();
+    }
     let before = segments(&data, "ret").len();
-    assert!(before > 5, "{before} segments");
+    assert!(before > 20, "{before} segments");
 
-    fast.rdy(1000).await.unwrap();
-    drain(&mut fast, 500).await;
-    slow.rdy(1000).await.unwrap();
-    drain(&mut slow, 300).await;
-    // The slow channel still needs m300 onward: only segments wholly below it may go.
-    let stats_of = |client: &quiver::client::Client| {
-        let client = client.clone();
-        async move { client.stats(Some(&topic("ret"))).await.unwrap().topics[0].clone() }
-    };
+    fast.rdy(2000).await.unwrap();
+    drain(&mut fast, 1500).await;
+    slow.rdy(2000).await.unwrap();
+    drain(&mut slow, 900).await;
+    // The slow channel still needs the 900th message onward: only segments wholly below it
+    // may go.
     let deadline = Instant::now() + SOON;
     while segments(&data, "ret").len() == before && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -210,17 +216,22 @@ async fn interest_retention_deletes_only_segments_every_channel_passed() {
         after < before,
         "no segment was deleted ({before} → {after})"
     );
-    assert_eq!(stats_of(&client).await.retention_dropped_messages, 0);
+    assert!(
+        after >= before * 600 / 1500,
+        "deleted too much ({before} → {after})"
+    );
+    let stats = client.stats(Some(&topic("ret"))).await.unwrap();
+    assert_eq!(stats.topics[0].retention_dropped_messages, 0);
     drop(slow);
     let mut slow = subscribe(&client, "ret", "slow", None).await;
-    slow.rdy(1000).await.unwrap();
-    let mut rest: Vec<String> = drain(&mut slow, 200)
+    slow.rdy(2000).await.unwrap();
+    let mut rest: Vec<String> = drain(&mut slow, 600)
         .await
         .into_iter()
         .map(|g| g.0)
         .collect();
-    rest.sort_by_key(|b| b[1..].parse::<u32>().unwrap());
-    assert_eq!(rest, bodies(300..500));
+    rest.sort();
+    assert_eq!(rest, (900..1500).map(padded).collect::<Vec<_>>());
     drop((fast, slow, client));
     broker.shutdown().await;
 }
