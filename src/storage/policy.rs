@@ -87,8 +87,9 @@ pub struct StorageConfig {
     pub max_age: Option<Duration>,
     /// The oldest segments are deleted while a topic's log is larger than this.
     pub max_bytes: Option<u64>,
-    /// Recently appended messages kept decoded in memory per topic, so that consumers that
-    /// keep up never read the disk.
+    /// Memory per topic for recently appended messages, kept decoded so that consumers that
+    /// keep up (or lag by less than this) never read the disk. Messages leave it after a
+    /// minute, so a quiet topic gives its memory back.
     pub cache_bytes: u64,
     /// Per-topic overrides, by exact topic name.
     pub topics: BTreeMap<String, TopicStorageConfig>,
@@ -101,7 +102,7 @@ impl Default for StorageConfig {
             segment_bytes: 64 * 1024 * 1024,
             max_age: None,
             max_bytes: None,
-            cache_bytes: 4 * 1024 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
             topics: BTreeMap::new(),
         }
     }

@@ -19,9 +19,13 @@ pub(super) struct RecentCache {
     max_bytes: u64,
 }
 
-/// What the cache counts of a message: its body and encoded headers.
+/// Memory a cached message costs besides its body and headers: the `Arc` with the
+/// `StoredMessage` in it, the body's and the headers' allocations, and the deque slot.
+const OVERHEAD: u64 = 128;
+
+/// What the cache counts of a message: an estimate of the memory it holds.
 fn size(message: &StoredMessage) -> u64 {
-    (message.body.len() + message.headers.encoded_len()) as u64
+    (message.body.len() + message.headers.encoded_len()) as u64 + OVERHEAD
 }
 
 impl RecentCache {
@@ -66,6 +70,18 @@ impl RecentCache {
             self.messages.push_back(Arc::new(message));
         }
         while self.bytes > self.max_bytes {
+            self.pop();
+        }
+    }
+
+    /// Drops the oldest messages while they were published before `timestamp_ns`, so that
+    /// a topic that went quiet gives its memory back.
+    pub(super) fn expire(&mut self, timestamp_ns: u64) {
+        while self
+            .messages
+            .front()
+            .is_some_and(|m| m.timestamp_ns < timestamp_ns)
+        {
             self.pop();
         }
     }
@@ -127,8 +143,8 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_messages_within_budget() {
-        // Each message counts 10 + 2 (the empty header block) bytes.
-        let mut cache = RecentCache::new(0, 36);
+        // Each message counts 10 + 2 (the empty header block) bytes plus the overhead.
+        let mut cache = RecentCache::new(0, 3 * (12 + OVERHEAD));
         cache.push(0, vec![msg(10), msg(10)]);
         cache.push(2, vec![msg(10), msg(10)]);
         assert_eq!(cache.start(), 1);
@@ -143,6 +159,21 @@ mod tests {
         cache.trim(8);
         assert_eq!(cache.start(), 8);
         assert!(cache.read(9, 1, &mut out));
+    }
+
+    #[test]
+    fn old_messages_expire() {
+        let mut cache = RecentCache::new(0, 1 << 20);
+        let at = |ts| StoredMessage {
+            timestamp_ns: ts,
+            ..msg(1)
+        };
+        cache.push(0, vec![at(10), at(20), at(30)]);
+        cache.expire(20);
+        assert_eq!(cache.start(), 1);
+        cache.expire(100);
+        assert_eq!(cache.start(), 3);
+        assert!(cache.get(2).is_none());
     }
 
     #[test]

@@ -10,6 +10,9 @@ use super::log::{now_ns, remove_segment_files, Closed, FileLog, LogState};
 use super::record::SEGMENT_MAGIC;
 use crate::storage::FsyncPolicy;
 
+/// How long a message stays in the recent cache at most.
+const CACHE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl FileLog {
     /// Raises the logical start to `offset` (within `start..=end`) and deletes every sealed
     /// segment wholly below it.
@@ -36,6 +39,13 @@ impl FileLog {
             doomed
         };
         remove_segment_files(self, &doomed);
+    }
+
+    /// Drops cached messages older than [`CACHE_MAX_AGE`]: a quiet topic's readers are
+    /// either caught up or reading far behind, and the memory is better given back.
+    pub(super) fn expire_cache(&self) {
+        let horizon = now_ns().saturating_sub(CACHE_MAX_AGE.as_nanos() as u64);
+        self.lock().cache.expire(horizon);
     }
 
     /// Applies `max_bytes` and `max_age`, counting what they drop above the logical start.

@@ -407,6 +407,7 @@ impl Ticker {
                 log.tick(now);
                 if housekeeping {
                     log.enforce_retention();
+                    log.expire_cache();
                     if let Err(e) = log.persist_start() {
                         tracing::warn!(error = %e, "saving the log start");
                     }
