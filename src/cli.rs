@@ -69,7 +69,7 @@ struct ServeArgs {
     /// Default max attempts per channel before dead-lettering (0 = unlimited).
     #[arg(long)]
     max_attempts: Option<u16>,
-    /// When a publish is confirmed: always (after its fsync), interval:<dur> (after the
+    /// When a publish is confirmed: always (after its fsync), interval:DURATION (after the
     /// write; fsync within the interval) or never [default: interval:10ms].
     #[arg(long)]
     fsync: Option<quiver::storage::FsyncPolicy>,

@@ -101,7 +101,7 @@ pub struct BenchArgs {
     /// The executable to start as the broker instead of this one (for tests).
     #[arg(long, hide = true)]
     pub broker_exe: Option<PathBuf>,
-    /// fsync policy of the broker the bench starts (always, interval:<dur>, never). Ignored
+    /// fsync policy of the broker the bench starts (always, interval:DURATION, never). Ignored
     /// with --addr.
     #[arg(long)]
     pub fsync: Option<crate::storage::FsyncPolicy>,
