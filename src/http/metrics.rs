@@ -32,7 +32,7 @@ type TopicMetric = (&'static str, Kind, &'static str, fn(&TopicStats) -> u64);
 /// A per-channel metric.
 type ChannelMetric = (&'static str, Kind, &'static str, fn(&ChannelStats) -> u64);
 
-const TOPIC_METRICS: [TopicMetric; 2] = [
+const TOPIC_METRICS: [TopicMetric; 9] = [
     (
         "quiver_topic_depth",
         Kind::Gauge,
@@ -45,9 +45,51 @@ const TOPIC_METRICS: [TopicMetric; 2] = [
         "Messages published to the topic.",
         |t| t.message_count,
     ),
+    (
+        "quiver_topic_log_bytes",
+        Kind::Gauge,
+        "Bytes the topic's log holds on disk (in memory for ephemeral topics).",
+        |t| t.retained_bytes,
+    ),
+    (
+        "quiver_topic_log_segments",
+        Kind::Gauge,
+        "Segment files of the topic's log.",
+        |t| t.segments,
+    ),
+    (
+        "quiver_topic_fsyncs_total",
+        Kind::Counter,
+        "Data fsyncs of the topic's log.",
+        |t| t.fsyncs,
+    ),
+    (
+        "quiver_topic_fsync_p99_microseconds",
+        Kind::Gauge,
+        "99th percentile fsync latency of the topic's log.",
+        |t| t.fsync_p99_us,
+    ),
+    (
+        "quiver_topic_retention_dropped_messages_total",
+        Kind::Counter,
+        "Unfinished messages dropped by max_age or max_bytes retention.",
+        |t| t.retention_dropped_messages,
+    ),
+    (
+        "quiver_topic_corrupt_records_total",
+        Kind::Counter,
+        "Records of the topic's log found corrupt and skipped.",
+        |t| t.corrupt_records,
+    ),
+    (
+        "quiver_topic_fsync_p50_microseconds",
+        Kind::Gauge,
+        "Median fsync latency of the topic's log.",
+        |t| t.fsync_p50_us,
+    ),
 ];
 
-const CHANNEL_METRICS: [ChannelMetric; 9] = [
+const CHANNEL_METRICS: [ChannelMetric; 10] = [
     (
         "quiver_channel_depth",
         Kind::Gauge,
@@ -101,6 +143,12 @@ const CHANNEL_METRICS: [ChannelMetric; 9] = [
         Kind::Counter,
         "Messages moved to the dead-letter topic.",
         |c| c.dead_lettered,
+    ),
+    (
+        "quiver_channel_recovered",
+        Kind::Gauge,
+        "Messages restored as unfinished when the broker started (bounds a crash's duplicates).",
+        |c| c.recovered,
     ),
 ];
 
