@@ -146,7 +146,7 @@ pub struct ChannelCounters {
     pub timed_out: u64,
     pub dead_lettered: u64,
     /// Messages that were pending when the channel was restored from disk: each may have
-    /// been finished just before a crash, so this bounds the duplicates a restart caused.
+    /// been finished just before a crash, and is delivered again.
     pub recovered: u64,
 }
 

@@ -48,8 +48,9 @@ pub struct ChannelStats {
     pub requeued: u64,
     pub timed_out: u64,
     pub dead_lettered: u64,
-    /// Messages restored as unfinished when the broker started: an upper bound on the
-    /// duplicates the restart caused on this channel.
+    /// Messages restored as unfinished when the broker started. After a crash, the
+    /// duplicates on this channel are at most this plus the messages delivered in the last
+    /// flush interval (10 ms) before it.
     pub recovered: u64,
     /// 0 means unlimited.
     pub max_attempts: u16,

@@ -147,7 +147,7 @@ const CHANNEL_METRICS: [ChannelMetric; 10] = [
     (
         "quiver_channel_recovered",
         Kind::Gauge,
-        "Messages restored as unfinished when the broker started (bounds a crash's duplicates).",
+        "Messages restored as unfinished when the broker started.",
         |c| c.recovered,
     ),
 ];
