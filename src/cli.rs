@@ -478,5 +478,23 @@ async fn stats(args: StatsArgs) -> Result<()> {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+    if !stats.topics.is_empty() {
+        println!();
+    }
+    for t in &stats.topics {
+        println!(
+            "{}: log {} bytes in {} segment{}, fsync p50 {} µs p99 {} µs ({} fsyncs), \
+             retention dropped {}, corrupt {}",
+            t.name,
+            t.retained_bytes,
+            t.segments,
+            if t.segments == 1 { "" } else { "s" },
+            t.fsync_p50_us,
+            t.fsync_p99_us,
+            t.fsyncs,
+            t.retention_dropped_messages,
+            t.corrupt_records,
+        );
+    }
     Ok(())
 }
