@@ -58,7 +58,7 @@ async fn start(dir: &std::path::Path, rdy: u32) -> (ServeProcess, Client, Subscr
 
 async fn crash_round(round: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut serve, client, mut sub) = start(dir.path(), 200).await;
+    let (mut serve, client, mut sub) = start(dir.path(), 500).await;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -86,7 +86,7 @@ async fn crash_round(round: usize) {
             }
         }));
     }
-    // Consume meanwhile; FIN every other message and leave the rest in flight.
+    // Consume meanwhile: FIN 49 messages in 50 and leave the 50th in flight.
     let acker = sub.acker();
     let consumer_seen = seen.clone();
     tasks.push(tokio::spawn(async move {
@@ -95,7 +95,7 @@ async fn crash_round(round: usize) {
             n += 1;
             let at = Instant::now();
             consumer_seen.lock().unwrap().delivered.insert(body(&d), at);
-            if n.is_multiple_of(2) && acker.fin(d.id).await.is_ok() {
+            if !n.is_multiple_of(50) && acker.fin(d.id).await.is_ok() {
                 let at = Instant::now();
                 consumer_seen.lock().unwrap().finned.insert(body(&d), at);
             }
