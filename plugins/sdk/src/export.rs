@@ -1,0 +1,146 @@
+//! The export macros: one per world, each turning a type that implements the matching trait
+//! into the component's `init` and decision exports.
+//!
+//! The glue is compiled only for `target_arch = "wasm32"`, so a plugin crate also builds and
+//! runs its unit tests on the host, calling its trait methods directly.
+
+/// Exports a [`Filter`](crate::Filter) as the component's `filter` world.
+///
+/// Use once per crate, at the top level: `quiver_plugin::filter!(MyFilter);`.
+#[macro_export]
+macro_rules! filter {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            ::std::thread_local! {
+                static PLUGIN: ::core::cell::RefCell<::core::option::Option<$plugin>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            struct QuiverFilterExports;
+
+            impl $crate::__private::filter::Guest for QuiverFilterExports {
+                fn init(
+                    params: $crate::__private::filter::Params,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::init(&PLUGIN, params, <$plugin as $crate::Filter>::init)
+                }
+
+                fn keep(msg: &$crate::__private::filter::Message) -> bool {
+                    let msg = $crate::Message::from_host(msg);
+                    $crate::__private::decide(&PLUGIN, |p| {
+                        <$plugin as $crate::Filter>::keep(p, &msg)
+                    })
+                }
+            }
+
+            $crate::__private::filter::export_filter!(
+                QuiverFilterExports with_types_in $crate::__private::filter
+            );
+        };
+
+        // Outside WebAssembly there is nothing to export to. Naming the methods keeps the
+        // plugin's code live, so host builds and unit tests have no dead-code warnings.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$plugin as $crate::Filter>::init;
+            let _ = <$plugin as $crate::Filter>::keep;
+        };
+    };
+}
+
+/// Exports a [`Sampler`](crate::Sampler) as the component's `sampler` world.
+///
+/// Use once per crate, at the top level: `quiver_plugin::sampler!(MySampler);`.
+#[macro_export]
+macro_rules! sampler {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            ::std::thread_local! {
+                static PLUGIN: ::core::cell::RefCell<::core::option::Option<$plugin>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            struct QuiverSamplerExports;
+
+            impl $crate::__private::sampler::Guest for QuiverSamplerExports {
+                fn init(
+                    params: $crate::__private::sampler::Params,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::init(&PLUGIN, params, <$plugin as $crate::Sampler>::init)
+                }
+
+                fn keep(msg: &$crate::__private::sampler::Message) -> bool {
+                    let msg = $crate::Message::from_host(msg);
+                    $crate::__private::decide(&PLUGIN, |p| {
+                        <$plugin as $crate::Sampler>::keep(p, &msg)
+                    })
+                }
+            }
+
+            $crate::__private::sampler::export_sampler!(
+                QuiverSamplerExports with_types_in $crate::__private::sampler
+            );
+        };
+
+        // Outside WebAssembly there is nothing to export to. Naming the methods keeps the
+        // plugin's code live, so host builds and unit tests have no dead-code warnings.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$plugin as $crate::Sampler>::init;
+            let _ = <$plugin as $crate::Sampler>::keep;
+        };
+    };
+}
+
+/// Exports a [`Router`](crate::Router) as the component's `router` world.
+///
+/// Use once per crate, at the top level: `quiver_plugin::router!(MyRouter);`.
+#[macro_export]
+macro_rules! router {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            ::std::thread_local! {
+                static PLUGIN: ::core::cell::RefCell<::core::option::Option<$plugin>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            struct QuiverRouterExports;
+
+            impl $crate::__private::router::Guest for QuiverRouterExports {
+                fn init(
+                    params: $crate::__private::router::Params,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::init(&PLUGIN, params, <$plugin as $crate::Router>::init)
+                }
+
+                fn route(
+                    msg: &$crate::__private::router::Message,
+                ) -> $crate::__private::router::Route {
+                    let msg = $crate::Message::from_host(msg);
+                    let route = $crate::__private::decide(&PLUGIN, |p| {
+                        <$plugin as $crate::Router>::route(p, &msg)
+                    });
+                    $crate::__private::router::Route {
+                        channels: route.channels,
+                        forward: route.forward,
+                    }
+                }
+            }
+
+            $crate::__private::router::export_router!(
+                QuiverRouterExports with_types_in $crate::__private::router
+            );
+        };
+
+        // Outside WebAssembly there is nothing to export to. Naming the methods keeps the
+        // plugin's code live, so host builds and unit tests have no dead-code warnings.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$plugin as $crate::Router>::init;
+            let _ = <$plugin as $crate::Router>::route;
+        };
+    };
+}
