@@ -27,6 +27,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// One plugin instance behind a mutex, restarted after faults. Calls from several threads are
 /// serialized: one decision at a time, which a stateful sampler needs.
+///
+/// A call holds the mutex for at most the call timeout, or, when it restarts the instance,
+/// the init timeout: other callers wait that long.
 #[derive(Debug)]
 pub struct Binding {
     plugin: Arc<Plugin>,

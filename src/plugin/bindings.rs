@@ -67,24 +67,36 @@ pub(super) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     Ok(linker)
 }
 
+/// The `wasi:io/poll` interface as wasmtime-wasi defines it (guests importing an older 0.2.x
+/// are linked to it by semver).
+const WASI_POLL: &str = "wasi:io/poll@0.2.12";
+
 /// Replaces `wasi:io/poll`'s blocking functions with ones that trap: the epoch deadline only
 /// interrupts guest code, not a host function that sleeps.
 fn refuse_blocking(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     type Pollable = wasmtime_wasi::p2::DynPollable;
+    fn poll(
+        _: wasmtime::StoreContextMut<'_, HostState>,
+        _: (Vec<Resource<Pollable>>,),
+    ) -> wasmtime::Result<(Vec<u32>,)> {
+        wasmtime::bail!("plugins may not block: wasi:io/poll.poll refused")
+    }
+    fn block(
+        _: wasmtime::StoreContextMut<'_, HostState>,
+        _: (Resource<Pollable>,),
+    ) -> wasmtime::Result<()> {
+        wasmtime::bail!("plugins may not block: wasi:io/poll pollable.block refused")
+    }
+    // Shadowing only replaces what exists: under another version these would land in a new
+    // interface beside wasmtime-wasi's, and guests would block. Defining without shadowing
+    // must fail.
+    if linker.instance(WASI_POLL)?.func_wrap("poll", poll).is_ok() {
+        wasmtime::bail!("wasmtime-wasi does not define {WASI_POLL}: update `WASI_POLL`");
+    }
     linker.allow_shadowing(true);
-    let mut poll = linker.instance("wasi:io/poll@0.2.12")?;
-    poll.func_wrap(
-        "poll",
-        |_, (_,): (Vec<Resource<Pollable>>,)| -> wasmtime::Result<(Vec<u32>,)> {
-            wasmtime::bail!("plugins may not block: wasi:io/poll.poll refused")
-        },
-    )?;
-    poll.func_wrap(
-        "[method]pollable.block",
-        |_, (_,): (Resource<Pollable>,)| -> wasmtime::Result<()> {
-            wasmtime::bail!("plugins may not block: wasi:io/poll pollable.block refused")
-        },
-    )?;
+    let mut instance = linker.instance(WASI_POLL)?;
+    instance.func_wrap("poll", poll)?;
+    instance.func_wrap("[method]pollable.block", block)?;
     linker.allow_shadowing(false);
     Ok(())
 }

@@ -19,7 +19,8 @@ fn spinning_plugin_times_out_at_its_call_deadline() {
     assert_eq!(fault, PluginFault::Timeout);
     let timeout = PluginLimits::default().call_timeout;
     assert!(elapsed >= timeout, "interrupted early: {elapsed:?}");
-    assert!(elapsed < timeout * 10, "interrupted late: {elapsed:?}");
+    // Generous: other tests share the machine's two cores.
+    assert!(elapsed < timeout * 20, "interrupted late: {elapsed:?}");
 }
 
 #[test]

@@ -24,9 +24,6 @@ fn plugins_dir() -> PathBuf {
 /// the first time any test asks.
 pub(super) fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    if let Ok(dir) = std::env::var("TMP_GUESTS") {
-        return Path::new(&dir).join(format!("{name}.wasm"));
-    }
     let out = BUILT.get_or_init(build_guests);
     match out {
         Ok(dir) => dir.join(format!("{name}.wasm")),
@@ -37,14 +34,19 @@ pub(super) fn guest(name: &str) -> PathBuf {
 fn build_guests() -> Result<PathBuf, String> {
     ensure_target()?;
     let dir = plugins_dir();
-    let status = Command::new(env!("CARGO"))
+    let output = Command::new(env!("CARGO"))
         .current_dir(&dir)
         .args(["build", "--release", "--target", TARGET, "--manifest-path"])
         .arg(dir.join("Cargo.toml"))
-        .status()
+        .output()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("cargo build of {} failed: {status}", dir.display()));
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!(
+            "cargo build in {} failed ({}):\n{stderr}",
+            dir.display(),
+            output.status
+        ));
     }
     Ok(dir.join("target").join(TARGET).join("release"))
 }
@@ -122,4 +124,13 @@ impl TestMessage {
             body: &self.body,
         }
     }
+}
+
+#[test]
+fn plugin_kind_round_trips_through_its_name() {
+    for kind in [PluginKind::Router, PluginKind::Filter, PluginKind::Sampler] {
+        assert_eq!(kind.to_string().parse::<PluginKind>(), Ok(kind));
+    }
+    let err = "mapper".parse::<PluginKind>().unwrap_err();
+    assert!(err.to_string().contains("mapper"), "{err}");
 }
