@@ -57,48 +57,12 @@ const MAX_LOG_LINE: usize = 1024;
 /// Defines every import a plugin may use: `types`, `host`, and WASI.
 ///
 /// WASI is sandboxed by [`HostState::new`]: no files, no sockets, no environment, stdout and
-/// stderr discarded. Blocking on a pollable (a guest `sleep`) traps instead of stalling the
-/// broker's thread past the call's deadline.
+/// stderr discarded; and nothing a guest calls may wait or enter tokio (see `plugin::wasi`).
 pub(super) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     router::Router::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    refuse_blocking(&mut linker)?;
+    super::wasi::link(&mut linker)?;
     Ok(linker)
-}
-
-/// The `wasi:io/poll` interface as wasmtime-wasi defines it (guests importing an older 0.2.x
-/// are linked to it by semver).
-const WASI_POLL: &str = "wasi:io/poll@0.2.12";
-
-/// Replaces `wasi:io/poll`'s blocking functions with ones that trap: the epoch deadline only
-/// interrupts guest code, not a host function that sleeps.
-fn refuse_blocking(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    type Pollable = wasmtime_wasi::p2::DynPollable;
-    fn poll(
-        _: wasmtime::StoreContextMut<'_, HostState>,
-        _: (Vec<Resource<Pollable>>,),
-    ) -> wasmtime::Result<(Vec<u32>,)> {
-        wasmtime::bail!("plugins may not block: wasi:io/poll.poll refused")
-    }
-    fn block(
-        _: wasmtime::StoreContextMut<'_, HostState>,
-        _: (Resource<Pollable>,),
-    ) -> wasmtime::Result<()> {
-        wasmtime::bail!("plugins may not block: wasi:io/poll pollable.block refused")
-    }
-    // Shadowing only replaces what exists: under another version these would land in a new
-    // interface beside wasmtime-wasi's, and guests would block. Defining without shadowing
-    // must fail.
-    if linker.instance(WASI_POLL)?.func_wrap("poll", poll).is_ok() {
-        wasmtime::bail!("wasmtime-wasi does not define {WASI_POLL}: update `WASI_POLL`");
-    }
-    linker.allow_shadowing(true);
-    let mut instance = linker.instance(WASI_POLL)?;
-    instance.func_wrap("poll", poll)?;
-    instance.func_wrap("[method]pollable.block", block)?;
-    linker.allow_shadowing(false);
-    Ok(())
 }
 
 /// What a plugin's store holds: its message slot, limits, log budget and WASI state.
@@ -136,6 +100,10 @@ impl HostState {
     pub(super) fn start_call(&mut self) {
         self.memory.reset_denied();
         self.last_error = None;
+    }
+
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     pub(super) fn last_error(&self) -> Option<&str> {

@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod instance;
 mod limits;
+mod wasi;
 
 #[cfg(test)]
 mod tests;

@@ -160,3 +160,38 @@ fn calling_route_on_a_filter_is_refused_without_harm() {
         "guest code still runs: {next:?}"
     );
 }
+
+#[test]
+fn faults_inside_a_tokio_worker_stay_faults() {
+    // Wasmtime-wasi's synchronous stream functions would `block_on` tokio, which panics on a
+    // runtime's worker thread. The hog's allocation failure writes to stderr before it
+    // aborts: that write must not reach tokio.
+    let limits = PluginLimits {
+        call_timeout: Duration::from_secs(2),
+        ..PluginLimits::default()
+    };
+    let host = PluginHost::new(limits, None).unwrap();
+    let hog = load(&host, "hog", PluginKind::Filter);
+    let trap = load(&host, "trap", PluginKind::Filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+
+    let faults = runtime.block_on(async move {
+        let task = tokio::spawn(async move {
+            let msg = TestMessage::new(b"x");
+            let mut hog = host.instantiate(&hog, &[]).unwrap();
+            let mut trap = host.instantiate(&trap, &[]).unwrap();
+            (hog.keep(&msg.view()), trap.keep(&msg.view()))
+        });
+        task.await.unwrap()
+    });
+
+    assert_eq!(faults.0, Err(PluginFault::OutOfMemory));
+    assert!(
+        matches!(faults.1, Err(PluginFault::Trap(_))),
+        "{:?}",
+        faults.1
+    );
+}
