@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod message;
+pub mod plugin;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -1,0 +1,269 @@
+//! A plugin bound to a topic or channel: one [`Instance`] that keeps serving across faults.
+//!
+//! After a fault the instance is dropped (its store is poisoned) and a new one is started on
+//! the next call after a backoff: 10 ms, doubling to 5 s, reset by the next successful call.
+//! During the backoff calls fail at once with [`PluginFault::Unavailable`], without running
+//! guest code. The binding only reports faults; the caller applies the failure policy
+//! (deliver, skip or dead-letter) to the message.
+//!
+//! # Invariants
+//! - `calls` equals the sum of every outcome counter in [`BindingStats`] except
+//!   `restart_failures` and `reinstantiations`, which count events, not calls.
+//! - A sampler's state lives in its instance: it survives calls, and is lost (started over
+//!   by `init`) when a fault replaces the instance.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Instance, MessageView, Plugin, PluginError, PluginFault, Route};
+
+/// The first backoff after a fault.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// The longest backoff: a plugin that faults on every message is retried this often.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One plugin instance behind a mutex, restarted after faults. Calls from several threads are
+/// serialized: one decision at a time, which a stateful sampler needs.
+///
+/// A call holds the mutex for at most the call timeout, or, when it restarts the instance,
+/// the init timeout: other callers wait that long.
+#[derive(Debug)]
+pub struct Binding {
+    plugin: Arc<Plugin>,
+    params: Vec<(String, String)>,
+    state: Mutex<State>,
+    counters: Counters,
+}
+
+#[derive(Debug)]
+struct State {
+    instance: Option<Instance>,
+    /// The wait after the latest fault; zero when the last call succeeded.
+    backoff: Duration,
+    /// No new instance is started before this time.
+    retry_at: Option<Instant>,
+    /// Why the instance is gone, for `Unavailable` faults.
+    down_because: String,
+}
+
+/// What a binding has done, for stats. Counts since the binding was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BindingStats {
+    /// Calls to `keep` or `route`.
+    pub calls: u64,
+    /// Filter or sampler decisions: keep.
+    pub kept: u64,
+    /// Filter or sampler decisions: skip.
+    pub skipped: u64,
+    /// Router decisions with at least one channel or forward.
+    pub routed: u64,
+    /// Router decisions with neither.
+    pub unrouted: u64,
+    /// Calls interrupted at their deadline.
+    pub timeouts: u64,
+    /// Calls that ran out of memory.
+    pub out_of_memory: u64,
+    /// Calls that trapped.
+    pub traps: u64,
+    /// Calls refused a body over the memory cap.
+    pub too_large: u64,
+    /// Calls refused at once: no instance (backoff, or its restart failed).
+    pub unavailable: u64,
+    /// Calls that do not exist in the plugin's world (`route` on a filter).
+    pub wrong_kind: u64,
+    /// Instances started after a fault.
+    pub reinstantiations: u64,
+    /// Restarts that failed (`init` refused or faulted).
+    pub restart_failures: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    kept: AtomicU64,
+    skipped: AtomicU64,
+    routed: AtomicU64,
+    unrouted: AtomicU64,
+    timeouts: AtomicU64,
+    out_of_memory: AtomicU64,
+    traps: AtomicU64,
+    too_large: AtomicU64,
+    unavailable: AtomicU64,
+    wrong_kind: AtomicU64,
+    reinstantiations: AtomicU64,
+    restart_failures: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Binding {
+    /// Starts the first instance with `params`, so that a plugin that refuses them (or cannot
+    /// start) refuses the binding.
+    pub fn new(plugin: Arc<Plugin>, params: Vec<(String, String)>) -> Result<Binding, PluginError> {
+        let instance = Instance::start(&plugin, &params)?;
+        Ok(Binding {
+            plugin,
+            params,
+            state: Mutex::new(State {
+                instance: Some(instance),
+                backoff: Duration::ZERO,
+                retry_at: None,
+                down_because: String::new(),
+            }),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// A filter's or sampler's decision. See [`Instance::keep`].
+    pub fn keep(&self, msg: &MessageView<'_>) -> Result<bool, PluginFault> {
+        let keep = self.with_instance(|instance| instance.keep(msg))?;
+        bump(if keep {
+            &self.counters.kept
+        } else {
+            &self.counters.skipped
+        });
+        Ok(keep)
+    }
+
+    /// A router's decision. See [`Instance::route`].
+    pub fn route(&self, msg: &MessageView<'_>) -> Result<Route, PluginFault> {
+        let route = self.with_instance(|instance| instance.route(msg))?;
+        bump(if route.is_unrouted() {
+            &self.counters.unrouted
+        } else {
+            &self.counters.routed
+        });
+        Ok(route)
+    }
+
+    pub fn stats(&self) -> BindingStats {
+        let c = &self.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        BindingStats {
+            calls: read(&c.calls),
+            kept: read(&c.kept),
+            skipped: read(&c.skipped),
+            routed: read(&c.routed),
+            unrouted: read(&c.unrouted),
+            timeouts: read(&c.timeouts),
+            out_of_memory: read(&c.out_of_memory),
+            traps: read(&c.traps),
+            too_large: read(&c.too_large),
+            unavailable: read(&c.unavailable),
+            wrong_kind: read(&c.wrong_kind),
+            reinstantiations: read(&c.reinstantiations),
+            restart_failures: read(&c.restart_failures),
+        }
+    }
+
+    /// Runs `call` on the instance, starting one first if the backoff is over, and replaces
+    /// it after a fault.
+    fn with_instance<R>(
+        &self,
+        call: impl FnOnce(&mut Instance) -> Result<R, PluginFault>,
+    ) -> Result<R, PluginFault> {
+        bump(&self.counters.calls);
+        let mut state = self.lock();
+        let instance = match state.instance.take() {
+            Some(instance) => instance,
+            None => match self.restart(&mut state) {
+                Ok(instance) => instance,
+                Err(fault) => {
+                    bump(&self.counters.unavailable);
+                    return Err(fault);
+                }
+            },
+        };
+        let instance = state.instance.insert(instance);
+        match call(instance) {
+            Ok(decision) => {
+                state.backoff = Duration::ZERO;
+                Ok(decision)
+            }
+            Err(fault) => {
+                self.count(&fault);
+                if fault.poisons_instance() {
+                    state.instance = None;
+                    // Not the plugin's doing: start over at once, without growing the backoff.
+                    let wait = !matches!(fault, PluginFault::TooLarge { .. });
+                    state.went_down(fault.to_string(), wait);
+                    tracing::warn!(plugin = self.plugin.name(), %fault, retry_in = ?state.backoff, "plugin faulted; it will be restarted");
+                }
+                Err(fault)
+            }
+        }
+    }
+
+    /// A new instance, unless the backoff is still running or the start fails.
+    fn restart(&self, state: &mut State) -> Result<Instance, PluginFault> {
+        let now = Instant::now();
+        if let Some(retry_at) = state.retry_at.filter(|&at| at > now) {
+            return Err(PluginFault::Unavailable {
+                reason: state.down_because.clone(),
+                retry_in: retry_at - now,
+            });
+        }
+        match Instance::start(&self.plugin, &self.params) {
+            Ok(instance) => {
+                bump(&self.counters.reinstantiations);
+                state.retry_at = None;
+                Ok(instance)
+            }
+            Err(err) => {
+                bump(&self.counters.restart_failures);
+                tracing::warn!(plugin = self.plugin.name(), error = %err, "plugin restart failed");
+                state.went_down(format!("restart failed: {err}"), true);
+                Err(PluginFault::Unavailable {
+                    reason: state.down_because.clone(),
+                    retry_in: state.backoff,
+                })
+            }
+        }
+    }
+
+    fn count(&self, fault: &PluginFault) {
+        let c = &self.counters;
+        bump(match fault {
+            PluginFault::Timeout => &c.timeouts,
+            PluginFault::OutOfMemory => &c.out_of_memory,
+            PluginFault::Trap(_) => &c.traps,
+            PluginFault::TooLarge { .. } => &c.too_large,
+            PluginFault::Unavailable { .. } => &c.unavailable,
+            PluginFault::WrongKind { .. } => &c.wrong_kind,
+        });
+    }
+
+    /// The state, also after a thread panicked holding it: the instance it was using is
+    /// dropped, since its call may have stopped halfway.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| {
+            self.state.clear_poison();
+            let mut state = poisoned.into_inner();
+            state.instance = None;
+            state
+        })
+    }
+}
+
+impl State {
+    /// Records that the instance is gone because of `why`; with `wait`, the next start waits
+    /// out a backoff that doubles with each fault in a row.
+    fn went_down(&mut self, why: String, wait: bool) {
+        self.down_because = why;
+        if !wait {
+            self.retry_at = None;
+            return;
+        }
+        self.backoff = (self.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        self.retry_at = Some(Instant::now() + self.backoff);
+    }
+}

@@ -1,0 +1,240 @@
+//! A binding keeps serving across faults, backs off, counts, and serializes threads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{host, load, params, TestMessage};
+use crate::plugin::{
+    Binding, BindingStats, PluginError, PluginFault, PluginHost, PluginKind, PluginLimits,
+};
+
+fn binding(host: &PluginHost, name: &str, kind: PluginKind, pairs: &[(&str, &str)]) -> Binding {
+    Binding::new(load(host, name, kind), params(pairs)).unwrap()
+}
+
+/// Waits out the backoff that `fault` announces.
+fn wait_out(fault: &PluginFault) {
+    let PluginFault::Unavailable { retry_in, .. } = fault else {
+        panic!("expected Unavailable, got {fault:?}");
+    };
+    std::thread::sleep(*retry_in + Duration::from_millis(2));
+}
+
+#[test]
+fn binding_restarts_a_trapping_plugin_after_a_doubling_backoff() {
+    let host = host();
+    let binding = binding(&host, "trap", PluginKind::Filter, &[]);
+    let msg = TestMessage::new(b"x");
+
+    assert!(matches!(
+        binding.keep(&msg.view()),
+        Err(PluginFault::Trap(_))
+    ));
+    let first = binding.keep(&msg.view()).unwrap_err();
+    let PluginFault::Unavailable { retry_in, reason } = &first else {
+        panic!("expected Unavailable, got {first:?}");
+    };
+    assert!(*retry_in <= Duration::from_millis(10), "{retry_in:?}");
+    assert!(reason.contains("refuses message"), "{reason}");
+
+    wait_out(&first);
+    assert!(
+        matches!(binding.keep(&msg.view()), Err(PluginFault::Trap(_))),
+        "a new instance ran the guest again"
+    );
+    let second = binding.keep(&msg.view()).unwrap_err();
+    let PluginFault::Unavailable { retry_in, .. } = second else {
+        panic!("expected Unavailable, got {second:?}");
+    };
+    assert!(
+        retry_in > Duration::from_millis(10),
+        "doubled: {retry_in:?}"
+    );
+    assert!(retry_in <= Duration::from_millis(20), "{retry_in:?}");
+
+    let stats = binding.stats();
+    assert_eq!(
+        stats,
+        BindingStats {
+            calls: 4,
+            traps: 2,
+            unavailable: 2,
+            reinstantiations: 1,
+            ..BindingStats::default()
+        }
+    );
+}
+
+#[test]
+fn binding_counts_timeouts_and_out_of_memory() {
+    let limits = PluginLimits {
+        call_timeout: Duration::from_secs(2),
+        ..PluginLimits::default()
+    };
+    let roomy = PluginHost::new(limits, None).unwrap();
+    let hog = binding(&roomy, "hog", PluginKind::Filter, &[]);
+    let spin = binding(&host(), "spin", PluginKind::Filter, &[]);
+    let msg = TestMessage::new(b"x");
+
+    assert_eq!(hog.keep(&msg.view()), Err(PluginFault::OutOfMemory));
+    assert_eq!(spin.keep(&msg.view()), Err(PluginFault::Timeout));
+    let unavailable = spin.keep(&msg.view()).unwrap_err();
+    wait_out(&unavailable);
+    assert_eq!(spin.keep(&msg.view()), Err(PluginFault::Timeout));
+
+    assert_eq!(hog.stats().out_of_memory, 1);
+    let spin = spin.stats();
+    assert_eq!((spin.timeouts, spin.unavailable), (2, 1));
+    assert_eq!(spin.reinstantiations, 1);
+}
+
+#[test]
+fn binding_restarts_at_once_after_a_body_too_large() {
+    let limits = PluginLimits {
+        memory_bytes: 4 << 20,
+        ..PluginLimits::default()
+    };
+    let host = PluginHost::new(limits, None).unwrap();
+    let pairs = [("field", "a"), ("exists", "true")];
+    let filter = binding(&host, "json_filter", PluginKind::Filter, &pairs);
+    let big = TestMessage::new(&vec![b' '; 5 << 20]);
+    let small = TestMessage::new(br#"{"a":1}"#);
+
+    assert!(matches!(
+        filter.keep(&big.view()),
+        Err(PluginFault::TooLarge { .. })
+    ));
+    assert_eq!(filter.keep(&small.view()), Ok(true), "no backoff");
+    assert_eq!(filter.keep(&TestMessage::new(b"{}").view()), Ok(false));
+
+    let stats = filter.stats();
+    assert_eq!((stats.too_large, stats.kept, stats.skipped), (1, 1, 1));
+    assert_eq!(stats.reinstantiations, 1);
+}
+
+#[test]
+fn binding_is_refused_when_init_refuses() {
+    let host = host();
+    let err = Binding::new(load(&host, "bad_init", PluginKind::Filter), Vec::new()).unwrap_err();
+    assert!(matches!(err, PluginError::Init { .. }), "{err:?}");
+}
+
+#[test]
+fn binding_counts_router_outcomes() {
+    let host = host();
+    let pairs = [("header", "region"), ("route.eu", "eu")];
+    let router = binding(&host, "header_router", PluginKind::Router, &pairs);
+
+    let eu = router.route(&TestMessage::new(b"").header("region", "eu").view());
+    let none = router.route(&TestMessage::new(b"").view());
+    let misuse = router.keep(&TestMessage::new(b"").view());
+
+    assert_eq!(eu.unwrap().channels, ["eu"]);
+    assert!(none.unwrap().is_unrouted());
+    assert!(matches!(misuse, Err(PluginFault::WrongKind { .. })));
+    let stats = router.stats();
+    assert_eq!(
+        (stats.calls, stats.routed, stats.unrouted, stats.wrong_kind),
+        (3, 1, 1, 1)
+    );
+    assert_eq!(stats.reinstantiations, 0, "a misuse does not poison");
+}
+
+#[test]
+fn binding_serializes_calls_from_several_threads() {
+    let host = host();
+    let sampler = Arc::new(binding(
+        &host,
+        "one_in_n",
+        PluginKind::Sampler,
+        &[("n", "4")],
+    ));
+    let threads = 4;
+    let per_thread = 250;
+
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let sampler = Arc::clone(&sampler);
+            scope.spawn(move || {
+                let msg = TestMessage::new(b"x");
+                for _ in 0..per_thread {
+                    sampler.keep(&msg.view()).unwrap();
+                }
+            });
+        }
+    });
+
+    let stats = sampler.stats();
+    assert_eq!(stats.calls, threads * per_thread);
+    assert_eq!(
+        stats.kept,
+        threads * per_thread / 4,
+        "one counter: exactly 1 in 4"
+    );
+    assert_eq!(stats.kept + stats.skipped, stats.calls);
+}
+
+#[test]
+fn binding_stats_serialize_as_json() {
+    let stats = BindingStats {
+        calls: 3,
+        traps: 1,
+        ..BindingStats::default()
+    };
+    let json = serde_json::to_value(stats).unwrap();
+    assert_eq!(json["calls"], 3);
+    assert_eq!(json["traps"], 1);
+    assert_eq!(json["reinstantiations"], 0);
+}
+
+/// Per-call cost of a header filter, reading one header and two. Run with
+/// `cargo test --release --lib plugin::tests::binding::bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: run in release with --ignored --nocapture"]
+fn bench_tag_filter_ns_per_call() {
+    let host = host();
+    let msg = TestMessage::new(&[b'x'; 100])
+        .header("type", "invoice")
+        .header("region", "eu")
+        .header("trace-id", "0af7651916cd43dd8448eb211c80319c");
+    let view = msg.view();
+    let rounds = 200_000u32;
+    let plugin = load(&host, "tag_filter", PluginKind::Filter);
+
+    for expr in [
+        r#"type == "invoice""#,
+        r#"type == "invoice" && region in ("eu", "us")"#,
+    ] {
+        let pairs = params(&[("expr", expr)]);
+        let mut instance = host.instantiate(&plugin, &pairs).unwrap();
+        let binding = Binding::new(Arc::clone(&plugin), pairs.clone()).unwrap();
+        for _ in 0..10_000 {
+            instance.keep(&view).unwrap();
+        }
+        let started = Instant::now();
+        for _ in 0..rounds {
+            assert!(instance.keep(&view).unwrap());
+        }
+        let per_call = started.elapsed() / rounds;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            assert!(binding.keep(&view).unwrap());
+        }
+        let per_binding_call = started.elapsed() / rounds;
+        eprintln!(
+            "tag_filter {expr:?}: Instance::keep {} ns/call, Binding::keep {} ns/call",
+            per_call.as_nanos(),
+            per_binding_call.as_nanos(),
+        );
+    }
+
+    let pairs = params(&[("expr", "exists(type)")]);
+    let started = Instant::now();
+    for _ in 0..1000 {
+        host.instantiate(&plugin, &pairs).unwrap();
+    }
+    eprintln!(
+        "tag_filter: new store + instantiate + init {:?}",
+        started.elapsed() / 1000
+    );
+}

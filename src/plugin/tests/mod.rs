@@ -1,0 +1,136 @@
+//! Tests against real plugin components, built from the `plugins/` workspace once per test
+//! run (see [`guest`]).
+
+mod binding;
+mod cache;
+mod decide;
+mod hostile;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use crate::message::{Headers, MessageId};
+use crate::plugin::{MessageView, Plugin, PluginHost, PluginKind, PluginLimits};
+
+const TARGET: &str = "wasm32-wasip2";
+
+/// The `plugins/` workspace at the repository root.
+fn plugins_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins")
+}
+
+/// The compiled component of guest crate `name` (e.g. `tag_filter`), building every guest
+/// the first time any test asks.
+pub(super) fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let out = BUILT.get_or_init(build_guests);
+    match out {
+        Ok(dir) => dir.join(format!("{name}.wasm")),
+        Err(why) => panic!("cannot build the guest plugins: {why}"),
+    }
+}
+
+fn build_guests() -> Result<PathBuf, String> {
+    ensure_target()?;
+    let dir = plugins_dir();
+    let output = Command::new(env!("CARGO"))
+        .current_dir(&dir)
+        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!(
+            "cargo build in {} failed ({}):\n{stderr}",
+            dir.display(),
+            output.status
+        ));
+    }
+    Ok(dir.join("target").join(TARGET).join("release"))
+}
+
+/// Installs the wasm target if rustup lacks it (a fresh image does; `RUSTUP_AUTO_INSTALL=0`
+/// stops `rust-toolchain.toml` from doing it).
+fn ensure_target() -> Result<(), String> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == TARGET)
+    {
+        return Ok(());
+    }
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("rustup target add {TARGET} failed: {status}"))
+}
+
+/// A host with the default limits and no cache.
+pub(super) fn host() -> PluginHost {
+    PluginHost::new(PluginLimits::default(), None).unwrap()
+}
+
+pub(super) fn load(host: &PluginHost, name: &str, kind: PluginKind) -> Arc<Plugin> {
+    host.load(&guest(name), kind)
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+pub(super) fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A message's parts, owned, to lend as a [`MessageView`].
+pub(super) struct TestMessage {
+    pub topic: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub offset: u64,
+}
+
+impl TestMessage {
+    pub fn new(body: &[u8]) -> Self {
+        TestMessage {
+            topic: "orders".to_owned(),
+            headers: Headers::new(),
+            body: body.to_vec(),
+            offset: 1,
+        }
+    }
+
+    pub fn header(mut self, key: &str, value: &str) -> Self {
+        self.headers.push(key, value);
+        self
+    }
+
+    pub fn view(&self) -> MessageView<'_> {
+        MessageView {
+            topic: &self.topic,
+            id: MessageId::new(7, self.offset),
+            timestamp_ns: 1_700_000_000_000_000_000,
+            attempts: 1,
+            headers: &self.headers,
+            body: &self.body,
+        }
+    }
+}
+
+#[test]
+fn plugin_kind_round_trips_through_its_name() {
+    for kind in [PluginKind::Router, PluginKind::Filter, PluginKind::Sampler] {
+        assert_eq!(kind.to_string().parse::<PluginKind>(), Ok(kind));
+    }
+    let err = "mapper".parse::<PluginKind>().unwrap_err();
+    assert!(err.to_string().contains("mapper"), "{err}");
+}
