@@ -3,6 +3,10 @@
 //! # Layout
 //! - [`message`]: names, ids, headers and messages, validated once and shared by every layer.
 //! - [`protocol`]: the pure wire codec (frames, commands, replies, wire errors).
+//! - [`storage`]: the segmented log per topic and each channel's durable state.
+//! - [`broker`]: topics, channels and delivery, over storage.
+//! - [`plugin`]: the WebAssembly plugin host (the only module that names wasmtime).
+//! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`]: the surfaces.
 pub mod bench;
 pub mod broker;
 pub mod client;

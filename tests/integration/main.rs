@@ -9,5 +9,6 @@ mod delivery;
 mod disk_full;
 mod durability;
 mod errors;
+mod guests;
 mod process;
 mod support;
