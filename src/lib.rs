@@ -6,7 +6,7 @@
 //! - [`storage`]: the segmented log per topic and each channel's durable state.
 //! - [`broker`]: topics, channels and delivery, over storage.
 //! - [`plugin`]: the WebAssembly plugin host (the only module that names wasmtime).
-//! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`]: the surfaces.
+//! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`](mod@bench): the surfaces.
 pub mod bench;
 pub mod broker;
 pub mod client;
