@@ -10,42 +10,7 @@
 #[macro_export]
 macro_rules! filter {
     ($plugin:ty) => {
-        #[cfg(target_arch = "wasm32")]
-        const _: () = {
-            ::std::thread_local! {
-                static PLUGIN: ::core::cell::RefCell<::core::option::Option<$plugin>> =
-                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
-            }
-
-            struct QuiverFilterExports;
-
-            impl $crate::__private::filter::Guest for QuiverFilterExports {
-                fn init(
-                    params: $crate::__private::filter::Params,
-                ) -> ::core::result::Result<(), ::std::string::String> {
-                    $crate::__private::init(&PLUGIN, params, <$plugin as $crate::Filter>::init)
-                }
-
-                fn keep(msg: &$crate::__private::filter::Message) -> bool {
-                    let msg = $crate::Message::from_host(msg);
-                    $crate::__private::decide(&PLUGIN, |p| {
-                        <$plugin as $crate::Filter>::keep(p, &msg)
-                    })
-                }
-            }
-
-            $crate::__private::filter::export_filter!(
-                QuiverFilterExports with_types_in $crate::__private::filter
-            );
-        };
-
-        // Outside WebAssembly there is nothing to export to. Naming the methods keeps the
-        // plugin's code live, so host builds and unit tests have no dead-code warnings.
-        #[cfg(not(target_arch = "wasm32"))]
-        const _: () = {
-            let _ = <$plugin as $crate::Filter>::init;
-            let _ = <$plugin as $crate::Filter>::keep;
-        };
+        $crate::__keep_world!($plugin, Filter, filter, export_filter);
     };
 }
 
@@ -55,6 +20,15 @@ macro_rules! filter {
 #[macro_export]
 macro_rules! sampler {
     ($plugin:ty) => {
+        $crate::__keep_world!($plugin, Sampler, sampler, export_sampler);
+    };
+}
+
+/// The glue shared by the two keep-or-skip worlds, which differ only in names.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __keep_world {
+    ($plugin:ty, $trait:ident, $world:ident, $export:ident) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             ::std::thread_local! {
@@ -62,25 +36,25 @@ macro_rules! sampler {
                     const { ::core::cell::RefCell::new(::core::option::Option::None) };
             }
 
-            struct QuiverSamplerExports;
+            struct QuiverKeepExports;
 
-            impl $crate::__private::sampler::Guest for QuiverSamplerExports {
+            impl $crate::__private::$world::Guest for QuiverKeepExports {
                 fn init(
-                    params: $crate::__private::sampler::Params,
+                    params: $crate::__private::$world::Params,
                 ) -> ::core::result::Result<(), ::std::string::String> {
-                    $crate::__private::init(&PLUGIN, params, <$plugin as $crate::Sampler>::init)
+                    $crate::__private::init(&PLUGIN, params, <$plugin as $crate::$trait>::init)
                 }
 
-                fn keep(msg: &$crate::__private::sampler::Message) -> bool {
+                fn keep(msg: &$crate::__private::$world::Message) -> bool {
                     let msg = $crate::Message::from_host(msg);
                     $crate::__private::decide(&PLUGIN, |p| {
-                        <$plugin as $crate::Sampler>::keep(p, &msg)
+                        <$plugin as $crate::$trait>::keep(p, &msg)
                     })
                 }
             }
 
-            $crate::__private::sampler::export_sampler!(
-                QuiverSamplerExports with_types_in $crate::__private::sampler
+            $crate::__private::$world::$export!(
+                QuiverKeepExports with_types_in $crate::__private::$world
             );
         };
 
@@ -88,8 +62,8 @@ macro_rules! sampler {
         // plugin's code live, so host builds and unit tests have no dead-code warnings.
         #[cfg(not(target_arch = "wasm32"))]
         const _: () = {
-            let _ = <$plugin as $crate::Sampler>::init;
-            let _ = <$plugin as $crate::Sampler>::keep;
+            let _ = <$plugin as $crate::$trait>::init;
+            let _ = <$plugin as $crate::$trait>::keep;
         };
     };
 }
