@@ -1,65 +1,17 @@
 //! The `quiver` binary as a user runs it: serve, pub, sub, stats.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_quiver");
+use crate::process::{ServeProcess, BIN};
 
-/// `quiver serve` in `dir` on ephemeral ports, killed with SIGTERM on drop.
-struct Serve {
-    child: Child,
-    quic: String,
-}
-
-impl Serve {
-    fn start(dir: &Path) -> Serve {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("quiver serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut quic = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let mut words = line.split_whitespace();
-            if words.next() == Some("QUIC") {
-                quic = words.next().map(str::to_string);
-            }
-            if line.trim_start().starts_with("sha256") {
-                break;
-            }
-        }
-        Serve {
-            child,
-            quic: quic.expect("serve prints its QUIC address"),
-        }
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("quiver serve did not exit after SIGTERM");
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `quiver serve` run from `dir` with its default data directory, on ephemeral ports.
+fn serve_in(dir: &Path) -> ServeProcess {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .current_dir(dir);
+    ServeProcess::spawn(command)
 }
 
 fn quiver(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -73,12 +25,12 @@ fn quiver(dir: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn quick_start_pub_then_sub_prints_the_message() {
     let dir = tempfile::tempdir().unwrap();
-    let mut serve = Serve::start(dir.path());
+    let mut serve = serve_in(dir.path());
     assert!(
         dir.path().join("quiver-data/tls/cert.pem").exists(),
         "dev certificate made"
     );
-    let addr = serve.quic.clone();
+    let addr = serve.quic.to_string();
     let out = quiver(dir.path(), &["pub", "t", "hello", "--addr", &addr]);
     assert!(
         out.status.success(),
