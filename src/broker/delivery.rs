@@ -201,9 +201,7 @@ impl ChannelState {
         let options = record.options;
         let cursor = record.cursor.clamp(log.start, log.end.max(log.start));
         let mut state = ChannelState::new(cursor, options.max_attempts);
-        state.paused = options.paused;
-        state.msg_timeout =
-            (options.msg_timeout_ms > 0).then(|| Duration::from_millis(options.msg_timeout_ms));
+        state.apply(options);
         for (&offset, entry) in record.pending.range(log.start..cursor) {
             if entry.due_ms > now.wall_ms {
                 let wait = Duration::from_millis(entry.due_ms - now.wall_ms);
@@ -260,11 +258,15 @@ impl ChannelState {
 
     /// Changes the channel's options, recording them.
     pub fn set_options(&mut self, options: ChannelOptions) {
+        self.apply(options);
+        self.events.push(StateEvent::Options(options));
+    }
+
+    fn apply(&mut self, options: ChannelOptions) {
         self.paused = options.paused;
         self.max_attempts = options.max_attempts;
         self.msg_timeout =
             (options.msg_timeout_ms > 0).then(|| Duration::from_millis(options.msg_timeout_ms));
-        self.events.push(StateEvent::Options(options));
     }
 
     pub fn add_consumer(&mut self, id: ConsumerId, timeout: Duration) {
