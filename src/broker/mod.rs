@@ -11,11 +11,13 @@
 //! `std::sync::Mutex`/`RwLock`, never held across `.await`.
 
 pub mod delivery;
+pub mod hooks;
 mod stats;
 mod subscription;
 mod topic;
 
 pub use delivery::{ConsumerId, DeadReason, Now};
+pub use hooks::{Admission, Gate, Hooks, MessageRef, Router, Routing};
 pub use stats::{BrokerStats, ChannelStats, ConsumerStats, TopicStats};
 pub use subscription::Subscription;
 
@@ -57,6 +59,16 @@ pub struct BrokerConfig {
     /// Deliveries after which a failing message goes to `<topic>.dead`, for channels that set
     /// none. 0 means unlimited.
     pub max_attempts: u16,
+}
+
+/// Channel options set from outside the wire protocol (the rules file). `None` keeps the
+/// channel's current value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelSettings {
+    /// Deliveries before a message is dead-lettered; 0 means unlimited.
+    pub max_attempts: Option<u16>,
+    /// Deadline for consumers that ask for none.
+    pub msg_timeout: Option<Duration>,
 }
 
 /// Shortest message timeout a consumer may ask for.
@@ -128,6 +140,8 @@ struct Shared {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     started: Instant,
+    /// Routers, filters and samplers; none until [`Broker::set_hooks`].
+    hooks: std::sync::OnceLock<Arc<dyn Hooks>>,
 }
 
 impl Broker {
@@ -143,6 +157,7 @@ impl Broker {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
+                hooks: std::sync::OnceLock::new(),
             }),
         };
         broker.spawn(trim_periodically(broker.clone()));
@@ -151,6 +166,16 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.shared.config
+    }
+
+    /// Installs the routers, filters and samplers. Once per broker, before serving: the
+    /// hooks swap their own rules on reload. Returns false if hooks were already set.
+    pub fn set_hooks(&self, hooks: Arc<dyn Hooks>) -> bool {
+        self.shared.hooks.set(hooks).is_ok()
+    }
+
+    fn hooks(&self) -> Option<&dyn Hooks> {
+        self.shared.hooks.get().map(|h| &**h)
     }
 
     /// Stores `messages` on `topic` (created on first use), atomically, and resolves once
@@ -198,16 +223,17 @@ impl Broker {
             return Err(BrokerError::ShuttingDown);
         }
         let config = self.config();
-        let timeout = msg_timeout.unwrap_or(config.msg_timeout);
-        check_range(
-            "message timeout",
-            timeout,
-            MIN_MSG_TIMEOUT,
-            config.max_msg_timeout,
-        )?;
+        if let Some(timeout) = msg_timeout {
+            check_range(
+                "message timeout",
+                timeout,
+                MIN_MSG_TIMEOUT,
+                config.max_msg_timeout,
+            )?;
+        }
         let topic = self.topic(topic)?;
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
-        let channel = topic.join(channel, id, timeout, remote, self)?;
+        let channel = topic.join(channel, id, msg_timeout, remote, self)?;
         Ok(Subscription::new(self.clone(), topic, channel, id))
     }
 
@@ -326,6 +352,38 @@ impl Broker {
                 max_attempts: max,
                 ..options
             });
+        }
+        Ok(())
+    }
+
+    /// Creates the channel (and its topic) if needed and sets the options given; `None`
+    /// leaves an option as it is. Used to apply the rules file.
+    pub fn configure_channel(
+        &self,
+        topic: &TopicName,
+        channel: &ChannelName,
+        settings: ChannelSettings,
+    ) -> Result<(), BrokerError> {
+        if let Some(timeout) = settings.msg_timeout {
+            check_range(
+                "message timeout",
+                timeout,
+                MIN_MSG_TIMEOUT,
+                self.config().max_msg_timeout,
+            )?;
+        }
+        let topic = self.topic(topic)?;
+        let channel = topic.channel(channel, self)?;
+        let mut state = channel.state();
+        let mut options = state.options();
+        if let Some(max) = settings.max_attempts {
+            options.max_attempts = max;
+        }
+        if let Some(timeout) = settings.msg_timeout {
+            options.msg_timeout_ms = timeout.as_millis() as u64;
+        }
+        if options != state.options() {
+            state.set_options(options);
         }
         Ok(())
     }

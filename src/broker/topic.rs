@@ -137,7 +137,7 @@ impl Topic {
         &self,
         name: &ChannelName,
         id: ConsumerId,
-        timeout: Duration,
+        timeout: Option<Duration>,
         remote: String,
         broker: &Broker,
     ) -> Result<Arc<Channel>, BrokerError> {
@@ -146,7 +146,14 @@ impl Topic {
         }
         let mut channels = self.channels_mut();
         let channel = self.channel_locked(&mut channels, name, broker)?;
-        channel.state().add_consumer(id, timeout);
+        {
+            // The consumer's own timeout, else the channel's, else the broker's.
+            let mut state = channel.state();
+            let timeout = timeout
+                .or(state.msg_timeout)
+                .unwrap_or(broker.config().msg_timeout);
+            state.add_consumer(id, timeout);
+        }
         channel
             .senders()
             .insert(id, (Arc::new(Notify::new()), remote));

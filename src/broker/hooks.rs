@@ -1,0 +1,87 @@
+//! The broker's side of plugins: the questions it asks about routing and admission, and the
+//! answers it acts on. It knows nothing of how the answers are made (WebAssembly components
+//! bound by a rules file, in practice); whatever installs [`Hooks`] turns plugin faults into
+//! answers by its failure policies, so every call here returns a decision.
+//!
+//! # When each hook runs
+//! - [`Router::route`]: once per published message, before it is appended, under the topic's
+//!   publish lock. The decision is stored with the message, so every channel, restarts and
+//!   reloads included, sees the same one.
+//! - [`Gate::admit`]: once per message per channel, when the channel's cursor reaches it
+//!   (under the channel's lock, in log order). The cursor moving past a message is what
+//!   records the decision; a requeued or recovered message is not asked again.
+//!
+//! Both may block the calling thread for as long as the plugin's call timeout allows.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::message::{ChannelName, Headers, MessageId, TopicName};
+
+/// A message as a hook sees it, borrowed for one call.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRef<'a> {
+    pub topic: &'a TopicName,
+    /// The id it has (channel hooks) or will have once appended (routers).
+    pub id: MessageId,
+    /// Publish time, nanoseconds since the Unix epoch.
+    pub timestamp_ns: u64,
+    /// Deliveries on the channel, the coming one included: 1 at a gate, 0 at a router.
+    pub attempts: u16,
+    pub headers: &'a Headers,
+    pub body: &'a [u8],
+}
+
+/// Where a published message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routing {
+    /// Every channel of the topic, as if there were no router.
+    All,
+    /// These channels of the topic (created if missing), and a copy to each of these other
+    /// topics, routed there by their own router. With no channels the topic keeps nothing.
+    To {
+        channels: Vec<ChannelName>,
+        forward: Vec<TopicName>,
+    },
+    /// Not stored anywhere; the publish still succeeds.
+    Drop,
+    /// Stored in the topic's dead-letter topic instead, with `quiver-dead-reason: reason`.
+    DeadLetter { reason: String },
+    /// The whole publish is refused with this reason, and nothing of it is stored.
+    Reject { reason: String },
+}
+
+/// What a channel does with a message its cursor reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Deliver it on this channel.
+    Keep,
+    /// Not for this channel: the cursor moves past it.
+    Skip,
+    /// Copy it to the channel's dead-letter topic, with `quiver-dead-reason: reason`.
+    DeadLetter { reason: String },
+}
+
+/// A topic's router.
+pub trait Router: Send + Sync + fmt::Debug {
+    fn route(&self, message: &MessageRef<'_>) -> Routing;
+}
+
+/// A channel's filters and samplers, applied in order.
+pub trait Gate: Send + Sync + fmt::Debug {
+    fn admit(&self, message: &MessageRef<'_>) -> Admission;
+}
+
+/// What the current rules say about topics and channels. Implementations swap their rules
+/// atomically; each lookup answers from one rule set.
+pub trait Hooks: Send + Sync + fmt::Debug {
+    /// The router bound to `topic`, if any. Looked up once per publish.
+    fn router(&self, topic: &TopicName) -> Option<Arc<dyn Router>>;
+
+    /// The filters and samplers bound to a channel, if any. Looked up once per batch a
+    /// consumer takes.
+    fn gate(&self, topic: &TopicName, channel: &ChannelName) -> Option<Arc<dyn Gate>>;
+
+    /// Where a channel's dead letters go. None: `<topic>.dead`.
+    fn dead_letter_topic(&self, topic: &TopicName, channel: &ChannelName) -> Option<TopicName>;
+}
