@@ -313,6 +313,19 @@ pub struct StoredMessage {
     pub deliver_at_ms: u64,
     pub headers: Headers,
     pub body: Bytes,
+    /// The channels a topic's router chose, stored with the message so that every channel
+    /// (and every restart) sees one decision. None: every channel of the topic.
+    pub route: Option<Route>,
+}
+
+/// The channels a router chose for a message.
+pub type Route = std::sync::Arc<[ChannelName]>;
+
+impl StoredMessage {
+    /// True if the message is for `channel`: there is no route, or the route names it.
+    pub fn is_for(&self, channel: &ChannelName) -> bool {
+        self.route.as_ref().is_none_or(|r| r.contains(channel))
+    }
 }
 
 /// A message as a consumer receives it.

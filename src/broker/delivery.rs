@@ -78,6 +78,8 @@ pub enum DeadReason {
     Timeout,
     Requeue,
     Disconnect,
+    /// The channel's filters or samplers said so (their failure policy `dead-letter`).
+    Filter,
 }
 
 impl DeadReason {
@@ -86,6 +88,7 @@ impl DeadReason {
             DeadReason::Timeout => "timeout",
             DeadReason::Requeue => "requeue",
             DeadReason::Disconnect => "disconnect",
+            DeadReason::Filter => "filter",
         }
     }
 }
@@ -97,6 +100,20 @@ pub struct DeadLetter {
     pub attempts: u16,
     pub reason: DeadReason,
 }
+
+/// What a channel's route and plugins decided about a message its cursor reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    /// Not for this channel: the cursor moves past it.
+    Skip,
+    /// To the dead-letter topic without a delivery.
+    DeadLetter,
+}
+
+/// Most log messages one [`ChannelState::take`] looks at, skipped ones included, so that a
+/// channel whose filter skips a long run of messages does not hold its lock for all of them.
+pub const SCAN_BUDGET: usize = 4096;
 
 /// Why a FIN, REQ or TOUCH was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -145,6 +162,8 @@ pub struct ChannelCounters {
     pub requeued: u64,
     pub timed_out: u64,
     pub dead_lettered: u64,
+    /// Messages the channel's route or plugins passed over.
+    pub skipped: u64,
     /// Messages that were pending when the channel was restored from disk: each may have
     /// been finished just before a crash, and is delivered again.
     pub recovered: u64,
@@ -167,6 +186,8 @@ pub struct ChannelState {
     /// Message timeout for consumers that ask for none; None means the broker's default.
     pub msg_timeout: Option<Duration>,
     armed: Option<Instant>,
+    /// The last take stopped at [`SCAN_BUDGET`] with credit left.
+    stopped_early: bool,
     counters: ChannelCounters,
     /// Changes not yet handed to the channel's store, in order.
     pub events: Vec<StateEvent>,
@@ -187,6 +208,7 @@ impl ChannelState {
             paused: false,
             msg_timeout: None,
             armed: None,
+            stopped_early: false,
             counters: ChannelCounters::default(),
             events: Vec::new(),
         }
@@ -330,7 +352,10 @@ impl ChannelState {
 
     /// Moves up to `max` messages into flight to `id`, within its credit, and appends them to
     /// `out`. Requeued messages go first, then the log from the cursor (unless the topic is
-    /// paused). DPUB messages that are not due yet move to deferred on the way.
+    /// paused). Each message the cursor reaches is first put to `admit`: skipped ones are
+    /// passed over, and dead-lettered ones are pushed to `dead` for the caller to copy. DPUB
+    /// messages that are not due yet move to deferred on the way.
+    #[allow(clippy::too_many_arguments)]
     pub fn take(
         &mut self,
         id: ConsumerId,
@@ -338,8 +363,11 @@ impl ChannelState {
         now: Now,
         topic_paused: bool,
         max: usize,
+        admit: &mut dyn FnMut(u64, &StoredMessage) -> Verdict,
         out: &mut Vec<Taken>,
+        dead: &mut Vec<DeadLetter>,
     ) -> usize {
+        self.stopped_early = false;
         let Some(c) = self.consumers.get(&id) else {
             return 0;
         };
@@ -378,14 +406,50 @@ impl ChannelState {
         }
         let cursor_before = self.cursor;
         let mut batch = Vec::new();
+        let mut scanned = 0;
         while given < want && !topic_paused {
+            if scanned >= SCAN_BUDGET {
+                self.stopped_early = true;
+                break;
+            }
             batch.clear();
-            log.read(self.cursor, want - given, &mut batch);
+            log.read(
+                self.cursor,
+                (want - given).min(SCAN_BUDGET - scanned),
+                &mut batch,
+            );
             if batch.is_empty() {
                 break;
             }
+            scanned += batch.len();
             for (offset, message) in batch.drain(..) {
                 self.cursor = offset + 1;
+                match admit(offset, &message) {
+                    Verdict::Keep => {}
+                    Verdict::Skip => {
+                        self.counters.skipped += 1;
+                        continue;
+                    }
+                    Verdict::DeadLetter => {
+                        self.counters.message_count += 1;
+                        self.counters.dead_lettered += 1;
+                        self.dead.insert(offset, 0);
+                        // Pending until the copy is durable, so a crash before then keeps it.
+                        self.events.push(StateEvent::Pending {
+                            offset,
+                            entry: PendingEntry {
+                                attempts: 0,
+                                due_ms: 0,
+                            },
+                        });
+                        dead.push(DeadLetter {
+                            offset,
+                            attempts: 0,
+                            reason: DeadReason::Filter,
+                        });
+                        continue;
+                    }
+                }
                 self.counters.message_count += 1;
                 if message.deliver_at_ms > now.wall_ms {
                     let wait = Duration::from_millis(message.deliver_at_ms - now.wall_ms);
@@ -407,6 +471,12 @@ impl ChannelState {
             self.events.push(StateEvent::Cursor(self.cursor));
         }
         given
+    }
+
+    /// True when the last [`ChannelState::take`] stopped at [`SCAN_BUDGET`] messages with
+    /// credit left: the caller should take again soon.
+    pub fn stopped_early(&self) -> bool {
+        self.stopped_early
     }
 
     /// What one consumer may take at once so that every consumer with credit gets a share of

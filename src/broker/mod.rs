@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::message::{ChannelName, MessageId, NewMessage, StoredMessage, TopicName};
+use crate::message::{ChannelName, MessageId, NewMessage, Route, StoredMessage, TopicName};
 use crate::storage::{Durable, Storage, StorageError};
 use topic::{Channel, Topic};
 
@@ -123,6 +123,8 @@ pub enum BrokerError {
     Deleted,
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("publish to {topic} refused: {reason}")]
+    Unrouted { topic: TopicName, reason: String },
 }
 
 /// The broker: a cheap, cloneable handle.
@@ -203,12 +205,128 @@ impl Broker {
         }
         check_range("DPUB delay", delay, Duration::ZERO, self.config().max_defer)?;
         let topic = self.topic(topic)?;
-        let (range, durable) = topic.append(stamp(messages, delay))?;
+        let mut confirms = Vec::new();
+        let range = self.route_and_append(
+            &topic,
+            stamp(messages, delay),
+            &mut Vec::new(),
+            &mut confirms,
+        )?;
         Ok(Published {
             topic: topic.name.clone(),
             range,
-            durable,
+            confirms,
         })
+    }
+
+    /// Appends `messages` to `topic` as its router decides, if it has one: to some channels,
+    /// to none, to the dead-letter topic, or forwarded to other topics (routed there in turn).
+    /// `path` holds the topics the messages were forwarded through, so that a forward never
+    /// loops. Pushes one confirmation per append made.
+    fn route_and_append(
+        &self,
+        topic: &Arc<Topic>,
+        messages: Vec<StoredMessage>,
+        path: &mut Vec<TopicName>,
+        confirms: &mut Vec<(TopicName, Durable)>,
+    ) -> Result<Range<u64>, BrokerError> {
+        let Some(router) = self.hooks().and_then(|h| h.router(&topic.name)) else {
+            let (range, durable) = topic.append(messages)?;
+            confirms.push((topic.name.clone(), durable));
+            return Ok(range);
+        };
+        let count = |counter: &AtomicU64, n: usize| {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        };
+        let lock = topic.publish_lock();
+        // Under the lock, the n-th kept message gets offset base + n: the router sees its id.
+        let base = topic.log.end();
+        let mut kept = Vec::with_capacity(messages.len());
+        let mut dead = Vec::new();
+        let mut forwards: Vec<(TopicName, StoredMessage)> = Vec::new();
+        let mut dropped = 0;
+        for mut message in messages {
+            let view = MessageRef {
+                topic: &topic.name,
+                id: MessageId::new(topic.incarnation, base + kept.len() as u64),
+                timestamp_ns: message.timestamp_ns,
+                attempts: 0,
+                headers: &message.headers,
+                body: &message.body,
+            };
+            match router.route(&view) {
+                Routing::All => kept.push(message),
+                Routing::To { channels, forward } => {
+                    for target in forward {
+                        if target == topic.name || path.contains(&target) {
+                            count(&topic.routing.forward_loops, 1);
+                            tracing::warn!(topic = %topic.name, %target, "forward refused: it would loop");
+                            continue;
+                        }
+                        forwards.push((target, message.clone()));
+                    }
+                    if !channels.is_empty() {
+                        for name in &channels {
+                            if topic.existing_channel(name).is_none() {
+                                topic.channel(name, self)?;
+                            }
+                        }
+                        message.route = Some(Route::from(channels));
+                        kept.push(message);
+                    }
+                }
+                Routing::Drop => dropped += 1,
+                Routing::DeadLetter { reason } => dead.push((message, reason)),
+                Routing::Reject { reason } => {
+                    count(&topic.routing.rejected, 1);
+                    return Err(BrokerError::Unrouted {
+                        topic: topic.name.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        let range = if kept.is_empty() {
+            base..base
+        } else {
+            let (range, durable) = topic.append_locked(&lock, kept)?;
+            confirms.push((topic.name.clone(), durable));
+            range
+        };
+        drop(lock);
+        count(&topic.routing.dropped, dropped);
+        if !dead.is_empty() {
+            count(&topic.routing.dead_lettered, dead.len());
+            let target = self.topic(&topic.name.dead_letter())?;
+            let letters = dead
+                .into_iter()
+                .map(|(mut m, reason)| {
+                    m.headers.push("quiver-dead-reason", reason);
+                    m.headers.push("quiver-dead-topic", topic.name.as_str());
+                    m
+                })
+                .collect();
+            let (_, durable) = target.append(letters)?;
+            confirms.push((target.name.clone(), durable));
+        }
+        if !forwards.is_empty() {
+            count(&topic.routing.forwarded, forwards.len());
+            path.push(topic.name.clone());
+            // One append per target topic, in the order the copies were made.
+            let mut targets: Vec<(TopicName, Vec<StoredMessage>)> = Vec::new();
+            for (name, message) in forwards {
+                match targets.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, batch)) => batch.push(message),
+                    None => targets.push((name, vec![message])),
+                }
+            }
+            for (name, batch) in targets {
+                let target = self.topic(&name)?;
+                self.route_and_append(&target, batch, path, confirms)?;
+            }
+            path.pop();
+        }
+        Ok(range)
     }
 
     /// Adds a consumer to `channel` of `topic`, creating both if needed. Credit starts at 0.
@@ -471,7 +589,10 @@ impl Broker {
         }
         let offsets: Vec<u64> = dead.iter().map(|d| d.letter.offset).collect();
         let channel_name = &channel.name;
-        let target = topic.name.dead_letter();
+        let target = self
+            .hooks()
+            .and_then(|h| h.dead_letter_topic(&topic.name, channel_name))
+            .unwrap_or_else(|| topic.name.dead_letter());
         let messages = dead
             .into_iter()
             .map(|d| {
@@ -592,7 +713,8 @@ async fn trim_periodically(broker: Broker) {
 pub struct Published {
     topic: TopicName,
     range: Range<u64>,
-    durable: Durable,
+    /// Every append the publish made: to its topic, and to dead-letter and forward targets.
+    confirms: Vec<(TopicName, Durable)>,
 }
 
 impl std::fmt::Debug for Published {
@@ -605,16 +727,21 @@ impl std::fmt::Debug for Published {
 }
 
 impl Published {
-    /// Resolves with the offsets once the messages are as durable as the fsync policy
-    /// promises.
+    /// Resolves with the offsets in the topic once the messages, and every copy the router
+    /// made of them, are as durable as the fsync policy promises. The range is empty when the
+    /// router kept none of them in the topic itself.
     pub async fn confirmed(self) -> Result<Range<u64>, BrokerError> {
-        self.durable.await.map_err(|source| BrokerError::Storage {
-            topic: self.topic,
-            source,
-        })?;
+        for (topic, durable) in self.confirms {
+            durable
+                .await
+                .map_err(|source| BrokerError::Storage { topic, source })?;
+        }
         Ok(self.range)
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 fn check_range(
     what: &'static str,
@@ -649,6 +776,7 @@ fn stamp(messages: Vec<NewMessage>, delay: Duration) -> Vec<StoredMessage> {
             deliver_at_ms,
             headers: m.headers,
             body: m.body,
+            route: None,
         })
         .collect()
 }

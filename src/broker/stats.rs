@@ -31,6 +31,21 @@ pub struct TopicStats {
     pub retention_dropped_bytes: u64,
     /// Records found corrupt on disk and skipped.
     pub corrupt_records: u64,
+    /// Messages the topic's router (or its policies) dropped: not stored anywhere.
+    #[serde(default)]
+    pub router_dropped: u64,
+    /// Messages stored in the dead-letter topic instead: unrouted, or a router fault.
+    #[serde(default)]
+    pub router_dead_lettered: u64,
+    /// Publishes refused because a message was unrouted under the `reject` policy.
+    #[serde(default)]
+    pub router_rejected: u64,
+    /// Copies the router forwarded to other topics.
+    #[serde(default)]
+    pub forwarded: u64,
+    /// Forwards refused because they would loop back to a topic the message came through.
+    #[serde(default)]
+    pub forward_loops: u64,
     pub channels: Vec<ChannelStats>,
 }
 
@@ -52,6 +67,10 @@ pub struct ChannelStats {
     /// duplicates on this channel are at most this plus the messages delivered in the last
     /// flush interval (10 ms) before it.
     pub recovered: u64,
+    /// Messages passed over: routed to other channels, or skipped by the channel's filters
+    /// and samplers.
+    #[serde(default)]
+    pub skipped: u64,
     /// 0 means unlimited.
     pub max_attempts: u16,
     pub consumers: Vec<ConsumerStats>,

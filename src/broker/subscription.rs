@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::delivery::{ConsumerId, SettleError, Taken};
+use super::delivery::{ConsumerId, SettleError, Taken, Verdict};
+use super::hooks::{Admission, MessageRef};
 use super::topic::{read_dead, Channel, Topic};
 use super::{check_range, Broker, BrokerError, Now};
-use crate::message::{ChannelName, MessageId, TopicName};
+use crate::message::{ChannelName, MessageId, StoredMessage, TopicName};
 
 /// One consumer of one channel. Dropping it is the disconnect: everything in flight to it is
 /// requeued at once, and an `#ephemeral` channel left without consumers is deleted.
@@ -57,20 +58,63 @@ impl Subscription {
         MessageId::new(self.topic.incarnation, offset)
     }
 
-    /// Moves up to `max` messages into flight to this consumer, within its RDY credit.
+    /// Moves up to `max` messages into flight to this consumer, within its RDY credit. Each
+    /// message the channel's cursor reaches is first checked against its route and put to
+    /// the channel's filters and samplers.
     pub fn take(&self, max: usize, out: &mut Vec<Taken>) -> usize {
-        let mut state = self.channel.state();
-        let given = state.take(
-            self.id,
-            &*self.topic.log,
-            Now::current(),
-            self.topic.is_paused(),
-            max,
-            out,
-        );
-        if given > 0 || state.deferred_count() > 0 {
-            self.channel.rearm_if_needed(&state);
-        }
+        let topic = &*self.topic;
+        let channel = &self.channel.name;
+        let gate = self
+            .broker
+            .hooks()
+            .and_then(|hooks| hooks.gate(&topic.name, channel));
+        let mut admit = |offset: u64, message: &StoredMessage| -> Verdict {
+            if !message.is_for(channel) {
+                return Verdict::Skip;
+            }
+            let Some(gate) = &gate else {
+                return Verdict::Keep;
+            };
+            let view = MessageRef {
+                topic: &topic.name,
+                id: MessageId::new(topic.incarnation, offset),
+                timestamp_ns: message.timestamp_ns,
+                attempts: 1,
+                headers: &message.headers,
+                body: &message.body,
+            };
+            match gate.admit(&view) {
+                Admission::Keep => Verdict::Keep,
+                Admission::Skip => Verdict::Skip,
+                Admission::DeadLetter { reason } => {
+                    tracing::debug!(topic = %topic.name, %channel, offset, %reason, "dead-lettered by the channel's plugins");
+                    Verdict::DeadLetter
+                }
+            }
+        };
+        let mut letters = Vec::new();
+        let (given, dead) = {
+            let mut state = self.channel.state();
+            let given = state.take(
+                self.id,
+                &*topic.log,
+                Now::current(),
+                topic.is_paused(),
+                max,
+                &mut admit,
+                out,
+                &mut letters,
+            );
+            if given > 0 || state.deferred_count() > 0 {
+                self.channel.rearm_if_needed(&state);
+            }
+            if state.stopped_early() {
+                // More to look at: come back after the other tasks had a turn.
+                self.waker.notify_one();
+            }
+            (given, read_dead(&*topic.log, letters))
+        };
+        self.broker.dead_letter(topic, &self.channel, dead);
         given
     }
 

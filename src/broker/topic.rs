@@ -33,6 +33,24 @@ pub(super) struct Topic {
     message_count: AtomicU64,
     appends_since_trim: AtomicU64,
     deleted: CancellationToken,
+    /// Held while offsets are assigned: a router sees the id its message will get.
+    publish: Mutex<()>,
+    pub(super) routing: RoutingCounters,
+}
+
+/// What the topic's router did with publishes, since the broker started.
+#[derive(Debug, Default)]
+pub(super) struct RoutingCounters {
+    /// Messages not stored: the router or its policies dropped them.
+    pub(super) dropped: AtomicU64,
+    /// Messages stored in the dead-letter topic instead (unrouted, or a router fault).
+    pub(super) dead_lettered: AtomicU64,
+    /// Publishes refused because a message was unrouted under `reject`.
+    pub(super) rejected: AtomicU64,
+    /// Copies forwarded to other topics.
+    pub(super) forwarded: AtomicU64,
+    /// Forwards refused because they would loop back to a topic the message came through.
+    pub(super) forward_loops: AtomicU64,
 }
 
 /// A message that used up its attempts, read from the log before the channel let go of it.
@@ -73,6 +91,8 @@ impl Topic {
             message_count: AtomicU64::new(0),
             appends_since_trim: AtomicU64::new(0),
             deleted,
+            publish: Mutex::new(()),
+            routing: RoutingCounters::default(),
         })
     }
 
@@ -99,6 +119,21 @@ impl Topic {
     /// resolves when they are durable.
     pub(super) fn append(
         &self,
+        messages: Vec<StoredMessage>,
+    ) -> Result<(Range<u64>, Durable), BrokerError> {
+        let lock = self.publish_lock();
+        self.append_locked(&lock, messages)
+    }
+
+    /// Stops other appends to this topic, so that `log.end()` is the next message's offset.
+    pub(super) fn publish_lock(&self) -> MutexGuard<'_, ()> {
+        self.publish.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Topic::append`] under a lock the caller took.
+    pub(super) fn append_locked(
+        &self,
+        _lock: &MutexGuard<'_, ()>,
         messages: Vec<StoredMessage>,
     ) -> Result<(Range<u64>, Durable), BrokerError> {
         let count = messages.len() as u64;
@@ -320,6 +355,11 @@ impl Topic {
             retention_dropped_messages: log.retention_dropped_messages,
             retention_dropped_bytes: log.retention_dropped_bytes,
             corrupt_records: log.corrupt_records,
+            router_dropped: read(&self.routing.dropped),
+            router_dead_lettered: read(&self.routing.dead_lettered),
+            router_rejected: read(&self.routing.rejected),
+            forwarded: read(&self.routing.forwarded),
+            forward_loops: read(&self.routing.forward_loops),
             channels: channel_stats,
         }
     }
@@ -408,6 +448,7 @@ impl Channel {
             timed_out: counters.timed_out,
             dead_lettered: counters.dead_lettered,
             recovered: counters.recovered,
+            skipped: counters.skipped,
             max_attempts: state.max_attempts,
             consumers,
         }
@@ -488,6 +529,10 @@ async fn run_timer(broker: Broker, topic_name: TopicName, channel: Arc<Channel>)
         }
         broker.dead_letter(&topic, &channel, dead);
     }
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
 }
 
 fn random_u64() -> u64 {

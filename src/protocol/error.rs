@@ -74,6 +74,9 @@ pub enum ErrorCode {
     /// The broker's disk is full: nothing of the publish was kept. Retry later; the broker
     /// recovers by itself once space returns.
     DiskFull = 15,
+    /// A topic's router routed a message nowhere and its `unrouted` policy is `reject`:
+    /// nothing of the publish was kept.
+    Unrouted = 16,
 }
 
 impl ErrorCode {
@@ -95,6 +98,7 @@ impl ErrorCode {
             13 => ShuttingDown,
             14 => Internal,
             15 => DiskFull,
+            16 => Unrouted,
             _ => return None,
         })
     }
@@ -129,6 +133,7 @@ impl ErrorCode {
             ShuttingDown => "E_SHUTTING_DOWN",
             Internal => "E_INTERNAL",
             DiskFull => "E_DISK_FULL",
+            Unrouted => "E_UNROUTED",
         }
     }
 }

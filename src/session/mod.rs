@@ -106,6 +106,7 @@ pub fn broker_error(e: &BrokerError, seq: u64) -> WireError {
         BrokerError::Settle { .. } => ErrorCode::TouchFailed,
         BrokerError::Deleted => ErrorCode::NotFound,
         BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
+        BrokerError::Unrouted { .. } => ErrorCode::Unrouted,
     };
     WireError::new(code, seq, error_chain(e))
 }

@@ -156,6 +156,7 @@ mod tests {
             deliver_at_ms: 0,
             headers: Headers::new(),
             body: body.into(),
+            route: None,
         }
     }
 

@@ -227,7 +227,7 @@ fn dead_letter_topic_names_stay_within_their_str8_field() {
 #[test]
 fn error_codes_keep_their_numbers_names_and_fatality() {
     // The table in docs/PROTOCOL.md.
-    let table: [(u16, &str, bool); 15] = [
+    let table: [(u16, &str, bool); 16] = [
         (1, "E_BAD_FRAME", true),
         (2, "E_FRAME_TOO_LARGE", true),
         (3, "E_UNKNOWN_FRAME", true),
@@ -243,6 +243,7 @@ fn error_codes_keep_their_numbers_names_and_fatality() {
         (13, "E_SHUTTING_DOWN", true),
         (14, "E_INTERNAL", false),
         (15, "E_DISK_FULL", false),
+        (16, "E_UNROUTED", false),
     ];
     for (code, (number, name, fatal)) in ALL_CODES.iter().zip(table) {
         assert_eq!(*code as u16, number);
@@ -252,7 +253,7 @@ fn error_codes_keep_their_numbers_names_and_fatality() {
         assert_eq!(WireError::new(*code, 3, "m").fatal, fatal);
     }
     assert_eq!(ErrorCode::from_u16(0), None);
-    assert_eq!(ErrorCode::from_u16(16), None);
+    assert_eq!(ErrorCode::from_u16(17), None);
 }
 
 #[test]

@@ -22,7 +22,7 @@ mod strategies;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const ALL_CODES: [ErrorCode; 15] = [
+const ALL_CODES: [ErrorCode; 16] = [
     ErrorCode::BadFrame,
     ErrorCode::FrameTooLarge,
     ErrorCode::UnknownFrame,
@@ -38,6 +38,7 @@ const ALL_CODES: [ErrorCode; 15] = [
     ErrorCode::ShuttingDown,
     ErrorCode::Internal,
     ErrorCode::DiskFull,
+    ErrorCode::Unrouted,
 ];
 
 const ALL_OPS: [AdminOp; 5] = [

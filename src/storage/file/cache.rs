@@ -138,6 +138,7 @@ mod tests {
             deliver_at_ms: 0,
             headers: Headers::new(),
             body: vec![0; len].into(),
+            route: None,
         }
     }
 

@@ -2,13 +2,15 @@
 //!
 //! A frame is `[u32 payload_len][u32 crc32c(payload)][payload]`, little-endian, and the
 //! payload is `u8 version, u8 flags, u64 offset, u64 timestamp_ns, u64 deliver_at_ms,
-//! u16 header_count, header_count × (u16 key_len, key, u32 value_len, value), body`.
+//! u16 header_count, header_count × (u16 key_len, key, u32 value_len, value), [route], body`.
+//! The route is there only when flags bit 0 ([`FLAG_ROUTED`]) is set: `u16 count, count ×
+//! (u8 len, channel name)`, the channels the topic's router chose.
 //! Decoding trusts nothing: every length is checked against the bytes at hand before it is
 //! used, and anything that doesn't add up is reported as corrupt, never a panic.
 
 use bytes::Bytes;
 
-use crate::message::{Headers, StoredMessage};
+use crate::message::{ChannelName, Headers, Route, StoredMessage};
 
 /// The first 8 bytes of every segment file.
 pub(super) const SEGMENT_MAGIC: &[u8; 8] = b"QVSEG001";
@@ -21,6 +23,8 @@ pub(super) const MIN_PAYLOAD: usize = 1 + 1 + 8 + 8 + 8 + 2;
 pub(super) const MAX_PAYLOAD: usize = 8 << 20;
 /// The payload version this code writes and reads.
 pub(super) const VERSION: u8 = 1;
+/// Flags bit: a router chose the message's channels, and the route follows the headers.
+pub(super) const FLAG_ROUTED: u8 = 1;
 
 /// Why a payload could not be decoded, although its CRC matched (or was not checked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +35,8 @@ pub(super) enum DecodeError {
     Version(u8),
     #[error("header is not UTF-8")]
     Utf8,
+    #[error("invalid channel name in the route")]
+    Route,
 }
 
 /// Payload length of `message`, or None if it can't be framed (too many headers, a key over
@@ -46,6 +52,13 @@ pub(super) fn payload_len(message: &StoredMessage) -> Option<usize> {
         }
         len += 2 + key.len() + 4 + value.len();
     }
+    if let Some(route) = &message.route {
+        if route.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        // Channel names are at most 64 bytes, so each length fits its u8.
+        len += 2 + route.iter().map(|c| 1 + c.as_str().len()).sum::<usize>();
+    }
     (len <= MAX_PAYLOAD).then_some(len)
 }
 
@@ -58,7 +71,11 @@ pub(super) fn encode(offset: u64, message: &StoredMessage, payload_len: usize, b
     buf.extend_from_slice(&[0; 4]); // CRC, patched below
     let payload_start = buf.len();
     buf.push(VERSION);
-    buf.push(0); // flags: reserved
+    buf.push(if message.route.is_some() {
+        FLAG_ROUTED
+    } else {
+        0
+    });
     buf.extend_from_slice(&offset.to_le_bytes());
     buf.extend_from_slice(&message.timestamp_ns.to_le_bytes());
     buf.extend_from_slice(&message.deliver_at_ms.to_le_bytes());
@@ -68,6 +85,13 @@ pub(super) fn encode(offset: u64, message: &StoredMessage, payload_len: usize, b
         buf.extend_from_slice(key.as_bytes());
         buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
         buf.extend_from_slice(value.as_bytes());
+    }
+    if let Some(route) = &message.route {
+        buf.extend_from_slice(&(route.len() as u16).to_le_bytes());
+        for channel in route.iter() {
+            buf.push(channel.as_str().len() as u8);
+            buf.extend_from_slice(channel.as_str().as_bytes());
+        }
     }
     buf.extend_from_slice(&message.body);
     let crc = crc32c::crc32c(&buf[payload_start..]);
@@ -106,7 +130,7 @@ pub(super) fn decode(payload: &[u8]) -> Result<(u64, StoredMessage), DecodeError
     if version != VERSION {
         return Err(DecodeError::Version(version));
     }
-    let _flags = p.u8()?;
+    let flags = p.u8()?;
     let offset = p.u64()?;
     let timestamp_ns = p.u64()?;
     let deliver_at_ms = p.u64()?;
@@ -119,11 +143,24 @@ pub(super) fn decode(payload: &[u8]) -> Result<(u64, StoredMessage), DecodeError
         let value = p.str(value_len)?;
         headers.push(key, value);
     }
+    let route = if flags & FLAG_ROUTED != 0 {
+        let count = p.u16()?;
+        let mut channels = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let len = usize::from(p.u8()?);
+            let name = p.str(len)?;
+            channels.push(ChannelName::new(name).map_err(|_| DecodeError::Route)?);
+        }
+        Some(Route::from(channels))
+    } else {
+        None
+    };
     let message = StoredMessage {
         timestamp_ns,
         deliver_at_ms,
         headers,
         body: Bytes::copy_from_slice(p.0),
+        route,
     };
     Ok((offset, message))
 }
@@ -188,6 +225,7 @@ mod tests {
             deliver_at_ms: 9,
             headers,
             body: Bytes::from_static(b"body"),
+            route: None,
         }
     }
 
@@ -202,6 +240,27 @@ mod tests {
         assert_eq!(check_frame(&buf), Some(42));
         assert_eq!(payload_timestamp(&buf[FRAME_HEADER..]), 7);
         assert_eq!(decode(&buf[FRAME_HEADER..]).unwrap(), (42, m));
+    }
+
+    #[test]
+    fn routed_frame_round_trips() {
+        let mut m = message();
+        let names = ["a", "billing#ephemeral", &"x".repeat(64)];
+        m.route = Some(Route::from(
+            names.map(|n| ChannelName::new(n).unwrap()).to_vec(),
+        ));
+        let len = payload_len(&m).unwrap();
+        let mut buf = Vec::new();
+        encode(3, &m, len, &mut buf);
+        assert_eq!(buf.len(), FRAME_HEADER + len);
+        assert_eq!(buf[FRAME_HEADER + 1], FLAG_ROUTED);
+        assert_eq!(decode(&buf[FRAME_HEADER..]).unwrap(), (3, m.clone()));
+        // An empty route (routed to no channel of this topic) is not "every channel".
+        m.route = Some(Route::from(Vec::new()));
+        let len = payload_len(&m).unwrap();
+        let mut buf = Vec::new();
+        encode(4, &m, len, &mut buf);
+        assert_eq!(decode(&buf[FRAME_HEADER..]).unwrap(), (4, m));
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ChannelState, ConsumerId, DeadLetter, DeadReason, Expired, Now, SettleError, Taken};
+use super::{
+    ChannelState, ConsumerId, DeadLetter, DeadReason, Expired, Now, SettleError, Taken, Verdict,
+};
 use crate::message::{Headers, StoredMessage, TopicName};
 use crate::storage::{ChannelRecord, MemoryStorage, Storage, TopicLog};
 
@@ -52,6 +54,7 @@ fn stored(deliver_at_ms: u64, body: String) -> StoredMessage {
         deliver_at_ms,
         headers: Headers::new(),
         body: body.into(),
+        route: None,
     }
 }
 
@@ -69,6 +72,10 @@ struct Fixture {
     log: Arc<dyn TopicLog>,
     ch: ChannelState,
     t0: Now,
+    /// What the channel's route and plugins say about each message; keep by default.
+    verdict: fn(&StoredMessage) -> Verdict,
+    /// Dead letters the verdicts made, in the order takes returned them.
+    gated: Vec<DeadLetter>,
 }
 
 impl Fixture {
@@ -87,6 +94,8 @@ impl Fixture {
                 mono: Instant::now(),
                 wall_ms: WALL0,
             },
+            verdict: |_| Verdict::Keep,
+            gated: Vec::new(),
         }
     }
 
@@ -123,9 +132,17 @@ impl Fixture {
         max: usize,
     ) -> Vec<Taken> {
         let mut out = Vec::new();
-        let n = self
-            .ch
-            .take(id, &*self.log, now, topic_paused, max, &mut out);
+        let verdict = self.verdict;
+        let n = self.ch.take(
+            id,
+            &*self.log,
+            now,
+            topic_paused,
+            max,
+            &mut |_, m| verdict(m),
+            &mut out,
+            &mut self.gated,
+        );
         assert_eq!(n, out.len(), "take returns how many it appended");
         self.ch.check_invariants();
         out

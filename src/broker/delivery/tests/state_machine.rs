@@ -334,9 +334,16 @@ impl Machine {
         let entered = self.ch.counters().message_count;
         let before = self.held_by(id);
         let mut out = Vec::new();
-        let n = self
-            .ch
-            .take(id, &*self.log, self.now, topic_paused, max, &mut out);
+        let n = self.ch.take(
+            id,
+            &*self.log,
+            self.now,
+            topic_paused,
+            max,
+            &mut |_, _| Verdict::Keep,
+            &mut out,
+            &mut Vec::new(),
+        );
         assert_eq!(n, out.len());
         assert!(n <= max);
         if topic_paused {

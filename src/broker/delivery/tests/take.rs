@@ -141,3 +141,95 @@ fn one_take_gets_only_a_fair_share_of_what_is_ready() {
     assert_eq!(f.take(C, f.t0).len(), 2);
     f.ch.check_invariants();
 }
+
+/// Keeps even-numbered messages (`m0`, `m2`, ...) and skips the rest.
+fn even_only(m: &StoredMessage) -> Verdict {
+    let n: u64 = std::str::from_utf8(&m.body[1..]).unwrap().parse().unwrap();
+    if n.is_multiple_of(2) {
+        Verdict::Keep
+    } else {
+        Verdict::Skip
+    }
+}
+
+#[test]
+fn skipped_messages_are_passed_over_once_and_never_pending() {
+    let mut f = Fixture::new(10);
+    f.verdict = even_only;
+    f.publish(6);
+    assert_eq!(f.take(A, f.t0), [0, 2, 4]);
+    assert_eq!(f.ch.counters().skipped, 3);
+    assert_eq!(f.ch.counters().message_count, 3);
+    assert_eq!(f.depth(), 0);
+    for o in [0, 2, 4] {
+        f.fin(A, o).unwrap();
+    }
+    assert_eq!(f.ch.ack_floor(), 6, "skipped messages hold nothing back");
+    // A requeued message is not put to the verdict again.
+    f.verdict = |_| Verdict::Skip;
+    f.publish(1);
+    assert!(f.take(A, f.t0).is_empty());
+    assert_eq!(f.ch.counters().skipped, 4);
+}
+
+#[test]
+fn requeued_messages_are_not_judged_again() {
+    let mut f = Fixture::new(10);
+    f.publish(2);
+    assert_eq!(f.take(A, f.t0), [0, 1]);
+    f.verdict = |_| Verdict::Skip;
+    f.req(A, 0, Duration::ZERO, f.t0).unwrap();
+    assert_eq!(f.take(A, f.t0), [0], "kept when first judged; stays kept");
+}
+
+#[test]
+fn dead_lettered_verdicts_wait_pending_until_the_copy_is_durable() {
+    let mut f = Fixture::new(10);
+    f.verdict = |m| {
+        if &m.body[..] == b"m1" {
+            Verdict::DeadLetter
+        } else {
+            Verdict::Keep
+        }
+    };
+    f.publish(3);
+    assert_eq!(f.take(A, f.t0), [0, 2]);
+    assert_eq!(
+        f.gated,
+        [DeadLetter {
+            offset: 1,
+            attempts: 0,
+            reason: DeadReason::Filter
+        }]
+    );
+    assert_eq!(f.ch.counters().dead_lettered, 1);
+    f.fin(A, 0).unwrap();
+    f.fin(A, 2).unwrap();
+    assert_eq!(
+        f.ch.ack_floor(),
+        1,
+        "held until the dead-letter copy is stored"
+    );
+    let record = f.ch.snapshot(f.t0);
+    assert!(record.pending.contains_key(&1), "saved as pending");
+    f.ch.dead_settled(1);
+    assert_eq!(f.ch.ack_floor(), 3);
+}
+
+#[test]
+fn a_long_skipped_run_stops_at_the_scan_budget_and_resumes() {
+    let mut f = Fixture::new(10);
+    f.verdict = |m| {
+        if &m.body[..] == b"m5000" {
+            Verdict::Keep
+        } else {
+            Verdict::Skip
+        }
+    };
+    f.publish(5001);
+    assert!(f.take(A, f.t0).is_empty());
+    assert!(f.ch.stopped_early(), "stopped with credit left");
+    assert_eq!(f.ch.counters().skipped as usize, super::super::SCAN_BUDGET);
+    assert_eq!(f.take(A, f.t0), [5000]);
+    assert!(!f.ch.stopped_early());
+}

@@ -48,6 +48,7 @@ fn msg(body: &str) -> StoredMessage {
         deliver_at_ms: 0,
         headers: Headers::new(),
         body: Bytes::copy_from_slice(body.as_bytes()),
+        route: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn message(n: u64, size: usize) -> StoredMessage {
         deliver_at_ms: n * 7,
         headers,
         body: Bytes::from(vec![(n % 251) as u8; size]),
+        route: None,
     }
 }
 

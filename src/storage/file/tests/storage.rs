@@ -19,12 +19,14 @@ fn messages_round_trip_with_headers_deliver_at_and_empty_bodies() {
             deliver_at_ms: 1_700_000_000_000,
             headers,
             body: Bytes::from_static(b"hello"),
+            route: None,
         },
         StoredMessage {
             timestamp_ns: 12,
             deliver_at_ms: 0,
             headers: Headers::new(),
             body: Bytes::new(),
+            route: None,
         },
     ];
     assert_eq!(log.append(messages.clone()).unwrap(), 0..2);
