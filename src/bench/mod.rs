@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientError, ClientOptions, SubscribeOptions};
-use crate::message::{ChannelName, InvalidInput, TopicName, MAX_BODY_LEN};
+use crate::message::{ChannelName, Headers, InvalidInput, TopicName, MAX_BODY_LEN};
 use crate::protocol::MAX_FRAME_LEN;
 use crate::transport::tls::{parse_fingerprint, TlsError, Trust};
 
@@ -105,6 +105,13 @@ pub struct BenchArgs {
     /// with --addr.
     #[arg(long)]
     pub fsync: Option<crate::storage::FsyncPolicy>,
+    /// Rules file for the broker the bench starts (routers, filters, samplers on the bench
+    /// topic and channel). Ignored with --addr.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// A header every message carries, as NAME=VALUE; repeatable. For benchmarking filters.
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
 }
 
 impl Default for BenchArgs {
@@ -130,6 +137,8 @@ impl Default for BenchArgs {
             no_progress: false,
             broker_exe: None,
             fsync: None,
+            rules: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -228,6 +237,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
             if let Some(fsync) = args.fsync {
                 extra.extend(["--fsync".to_string(), fsync.to_string()]);
             }
+            if let Some(rules) = &args.rules {
+                extra.extend(["--rules".to_string(), rules.display().to_string()]);
+            }
             let child = child::ChildBroker::start(&exe, &extra).await?;
             let found = (child.addr(), Trust::CaFile(child.cert_path().to_owned()));
             broker = Some(child);
@@ -253,6 +265,8 @@ struct Plan {
     count: Option<u64>,
     /// Seconds between two batches of one producer, with `--rate`.
     batch_period: Option<f64>,
+    /// Headers on every message.
+    headers: Headers,
 }
 
 impl Plan {
@@ -316,11 +330,22 @@ impl Plan {
             (None, Some(_)) => None,
             (None, None) => Some(DEFAULT_COUNT),
         };
+        let mut headers = Headers::new();
+        for header in &args.headers {
+            let Some((name, value)) = header.split_once('=') else {
+                return invalid("header", format!("{header:?} is not NAME=VALUE"));
+            };
+            headers.push(name, value);
+        }
+        if let Err(e) = headers.validate() {
+            return invalid("header", e.to_string());
+        }
         Ok(Plan {
             topic,
             channel,
             count,
             batch_period,
+            headers,
         })
     }
 }
@@ -436,6 +461,7 @@ async fn load(
             start,
             deadline,
             batch_period: plan.batch_period,
+            headers: plan.headers.clone(),
         };
         publishing.spawn(producer::run(producer, lane, args.pipeline, shared.clone()));
     }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{wall_ns, Shared, HEADER_LEN};
 use crate::client::{ClientError, Producer};
-use crate::message::{NewMessage, TopicName};
+use crate::message::{Headers, NewMessage, TopicName};
 
 /// What one producer publishes.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub(super) struct Lane {
     pub deadline: Option<Instant>,
     /// Seconds between this producer's batches, with `--rate`.
     pub batch_period: Option<f64>,
+    /// Headers on every message.
+    pub headers: Headers,
 }
 
 /// State shared by the lanes of one producer.
@@ -98,11 +100,15 @@ async fn publish_lane(
         }
         let all = buf.freeze();
         let sent = Instant::now();
+        let message = |body| NewMessage {
+            headers: lane.headers.clone(),
+            body,
+        };
         let result = if lane.batch == 1 {
-            producer.publish(&lane.topic, NewMessage::new(all)).await
+            producer.publish(&lane.topic, message(all)).await
         } else {
             let messages = (0..n)
-                .map(|i| NewMessage::new(all.slice(i * lane.size..(i + 1) * lane.size)))
+                .map(|i| message(all.slice(i * lane.size..(i + 1) * lane.size)))
                 .collect();
             producer.publish_batch(&lane.topic, messages).await
         };
