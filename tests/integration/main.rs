@@ -10,5 +10,8 @@ mod disk_full;
 mod durability;
 mod errors;
 mod guests;
+mod plugins;
 mod process;
+mod reload;
 mod support;
+mod wasm;

@@ -15,6 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_quiver");
 pub struct ServeProcess {
     child: Child,
     pub quic: SocketAddr,
+    pub http: SocketAddr,
     fingerprint: [u8; 32],
 }
 
@@ -43,12 +44,15 @@ impl ServeProcess {
             .expect("quiver serve starts");
         let stdout = child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut quic, mut fingerprint) = (None, None);
+        let (mut quic, mut http, mut fingerprint) = (None, None, None);
         for line in lines.by_ref() {
             let line = line.expect("stdout readable");
             let mut words = line.split_whitespace();
             match (words.next(), words.next()) {
                 (Some("QUIC"), Some(addr)) => quic = addr.parse().ok(),
+                (Some("HTTP"), Some(url)) => {
+                    http = url.trim_start_matches("http://").parse().ok();
+                }
                 (Some("sha256"), Some(fp)) => {
                     fingerprint = parse_fingerprint(fp).ok();
                     break;
@@ -58,13 +62,14 @@ impl ServeProcess {
         }
         // Keep draining stdout so that the broker never blocks on it.
         std::thread::spawn(move || lines.for_each(drop));
-        let (Some(quic), Some(fingerprint)) = (quic, fingerprint) else {
+        let (Some(quic), Some(http), Some(fingerprint)) = (quic, http, fingerprint) else {
             let status = child.wait().expect("wait");
             panic!("quiver serve did not start ({status}); run with QUIVER_TEST_LOG=1");
         };
         ServeProcess {
             child,
             quic,
+            http,
             fingerprint,
         }
     }
@@ -93,6 +98,35 @@ impl ServeProcess {
         }
         panic!("quiver serve did not exit within 10 s of SIGTERM");
     }
+}
+
+/// One HTTP/1.1 request to `addr` with `body`; returns the status and the response body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("HTTP connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("HTTP request written");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("HTTP response read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
 }
 
 impl Drop for ServeProcess {

@@ -1,0 +1,259 @@
+//! Hot reload under traffic: the rules file and a plugin file are swapped 50 times, broken
+//! versions included, while a producer publishes and consumers drain. Every message must be
+//! delivered exactly once, under a rule set that was active while it was being published.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quiver::client::{Client, SubEvent};
+use quiver::message::NewMessage;
+
+use crate::process::{http_request, ServeProcess};
+use crate::support::{subscribe, topic};
+use crate::wasm::guest;
+
+const SWAPS: usize = 50;
+/// The producer stops after this many messages even if the swaps are not done.
+const MAX_MESSAGES: u64 = 30_000;
+
+/// Rules in which every message goes to `channel` (`ch-a` or `ch-b`) and to `filtered`,
+/// whose filter keeps the even ones (written in one of two equivalent ways).
+fn rules(router: &Path, channel: &str, variant: usize) -> String {
+    let expr = [r#"parity == "even""#, r#"parity in ("even")"#][variant % 2];
+    format!(
+        r#"
+        [[topic]]
+        name = "stream"
+        [topic.router]
+        plugin = {router:?}
+        params = {{ header = "parity", default = "{channel},filtered" }}
+
+        [[channel]]
+        topic = "stream"
+        name = "ch-a"
+        [[channel]]
+        topic = "stream"
+        name = "ch-b"
+        [[channel]]
+        topic = "stream"
+        name = "filtered"
+        [[channel.plugins]]
+        kind = "filter"
+        plugin = {filter:?}
+        params = {{ expr = '{expr}' }}
+        "#,
+        filter = guest("tag_filter"),
+    )
+}
+
+/// Writes `bytes` to `path` atomically (write aside, then rename), as deploy tools do.
+fn replace(path: &Path, bytes: &[u8]) {
+    let aside = path.with_extension("tmp");
+    std::fs::write(&aside, bytes).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+/// When the routing changed: the new channel could be in use from `written` on, and was in
+/// use for every publish that started after `effective`.
+struct Change {
+    channel: &'static str,
+    written: Instant,
+    effective: Instant,
+}
+
+struct Sent {
+    n: u64,
+    start: Instant,
+    confirmed: Instant,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_swaps_under_traffic_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = dir.path().join("router.wasm");
+    let router_bytes = std::fs::read(guest("header_router")).unwrap();
+    replace(&router, &router_bytes);
+    let rules_path = dir.path().join("rules.toml");
+    replace(&rules_path, rules(&router, "ch-a", 0).as_bytes());
+    let serve = ServeProcess::start(
+        &dir.path().join("data"),
+        &["--rules", rules_path.to_str().unwrap()],
+    );
+    let client = Client::connect(&serve.options()).await.unwrap();
+
+    let received: Arc<Mutex<BTreeMap<&'static str, Vec<u64>>>> = Arc::default();
+    let mut consumers = Vec::new();
+    for channel in ["ch-a", "ch-b", "filtered"] {
+        let (client, received) = (client.clone(), received.clone());
+        consumers.push(tokio::spawn(async move {
+            let mut sub = subscribe(&client, "stream", channel, None).await;
+            sub.rdy(500).await.unwrap();
+            let quiet = Duration::from_secs(3);
+            // Ends once publishing is over and the channel has been quiet for `quiet`.
+            while let Ok(Some(event)) = tokio::time::timeout(quiet, sub.next_event()).await {
+                if let SubEvent::Message(d) = event {
+                    let n = std::str::from_utf8(&d.body).unwrap().parse().unwrap();
+                    received.lock().unwrap().entry(channel).or_default().push(n);
+                    sub.fin(d.id).await.unwrap();
+                }
+            }
+        }));
+    }
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (client, done) = (client.clone(), done.clone());
+        tokio::spawn(async move {
+            let producer = client.producer().await.unwrap();
+            let mut sent = Vec::new();
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && n < MAX_MESSAGES {
+                let batch: Vec<NewMessage> = (n..n + 10)
+                    .map(|i| {
+                        let mut m = NewMessage::new(i.to_string());
+                        m.headers
+                            .push("parity", if i % 2 == 0 { "even" } else { "odd" });
+                        m
+                    })
+                    .collect();
+                let start = Instant::now();
+                producer
+                    .publish_batch(&topic("stream"), batch)
+                    .await
+                    .unwrap();
+                let confirmed = Instant::now();
+                sent.extend((n..n + 10).map(|n| Sent {
+                    n,
+                    start,
+                    confirmed,
+                }));
+                n += 10;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sent
+        })
+    };
+
+    let mut changes = vec![Change {
+        channel: "ch-a",
+        written: Instant::now(),
+        effective: Instant::now(),
+    }];
+    let (mut active, mut failed, mut succeeded) = ("ch-a", 0, 0);
+    let reload = || http_request(serve.http, "POST", "/rules/reload", "");
+    for swap in 0..SWAPS {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        match swap % 5 {
+            // A new routing: the other channel, and the filter written the other way.
+            0 | 4 => {
+                let next = if active == "ch-a" { "ch-b" } else { "ch-a" };
+                let written = Instant::now();
+                replace(&rules_path, rules(&router, next, swap).as_bytes());
+                let (status, body) = tokio::task::block_in_place(reload);
+                assert_eq!(status, 200, "swap {swap}: {body}");
+                changes.push(Change {
+                    channel: next,
+                    written,
+                    effective: Instant::now(),
+                });
+                active = next;
+                succeeded += 1;
+            }
+            // A broken rules file: a router without its required parameter, or bad TOML.
+            1 => {
+                let broken = if swap % 2 == 0 {
+                    rules(&router, active, swap).replace("header = \"parity\", ", "")
+                } else {
+                    rules(&router, active, swap).replace("[[channel]]", "[[channel")
+                };
+                replace(&rules_path, broken.as_bytes());
+                let (status, body) = tokio::task::block_in_place(reload);
+                assert!((400..500).contains(&status), "swap {swap}: {status} {body}");
+                failed += 1;
+                // Put the working file back, unchanged in meaning.
+                replace(&rules_path, rules(&router, active, swap).as_bytes());
+            }
+            // The router's file replaced by something that is not a router (a filter), then
+            // by garbage; the file watcher tries each and keeps the old set.
+            2 => {
+                replace(&router, &std::fs::read(guest("trap")).unwrap());
+                let (status, body) = tokio::task::block_in_place(reload);
+                assert!((400..500).contains(&status), "swap {swap}: {status} {body}");
+                failed += 1;
+                replace(&router, b"not a component");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // The router's file restored: the watcher reloads it, same meaning.
+            3 => {
+                replace(&router, &router_bytes);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => unreachable!(),
+        }
+    }
+    // Make sure the final files are loaded.
+    let (status, body) = tokio::task::block_in_place(reload);
+    assert_eq!(status, 200, "{body}");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = producer.await.unwrap();
+    for consumer in consumers {
+        consumer.await.unwrap();
+    }
+
+    let received = received.lock().unwrap();
+    let (a, b) = (&received["ch-a"], &received["ch-b"]);
+    let mut seen = BTreeMap::new();
+    for (channel, list) in [("ch-a", a), ("ch-b", b)] {
+        for &n in list.iter() {
+            if let Some(other) = seen.insert(n, channel) {
+                panic!("message {n} delivered twice: on {other} and {channel}");
+            }
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        sent.len(),
+        "every published message delivered once"
+    );
+    // Each message went to a channel that some rule set active during its publish chose.
+    for s in &sent {
+        let channel = seen[&s.n];
+        let possible: BTreeSet<&str> = changes
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                let until = changes.get(i + 1).map(|next| next.effective);
+                c.written <= s.confirmed && until.is_none_or(|until| s.start <= until)
+            })
+            .map(|(_, c)| c.channel)
+            .collect();
+        assert!(
+            possible.contains(channel),
+            "message {} went to {channel}, but only {possible:?} were active",
+            s.n
+        );
+    }
+    let evens: Vec<u64> = sent.iter().map(|s| s.n).filter(|n| n % 2 == 0).collect();
+    let mut filtered = received["filtered"].clone();
+    filtered.sort_unstable();
+    assert_eq!(
+        filtered, evens,
+        "the filter kept exactly the even ones, once each"
+    );
+
+    let (_, stats) = http_request(serve.http, "GET", "/stats", "");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let rules = &stats["rules"];
+    assert!(rules["version"].as_u64().unwrap() > succeeded, "{rules}");
+    assert!(
+        rules["failed_reloads"].as_u64().unwrap() >= failed,
+        "{rules}"
+    );
+    assert!(
+        sent.len() > 1000,
+        "traffic flowed during the swaps: {}",
+        sent.len()
+    );
+}
