@@ -32,7 +32,7 @@ type TopicMetric = (&'static str, Kind, &'static str, fn(&TopicStats) -> u64);
 /// A per-channel metric.
 type ChannelMetric = (&'static str, Kind, &'static str, fn(&ChannelStats) -> u64);
 
-const TOPIC_METRICS: [TopicMetric; 9] = [
+const TOPIC_METRICS: [TopicMetric; 14] = [
     (
         "quiver_topic_depth",
         Kind::Gauge,
@@ -82,6 +82,36 @@ const TOPIC_METRICS: [TopicMetric; 9] = [
         |t| t.corrupt_records,
     ),
     (
+        "quiver_topic_router_dropped_total",
+        Kind::Counter,
+        "Messages the topic's router (or its policies) dropped.",
+        |t| t.router_dropped,
+    ),
+    (
+        "quiver_topic_router_dead_lettered_total",
+        Kind::Counter,
+        "Messages sent to the dead-letter topic at publish: unrouted, or a router fault.",
+        |t| t.router_dead_lettered,
+    ),
+    (
+        "quiver_topic_router_rejected_total",
+        Kind::Counter,
+        "Publishes refused with E_UNROUTED.",
+        |t| t.router_rejected,
+    ),
+    (
+        "quiver_topic_forwarded_total",
+        Kind::Counter,
+        "Copies the topic's router forwarded to other topics.",
+        |t| t.forwarded,
+    ),
+    (
+        "quiver_topic_forward_loops_total",
+        Kind::Counter,
+        "Forwards refused because they would loop.",
+        |t| t.forward_loops,
+    ),
+    (
         "quiver_topic_fsync_p50_microseconds",
         Kind::Gauge,
         "Median fsync latency of the topic's log.",
@@ -89,7 +119,7 @@ const TOPIC_METRICS: [TopicMetric; 9] = [
     ),
 ];
 
-const CHANNEL_METRICS: [ChannelMetric; 10] = [
+const CHANNEL_METRICS: [ChannelMetric; 11] = [
     (
         "quiver_channel_depth",
         Kind::Gauge,
@@ -149,6 +179,12 @@ const CHANNEL_METRICS: [ChannelMetric; 10] = [
         Kind::Gauge,
         "Messages restored as unfinished when the broker started.",
         |c| c.recovered,
+    ),
+    (
+        "quiver_channel_skipped_total",
+        Kind::Counter,
+        "Messages passed over: routed to other channels, or skipped by the channel's plugins.",
+        |c| c.skipped,
     ),
 ];
 
