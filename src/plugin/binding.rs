@@ -8,7 +8,8 @@
 //!
 //! # Invariants
 //! - `calls` equals the sum of every outcome counter in [`BindingStats`] except
-//!   `restart_failures` and `reinstantiations`, which count events, not calls.
+//!   `restart_failures` and `reinstantiations`, which count events, not calls, and
+//!   `busy_ns`, which counts time.
 //! - A sampler's state lives in its instance: it survives calls, and is lost (started over
 //!   by `init`) when a fault replaces the instance.
 
@@ -78,6 +79,10 @@ pub struct BindingStats {
     pub reinstantiations: u64,
     /// Restarts that failed (`init` refused or faulted).
     pub restart_failures: u64,
+    /// Time callers spent in calls, in nanoseconds, waiting for the binding and restarting
+    /// its instance included: `busy_ns / calls` is the plugin's cost per message as the
+    /// broker sees it.
+    pub busy_ns: u64,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +100,7 @@ struct Counters {
     wrong_kind: AtomicU64,
     reinstantiations: AtomicU64,
     restart_failures: AtomicU64,
+    busy_ns: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -162,6 +168,7 @@ impl Binding {
             wrong_kind: read(&c.wrong_kind),
             reinstantiations: read(&c.reinstantiations),
             restart_failures: read(&c.restart_failures),
+            busy_ns: read(&c.busy_ns),
         }
     }
 
@@ -172,10 +179,23 @@ impl Binding {
         call: impl FnOnce(&mut Instance) -> Result<R, PluginFault>,
     ) -> Result<R, PluginFault> {
         bump(&self.counters.calls);
+        let started = Instant::now();
         let mut state = self.lock();
+        let result = self.call_locked(&mut state, call);
+        drop(state);
+        let busy = started.elapsed().as_nanos() as u64;
+        self.counters.busy_ns.fetch_add(busy, Ordering::Relaxed);
+        result
+    }
+
+    fn call_locked<R>(
+        &self,
+        state: &mut MutexGuard<'_, State>,
+        call: impl FnOnce(&mut Instance) -> Result<R, PluginFault>,
+    ) -> Result<R, PluginFault> {
         let instance = match state.instance.take() {
             Some(instance) => instance,
-            None => match self.restart(&mut state) {
+            None => match self.restart(state) {
                 Ok(instance) => instance,
                 Err(fault) => {
                     bump(&self.counters.unavailable);
