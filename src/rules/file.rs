@@ -281,12 +281,10 @@ impl RawRules {
         let mut channels_seen = HashSet::new();
         for (i, raw) in self.channel.into_iter().enumerate() {
             let at = format!("channel[{i}] {:?}/{:?}", raw.topic, raw.name);
-            if let Some(channel) = raw.validate(base, &at, &mut problems) {
-                if !channels_seen.insert((channel.topic.clone(), channel.name.clone())) {
-                    problems.add(&at, "this channel is listed more than once");
-                }
-                spec.channels.push(channel);
+            if !channels_seen.insert((raw.topic.clone(), raw.name.clone())) {
+                problems.add(&at, "this channel is listed more than once");
             }
+            spec.channels.extend(raw.validate(base, &at, &mut problems));
         }
         if problems.0.is_empty() {
             Ok(spec)
