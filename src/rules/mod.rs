@@ -2,7 +2,7 @@
 //! read from a rules file (or the `[rules]` table of the config file), loaded into the
 //! broker's [`Hooks`](crate::broker::Hooks), and reloaded while the broker runs.
 //!
-//! - [`file`]: the TOML model, parsed and validated into a [`RulesSpec`] (pure).
+//! - [`file`](mod@file): the TOML model, parsed and validated into a [`RulesSpec`] (pure).
 //! - [`set`]: a [`RuleSet`] of bound plugins behind the hook traits, and the swappable
 //!   [`Rules`] handle the broker holds.
 //! - [`reload`]: the [`Reloader`]: file watching, SIGHUP, `POST /rules/reload`, status.

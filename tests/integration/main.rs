@@ -11,4 +11,5 @@ mod durability;
 mod errors;
 mod guests;
 mod process;
+mod rules;
 mod support;

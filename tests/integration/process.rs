@@ -15,6 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_quiver");
 pub struct ServeProcess {
     child: Child,
     pub quic: SocketAddr,
+    /// The HTTP admin API's address.
+    pub http: SocketAddr,
     fingerprint: [u8; 32],
 }
 
@@ -43,12 +45,15 @@ impl ServeProcess {
             .expect("quiver serve starts");
         let stdout = child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut quic, mut fingerprint) = (None, None);
+        let (mut quic, mut http, mut fingerprint) = (None, None, None);
         for line in lines.by_ref() {
             let line = line.expect("stdout readable");
             let mut words = line.split_whitespace();
             match (words.next(), words.next()) {
                 (Some("QUIC"), Some(addr)) => quic = addr.parse().ok(),
+                (Some("HTTP"), Some(url)) => {
+                    http = url.trim_start_matches("http://").parse().ok();
+                }
                 (Some("sha256"), Some(fp)) => {
                     fingerprint = parse_fingerprint(fp).ok();
                     break;
@@ -58,15 +63,25 @@ impl ServeProcess {
         }
         // Keep draining stdout so that the broker never blocks on it.
         std::thread::spawn(move || lines.for_each(drop));
-        let (Some(quic), Some(fingerprint)) = (quic, fingerprint) else {
+        let (Some(quic), Some(http), Some(fingerprint)) = (quic, http, fingerprint) else {
             let status = child.wait().expect("wait");
             panic!("quiver serve did not start ({status}); run with QUIVER_TEST_LOG=1");
         };
         ServeProcess {
             child,
             quic,
+            http,
             fingerprint,
         }
+    }
+
+    /// Sends `signal` (e.g. `HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
     }
 
     pub fn options(&self) -> ClientOptions {
