@@ -38,6 +38,21 @@ enum Command {
     Stats(StatsArgs),
     /// Load a broker and report throughput, latency and memory.
     Bench(quiver::bench::BenchArgs),
+    /// Work with rules files.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Parse a rules file, load every plugin and run its init, without a broker.
+    Check {
+        /// The rules file.
+        file: PathBuf,
+        /// Take the plugin limits from this config file's [plugins] section.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +97,9 @@ struct ServeArgs {
     /// Delete the oldest log segments while a topic's log is larger than this many bytes.
     #[arg(long)]
     max_bytes: Option<u64>,
+    /// Rules file binding plugins to topics and channels; reloaded on change and SIGHUP.
+    #[arg(long)]
+    rules: Option<PathBuf>,
 }
 
 /// How CLI clients find and trust the broker.
@@ -171,7 +189,36 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Rules(RulesCommand::Check { file, config }) => check_rules(file, config),
     }
+}
+
+/// `quiver rules check`: one line per binding, or every problem and exit status 1.
+fn check_rules(file: PathBuf, config: Option<PathBuf>) -> Result<()> {
+    let limits = match config {
+        Some(path) => Config::from_file(&path)?.plugins.limits(),
+        None => quiver::plugin::PluginLimits::default(),
+    };
+    let report = quiver::rules::check(&file, limits);
+    for line in &report.bindings {
+        println!("{line}");
+    }
+    if report.is_ok() {
+        println!(
+            "{}: {} binding(s), all good",
+            file.display(),
+            report.bindings.len()
+        );
+        return Ok(());
+    }
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    bail!(
+        "{}: {} problem(s) found",
+        file.display(),
+        report.problems.len()
+    )
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {
@@ -237,6 +284,10 @@ fn apply_overrides(config: &mut Config, args: ServeArgs) {
     }
     if let Some(max) = args.max_attempts {
         config.broker.max_attempts = max;
+    }
+    if args.rules.is_some() {
+        config.rules_file = args.rules;
+        config.rules = None;
     }
 }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{BrokerConfig, MIN_MSG_TIMEOUT};
+use crate::plugin::PluginLimits;
+use crate::rules::RulesSource;
 use crate::storage::StorageConfig;
 
 /// Everything `quiver serve` needs.
@@ -21,6 +23,17 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
+    /// Limits for every plugin instance and where compiles are cached. Fixed at start.
+    pub plugins: PluginsConfig,
+    /// A rules file (see `rules::file`). Relative to the working directory.
+    pub rules_file: Option<PathBuf>,
+    /// Rules inline, with the rules file's tables under `[rules]`: `[[rules.topic]]`,
+    /// `[[rules.channel]]`. Parsed (and reloaded) from the config file by `rules`; kept
+    /// here only so that the config file may hold them.
+    pub rules: Option<InlineRules>,
+    /// The file this config was read from, if any; set by [`Config::from_file`].
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -32,9 +45,87 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
+            plugins: PluginsConfig::default(),
+            rules_file: None,
+            rules: None,
+            file: None,
         }
     }
 }
+
+/// The `[rules]` table of a config file, unparsed: the `rules` module reads it from the
+/// file itself, on start and on every reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InlineRules(pub toml::Table);
+
+// Compared only to tell configs apart; a NaN parameter would make a config unequal to itself,
+// which nothing relies on.
+impl Eq for InlineRules {}
+
+/// Bounds on every plugin instance, and the compile cache. The defaults suit a per-message
+/// filter on the hot path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Longest one decision may run.
+    #[serde(with = "duration")]
+    pub call_timeout: Duration,
+    /// Most linear memory one instance may have: bytes, or a string like `"16MiB"`.
+    #[serde(with = "byte_size")]
+    pub memory: u64,
+    /// Longest instantiation plus `init` may run.
+    #[serde(with = "duration")]
+    pub init_timeout: Duration,
+    /// Where compiled plugins are cached. Default `<data_dir>/plugin-cache`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        let limits = PluginLimits::default();
+        PluginsConfig {
+            call_timeout: limits.call_timeout,
+            memory: limits.memory_bytes,
+            init_timeout: limits.init_timeout,
+            cache_dir: None,
+        }
+    }
+}
+
+impl PluginsConfig {
+    pub fn limits(&self) -> PluginLimits {
+        PluginLimits {
+            call_timeout: self.call_timeout,
+            memory_bytes: self.memory,
+            init_timeout: self.init_timeout,
+        }
+    }
+
+    /// The compile cache directory: `cache_dir`, or `<data_dir>/plugin-cache`.
+    pub fn cache_dir(&self, data_dir: &Path) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("plugin-cache"))
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let invalid = |field: &str, why: &str| Err((format!("plugins.{field}"), why.to_owned()));
+        if self.call_timeout.is_zero() {
+            return invalid("call_timeout", "must be more than 0");
+        }
+        if self.init_timeout.is_zero() {
+            return invalid("init_timeout", "must be more than 0");
+        }
+        if self.memory < MIN_PLUGIN_MEMORY {
+            return invalid("memory", "must be at least 1MiB");
+        }
+        Ok(())
+    }
+}
+
+/// The smallest memory cap accepted: a Rust guest needs more than this to start.
+const MIN_PLUGIN_MEMORY: u64 = 1 << 20;
 
 /// Listening addresses. Loopback by default: exposing a broker is a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,10 +203,24 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        config.file = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Where the rules come from: `rules_file`, or the `[rules]` table of the config file.
+    /// None when there are no rules (and so no hooks).
+    pub fn rules_source(&self) -> Option<RulesSource> {
+        if let Some(path) = &self.rules_file {
+            return Some(RulesSource::File(path.clone()));
+        }
+        match (&self.rules, &self.file) {
+            (Some(_), Some(file)) => Some(RulesSource::Inline(file.clone())),
+            _ => None,
+        }
     }
 
     /// Checks every field once; the broker trusts the config after this.
@@ -157,6 +262,21 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty".into());
         }
+        if self.rules_file.is_some() && self.rules.is_some() {
+            return invalid(
+                "rules_file",
+                "give rules either in a rules_file or inline under [rules], not both".into(),
+            );
+        }
+        if self.rules.is_some() && self.file.is_none() {
+            return invalid(
+                "rules",
+                "inline rules are read from the config file; load the config with from_file".into(),
+            );
+        }
+        self.plugins
+            .validate()
+            .map_err(|(field, why)| ConfigError::Invalid { field, why })?;
         self.storage
             .validate()
             .map_err(|(field, why)| ConfigError::Invalid { field, why })
@@ -215,6 +335,63 @@ pub mod duration {
     }
 }
 
+/// Parses sizes like `16MiB`, `512KiB`, `1GiB` or a plain number of bytes.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "{text:?} has unknown unit {other:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Serde adapter for sizes: a number of bytes, or a string [`parse_byte_size`] reads.
+pub mod byte_size {
+    use std::fmt;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        struct Size;
+        impl Visitor<'_> for Size {
+            type Value = u64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of bytes or a size like \"16MiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+                Ok(v)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+                u64::try_from(v).map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+                super::parse_byte_size(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Size)
+    }
+}
+
 /// Serde adapter for optional human-readable durations.
 pub mod opt_duration {
     use std::time::Duration;
@@ -268,6 +445,50 @@ mod tests {
         assert_eq!(config.broker.max_attempts, 5);
         assert_eq!(config.broker.max_rdy, 2500);
         assert_eq!(config.listen, ListenConfig::default());
+    }
+
+    #[test]
+    fn plugin_limits_read_sizes_and_durations() {
+        let config: Config = toml::from_str(
+            "[plugins]\ncall_timeout = \"20ms\"\nmemory = \"32MiB\"\ninit_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let limits = config.plugins.limits();
+        assert_eq!(limits.call_timeout, Duration::from_millis(20));
+        assert_eq!(limits.memory_bytes, 32 << 20);
+        assert_eq!(limits.init_timeout, Duration::from_secs(2));
+        let config: Config = toml::from_str("[plugins]\nmemory = 2097152\n").unwrap();
+        assert_eq!(config.plugins.memory, 2 << 20);
+        assert!(toml::from_str::<Config>("[plugins]\nmemory = \"2MB\"\n").is_err());
+        let mut config = Config::default();
+        config.plugins.memory = 1000;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("plugins.memory"), "{err}");
+        assert_eq!(
+            Config::default().plugins.cache_dir(Path::new("d")),
+            Path::new("d/plugin-cache")
+        );
+    }
+
+    #[test]
+    fn rules_come_from_a_file_or_inline_not_both() {
+        let config: Config = toml::from_str("rules_file = \"r.toml\"\n").unwrap();
+        assert_eq!(
+            config.rules_source(),
+            Some(RulesSource::File("r.toml".into()))
+        );
+        let mut config: Config =
+            toml::from_str("rules_file = \"r.toml\"\n[[rules.topic]]\nname = \"t\"\n").unwrap();
+        config.file = Some("q.toml".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("rules_file"), "{err}");
+        config.rules_file = None;
+        config.validate().unwrap();
+        assert_eq!(
+            config.rules_source(),
+            Some(RulesSource::Inline("q.toml".into()))
+        );
+        assert_eq!(Config::default().rules_source(), None);
     }
 
     #[test]

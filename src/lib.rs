@@ -6,6 +6,7 @@
 //! - [`storage`]: the segmented log per topic and each channel's durable state.
 //! - [`broker`]: topics, channels and delivery, over storage.
 //! - [`plugin`]: the WebAssembly plugin host (the only module that names wasmtime).
+//! - [`rules`]: the rules file, bound plugins behind the broker's hooks, and hot reload.
 //! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`](mod@bench): the surfaces.
 pub mod bench;
 pub mod broker;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod message;
 pub mod plugin;
 pub mod protocol;
+pub mod rules;
 pub mod server;
 pub mod session;
 pub mod storage;

@@ -1,5 +1,6 @@
-//! The composition root: storage → broker (recovered from the data directory) → listeners,
-//! and graceful shutdown.
+//! The composition root: storage → broker → rules (plugins bound as hooks, before recovery;
+//! declared channels applied after it) → listeners and the rules watch, and graceful
+//! shutdown.
 //!
 //! Shutdown is one protocol: stop accepting connections; tell the broker, whose subscriptions
 //! then send E_SHUTTING_DOWN and requeue what they had in flight; give sessions
@@ -16,6 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Broker;
 use crate::broker::BrokerError;
 use crate::config::{Config, ConfigError};
+use crate::plugin::{PluginError, PluginHost};
+use crate::rules::{Reloader, RulesError};
 use crate::storage::{FileStorage, StorageError};
 use crate::transport::tls::{self, TlsError};
 
@@ -36,6 +39,12 @@ pub enum ServerError {
     Storage(#[from] StorageError),
     #[error("recovering topics and channels")]
     Recover(#[from] BrokerError),
+    #[error("starting the plugin host")]
+    Plugins(#[from] PluginError),
+    #[error("loading the rules")]
+    Rules(#[from] RulesError),
+    #[error("watching the rules for changes")]
+    RulesWatch(#[source] std::io::Error),
     #[error("binding {what} on {addr}")]
     Bind {
         what: &'static str,
@@ -93,15 +102,35 @@ impl Server {
 
         let storage = FileStorage::open(&config.data_dir, config.storage.clone())?;
         let broker = Broker::new(config.broker.clone(), Arc::new(storage));
+        let rules = match config.rules_source() {
+            Some(source) => {
+                let cache = config.plugins.cache_dir(&config.data_dir);
+                let host = PluginHost::new(config.plugins.limits(), Some(cache))?;
+                let reloader = Reloader::start(Arc::new(host), source, broker.clone()).await?;
+                broker.set_hooks(reloader.rules());
+                Some(reloader)
+            }
+            None => None,
+        };
         broker.recover()?;
         let tasks = TaskTracker::new();
+        if let Some(reloader) = &rules {
+            reloader.apply().await?;
+            let watch = reloader.spawn_watch().map_err(ServerError::RulesWatch)?;
+            tasks.spawn(async move {
+                // The watch ends when the broker shuts down; a panic in it is logged.
+                if let Err(e) = watch.await {
+                    tracing::error!(error = %e, "the rules watch task failed");
+                }
+            });
+        }
         tasks.spawn(accept(
             endpoint.clone(),
             broker.clone(),
             config.limits.max_connections,
             tasks.clone(),
         ));
-        tasks.spawn(crate::http::serve(http, broker.clone()));
+        tasks.spawn(crate::http::serve(http, broker.clone(), rules));
         tracing::info!(%quic_addr, %http_addr, fingerprint = %identity.fingerprint, "quiver is serving");
         Ok(Server {
             broker,

@@ -1,21 +1,53 @@
 //! `GET /stats` and the `/topic/*` and `/channel/*` administration endpoints.
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 
 use super::error::ApiError;
 use super::params::Params;
-use super::refuse_if_shutting_down;
+use super::{refuse_if_shutting_down, AppState};
 use crate::broker::{Broker, BrokerStats};
 use crate::protocol::AdminOp;
+use crate::rules::RulesStatus;
+
+/// The `/stats` document: the broker's stats, plus the rules' when there are rules.
+#[derive(Debug, Serialize)]
+pub(crate) struct Stats {
+    #[serde(flatten)]
+    broker: BrokerStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rules: Option<RulesStatus>,
+}
 
 /// `GET /stats[?topic=T]`: all topics, or just `T`.
 pub(crate) async fn stats(
-    State(broker): State<Broker>,
+    State(state): State<AppState>,
     params: Params,
-) -> Result<Json<BrokerStats>, ApiError> {
+) -> Result<Json<Stats>, ApiError> {
     let topic = params.topic_opt()?;
-    Ok(Json(broker.stats(topic.as_ref())?))
+    Ok(Json(Stats {
+        broker: state.broker.stats(topic.as_ref())?,
+        rules: state.rules.as_ref().map(|r| r.status()),
+    }))
+}
+
+/// `POST /rules/reload`: 200 with the new status, 422 with the reason the old rules stay.
+pub(crate) async fn reload_rules(State(state): State<AppState>) -> Response {
+    let error = |status: StatusCode, code: &str, message: String| {
+        let body = serde_json::json!({ "error": message, "code": code });
+        (status, Json(body)).into_response()
+    };
+    let Some(rules) = &state.rules else {
+        let why = "no rules are configured (start with --rules FILE)".to_owned();
+        return error(StatusCode::NOT_FOUND, "E_NO_RULES", why);
+    };
+    match rules.reload().await {
+        Ok(status) => Json(status).into_response(),
+        Err(reason) => error(StatusCode::UNPROCESSABLE_ENTITY, "E_RULES_INVALID", reason),
+    }
 }
 
 /// `POST /topic/<op>?topic=T`.

@@ -7,7 +7,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::error::ApiError;
-use crate::broker::{Broker, BrokerStats, ChannelStats, TopicStats};
+use super::AppState;
+use crate::broker::{BrokerStats, ChannelStats, TopicStats};
+use crate::rules::{BindingStatus, RulesStatus};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
@@ -188,9 +190,87 @@ const CHANNEL_METRICS: [ChannelMetric; 11] = [
     ),
 ];
 
-pub(crate) async fn metrics(State(broker): State<Broker>) -> Result<impl IntoResponse, ApiError> {
-    let stats = broker.stats(None)?;
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&stats)))
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let stats = state.broker.stats(None)?;
+    let mut text = render(&stats);
+    if let Some(rules) = &state.rules {
+        render_rules(&mut text, &rules.status());
+    }
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
+}
+
+/// A per-binding metric.
+type BindingMetric = (&'static str, &'static str, fn(&BindingStatus) -> u64);
+
+const BINDING_METRICS: [BindingMetric; 6] = [
+    ("quiver_plugin_calls_total", "Calls into the plugin.", |b| {
+        b.stats.calls
+    }),
+    (
+        "quiver_plugin_timeouts_total",
+        "Plugin calls interrupted at their deadline.",
+        |b| b.stats.timeouts,
+    ),
+    (
+        "quiver_plugin_traps_total",
+        "Plugin calls that trapped.",
+        |b| b.stats.traps,
+    ),
+    (
+        "quiver_plugin_out_of_memory_total",
+        "Plugin calls that ran out of memory.",
+        |b| b.stats.out_of_memory,
+    ),
+    (
+        "quiver_plugin_unavailable_total",
+        "Plugin calls refused while the plugin restarts.",
+        |b| b.stats.unavailable,
+    ),
+    (
+        "quiver_plugin_invalid_answers_total",
+        "Router answers naming an invalid channel or topic.",
+        |b| b.invalid_answers,
+    ),
+];
+
+/// The rules' counters, and each binding's.
+fn render_rules(out: &mut String, rules: &RulesStatus) {
+    let totals = [
+        (
+            "quiver_rules_version",
+            Kind::Gauge,
+            "Version of the rules in force.",
+            rules.version,
+        ),
+        (
+            "quiver_rules_reloads_total",
+            Kind::Counter,
+            "Successful rules reloads.",
+            rules.reloads,
+        ),
+        (
+            "quiver_rules_failed_reloads_total",
+            Kind::Counter,
+            "Failed rules reloads.",
+            rules.failed_reloads,
+        ),
+    ];
+    for (name, kind, help, value) in totals {
+        family(out, name, kind, help);
+        sample(out, name, &[], value);
+    }
+    for (name, help, read) in BINDING_METRICS {
+        family(out, name, Kind::Counter, help);
+        for binding in &rules.bindings {
+            let labels = [
+                ("topic", binding.topic.as_str()),
+                ("channel", binding.channel.as_deref().unwrap_or("")),
+                ("plugin", &binding.plugin),
+                ("kind", binding.kind),
+            ];
+            sample(out, name, &labels, read(binding));
+        }
+    }
 }
 
 /// The exposition text for `stats`.

@@ -16,6 +16,10 @@
 //! | POST | `/mpub` | `topic`, `defer`? (ms) | publishes each non-empty line of the body, as one batch |
 //! | POST | `/topic/{create,delete,pause,unpause,empty}` | `topic` | topic administration |
 //! | POST | `/channel/{create,delete,pause,unpause,empty}` | `topic`, `channel`, `max_attempts`? | channel administration (`max_attempts` on create only) |
+//! | POST | `/rules/reload` | | reloads the rules: 200 with their status, 422 with the reason (the old rules stay), 404 without rules |
+//!
+//! With rules, `/stats` has a `rules` object ([`RulesStatus`](crate::rules::RulesStatus)) and
+//! `/metrics` their counters.
 //!
 //! Successful POSTs answer `200 OK` with the body `OK`; `/pub` and `/mpub` only once the broker
 //! reports the messages durable. Message headers come from request headers named
@@ -38,23 +42,38 @@ mod test_client;
 #[allow(clippy::unwrap_used)]
 mod tests;
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::broker::{Broker, BrokerError};
 use crate::protocol::AdminOp;
+use crate::rules::Reloader;
 use error::ApiError;
 use params::Params;
 
+/// What the handlers share: the broker, and the rules when there are any.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    broker: Broker,
+    rules: Option<Reloader>,
+}
+
+impl FromRef<AppState> for Broker {
+    fn from_ref(state: &AppState) -> Broker {
+        state.broker.clone()
+    }
+}
+
 /// Serves the HTTP API on `listener` until [`Broker::shutting_down`] fires, then stops accepting
-/// and returns once the open requests are answered.
-pub async fn serve(listener: tokio::net::TcpListener, broker: Broker) {
+/// and returns once the open requests are answered. With `rules`, `/stats` and `/metrics`
+/// report on them and `POST /rules/reload` reloads them.
+pub async fn serve(listener: tokio::net::TcpListener, broker: Broker, rules: Option<Reloader>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::debug!(%addr, "HTTP API listening");
     }
     let stop = broker.clone();
-    let result = axum::serve(listener, router(broker))
+    let result = axum::serve(listener, router_with_rules(broker, rules))
         .with_graceful_shutdown(async move { stop.shutting_down().await })
         .await;
     if let Err(error) = result {
@@ -62,12 +81,18 @@ pub async fn serve(listener: tokio::net::TcpListener, broker: Broker) {
     }
 }
 
-/// The HTTP API's routes over `broker`.
+/// The HTTP API's routes over `broker`, without rules.
 pub fn router(broker: Broker) -> Router {
+    router_with_rules(broker, None)
+}
+
+/// The HTTP API's routes over `broker` and its `rules`.
+pub fn router_with_rules(broker: Broker, rules: Option<Reloader>) -> Router {
     let mut router = Router::new()
         .route("/ping", get(ping))
         .route("/stats", get(admin::stats))
         .route("/metrics", get(metrics::metrics))
+        .route("/rules/reload", post(admin::reload_rules))
         .route("/pub", post(publish::publish))
         .route("/mpub", post(publish::multi_publish));
     for (name, op) in OPS {
@@ -81,7 +106,9 @@ pub fn router(broker: Broker) -> Router {
                 post(move |state: State<Broker>, params: Params| admin::channel(state, params, op)),
             );
     }
-    router.fallback(no_route).with_state(broker)
+    router
+        .fallback(no_route)
+        .with_state(AppState { broker, rules })
 }
 
 /// Administrative operations by their path segment.

@@ -317,7 +317,7 @@ async fn serve_returns_after_broker_shutdown() {
     let broker = Broker::new(BrokerConfig::default(), Arc::new(MemoryStorage));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(serve(listener, broker.clone()));
+    let server = tokio::spawn(serve(listener, broker.clone(), None));
     assert_ok(&get(addr, "/ping").await);
 
     broker.shutdown();

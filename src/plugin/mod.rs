@@ -29,7 +29,7 @@ mod limits;
 mod wasi;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::str::FromStr;

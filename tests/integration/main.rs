@@ -13,5 +13,6 @@ mod guests;
 mod plugins;
 mod process;
 mod reload;
+mod rules;
 mod support;
 mod wasm;

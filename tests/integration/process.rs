@@ -15,6 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_quiver");
 pub struct ServeProcess {
     child: Child,
     pub quic: SocketAddr,
+    /// The HTTP admin API's address.
     pub http: SocketAddr,
     fingerprint: [u8; 32],
 }
@@ -74,6 +75,15 @@ impl ServeProcess {
         }
     }
 
+    /// Sends `signal` (e.g. `HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     pub fn options(&self) -> ClientOptions {
         ClientOptions::new(self.quic, Trust::Fingerprint(self.fingerprint))
     }
@@ -98,6 +108,13 @@ impl ServeProcess {
         }
         panic!("quiver serve did not exit within 10 s of SIGTERM");
     }
+}
+
+/// Replaces `path` by writing aside and renaming, as deploy tools do.
+pub fn write_atomically(path: &Path, contents: impl AsRef<[u8]>) {
+    let aside = path.with_extension("tmp");
+    std::fs::write(&aside, contents).expect("write aside");
+    std::fs::rename(&aside, path).expect("rename into place");
 }
 
 /// One HTTP/1.1 request to `addr` with `body`; returns the status and the response body.

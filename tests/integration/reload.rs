@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use quiver::client::{Client, SubEvent};
 use quiver::message::NewMessage;
 
-use crate::process::{http_request, ServeProcess};
+use crate::process::{http_request, write_atomically, ServeProcess};
 use crate::support::{subscribe, topic};
 use crate::wasm::guest;
 
@@ -48,13 +48,6 @@ fn rules(router: &Path, channel: &str, variant: usize) -> String {
     )
 }
 
-/// Writes `bytes` to `path` atomically (write aside, then rename), as deploy tools do.
-fn replace(path: &Path, bytes: &[u8]) {
-    let aside = path.with_extension("tmp");
-    std::fs::write(&aside, bytes).unwrap();
-    std::fs::rename(&aside, path).unwrap();
-}
-
 /// When the routing changed: the new channel could be in use from `written` on, and was in
 /// use for every publish that started after `effective`.
 struct Change {
@@ -74,9 +67,9 @@ async fn fifty_swaps_under_traffic_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let router = dir.path().join("router.wasm");
     let router_bytes = std::fs::read(guest("header_router")).unwrap();
-    replace(&router, &router_bytes);
+    write_atomically(&router, &router_bytes);
     let rules_path = dir.path().join("rules.toml");
-    replace(&rules_path, rules(&router, "ch-a", 0).as_bytes());
+    write_atomically(&rules_path, rules(&router, "ch-a", 0));
     let serve = ServeProcess::start(
         &dir.path().join("data"),
         &["--rules", rules_path.to_str().unwrap()],
@@ -150,7 +143,7 @@ async fn fifty_swaps_under_traffic_lose_and_duplicate_nothing() {
             0 | 4 => {
                 let next = if active == "ch-a" { "ch-b" } else { "ch-a" };
                 let written = Instant::now();
-                replace(&rules_path, rules(&router, next, swap).as_bytes());
+                write_atomically(&rules_path, rules(&router, next, swap));
                 let (status, body) = tokio::task::block_in_place(reload);
                 assert_eq!(status, 200, "swap {swap}: {body}");
                 changes.push(Change {
@@ -168,26 +161,26 @@ async fn fifty_swaps_under_traffic_lose_and_duplicate_nothing() {
                 } else {
                     rules(&router, active, swap).replace("[[channel]]", "[[channel")
                 };
-                replace(&rules_path, broken.as_bytes());
+                write_atomically(&rules_path, broken);
                 let (status, body) = tokio::task::block_in_place(reload);
                 assert!((400..500).contains(&status), "swap {swap}: {status} {body}");
                 failed += 1;
                 // Put the working file back, unchanged in meaning.
-                replace(&rules_path, rules(&router, active, swap).as_bytes());
+                write_atomically(&rules_path, rules(&router, active, swap));
             }
             // The router's file replaced by something that is not a router (a filter), then
             // by garbage; the file watcher tries each and keeps the old set.
             2 => {
-                replace(&router, &std::fs::read(guest("trap")).unwrap());
+                write_atomically(&router, &std::fs::read(guest("trap")).unwrap());
                 let (status, body) = tokio::task::block_in_place(reload);
                 assert!((400..500).contains(&status), "swap {swap}: {status} {body}");
                 failed += 1;
-                replace(&router, b"not a component");
+                write_atomically(&router, b"not a component");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             // The router's file restored: the watcher reloads it, same meaning.
             3 => {
-                replace(&router, &router_bytes);
+                write_atomically(&router, &router_bytes);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             _ => unreachable!(),

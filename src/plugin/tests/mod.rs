@@ -22,7 +22,7 @@ fn plugins_dir() -> PathBuf {
 
 /// The compiled component of guest crate `name` (e.g. `tag_filter`), building every guest
 /// the first time any test asks.
-pub(super) fn guest(name: &str) -> PathBuf {
+pub(crate) fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let out = BUILT.get_or_init(build_guests);
     match out {
