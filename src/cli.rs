@@ -38,6 +38,8 @@ enum Command {
     Stats(StatsArgs),
     /// Load a broker and report throughput, latency and memory.
     Bench(quiver::bench::BenchArgs),
+    /// Write, build and try out WebAssembly plugins: new, build, test.
+    Plugin(quiver::authoring::PluginArgs),
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +163,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pub(args) => publish(args).await,
         Command::Sub(args) => subscribe(args).await,
         Command::Stats(args) => stats(args).await,
+        Command::Plugin(args) => Ok(quiver::authoring::run(args)?),
         Command::Bench(args) => {
             let json = args.json;
             let report = quiver::bench::run(args).await?;

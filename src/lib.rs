@@ -7,6 +7,8 @@
 //! - [`broker`]: topics, channels and delivery, over storage.
 //! - [`plugin`]: the WebAssembly plugin host (the only module that names wasmtime).
 //! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`](mod@bench): the surfaces.
+//! - [`authoring`]: `quiver plugin new|build|test`, for writing plugins without a broker.
+pub mod authoring;
 pub mod bench;
 pub mod broker;
 pub mod client;
