@@ -203,7 +203,7 @@ fn rules_example(name: &str, kind: PluginKind) -> String {
     );
     match kind {
         PluginKind::Router => format!(
-            "[[topic]]\nname = \"orders\"\n[[topic.plugins]]\nkind = \"router\"\n\
+            "[[topic]]\nname = \"orders\"\n[topic.router]\n\
              plugin = \"{wasm}\"\nparams = {{ header = \"region\", default = \"other\" }}"
         ),
         PluginKind::Filter | PluginKind::Sampler => {
