@@ -4,7 +4,8 @@
 //! Output, one line per message: `keep` or `skip` for filters and samplers; for routers
 //! `channels=a,b forward=t` (each part only when not empty) or `unrouted`; after a fault,
 //! `fault: <why>`, and the next message gets a fresh instance (as the broker would after its
-//! backoff; a sampler's state starts again). With `--bench N` each line adds the median
+//! backoff; a sampler's state starts again). `--call-timeout` lifts the 10 ms bound, for
+//! slow debug builds of a plugin or a loaded machine. With `--bench N` each line adds the median
 //! nanoseconds per call over [`BENCH_ROUNDS`] rounds of N / 5 calls; with `--json` each line
 //! is a JSON object instead.
 
@@ -33,7 +34,9 @@ pub enum Decision {
 pub fn run(args: &TestArgs, out: &mut impl Write) -> Result<(), AuthoringError> {
     check_params(&args.params)?;
     let samples = read_samples(args)?;
-    let host = PluginHost::new(PluginLimits::default(), None)?;
+    let mut limits = PluginLimits::default();
+    limits.call_timeout = args.call_timeout.unwrap_or(limits.call_timeout);
+    let host = PluginHost::new(limits, None)?;
     let plugin = host.load(&args.file, args.kind)?;
     let mut trial = Trial::start(&host, plugin, args.params.clone())?;
     for msg in &samples {

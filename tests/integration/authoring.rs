@@ -55,7 +55,16 @@ fn new_and_build(dir: &Path, name: &str, kind: &str) -> String {
 }
 
 fn decisions(dir: &Path, wasm: &str, kind: &str, rest: &[&str]) -> String {
-    let mut args = vec!["plugin", "test", wasm, "--kind", kind];
+    // Builds run alongside; a starved debug build must not turn a decision into a timeout.
+    let mut args = vec![
+        "plugin",
+        "test",
+        wasm,
+        "--kind",
+        kind,
+        "--call-timeout",
+        "5s",
+    ];
     args.extend_from_slice(rest);
     stdout_of(&quiver(dir, &args), "plugin test")
 }
