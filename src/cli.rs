@@ -41,6 +41,8 @@ enum Command {
     /// Work with rules files.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Write, build and try out WebAssembly plugins: new, build, test.
+    Plugin(quiver::authoring::PluginArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +181,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pub(args) => publish(args).await,
         Command::Sub(args) => subscribe(args).await,
         Command::Stats(args) => stats(args).await,
+        Command::Plugin(args) => Ok(quiver::authoring::run(args)?),
         Command::Bench(args) => {
             let json = args.json;
             let report = quiver::bench::run(args).await?;

@@ -8,6 +8,8 @@
 //! - [`plugin`]: the WebAssembly plugin host (the only module that names wasmtime).
 //! - [`rules`]: the rules file, bound plugins behind the broker's hooks, and hot reload.
 //! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`](mod@bench): the surfaces.
+//! - [`authoring`]: `quiver plugin new|build|test`, for writing plugins without a broker.
+pub mod authoring;
 pub mod bench;
 pub mod broker;
 pub mod client;

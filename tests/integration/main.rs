@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod authoring;
 mod cli;
 mod client;
 mod crash;

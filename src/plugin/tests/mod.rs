@@ -7,13 +7,10 @@ mod decide;
 mod hostile;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use crate::message::{Headers, MessageId};
 use crate::plugin::{MessageView, Plugin, PluginHost, PluginKind, PluginLimits};
-
-const TARGET: &str = "wasm32-wasip2";
 
 /// The `plugins/` workspace at the repository root.
 fn plugins_dir() -> PathBuf {
@@ -23,55 +20,18 @@ fn plugins_dir() -> PathBuf {
 /// The compiled component of guest crate `name` (e.g. `tag_filter`), building every guest
 /// the first time any test asks.
 pub(crate) fn guest(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let out = BUILT.get_or_init(build_guests);
-    match out {
-        Ok(dir) => dir.join(format!("{name}.wasm")),
-        Err(why) => panic!("cannot build the guest plugins: {why}"),
-    }
-}
-
-fn build_guests() -> Result<PathBuf, String> {
-    ensure_target()?;
-    let dir = plugins_dir();
-    let output = Command::new(env!("CARGO"))
-        .current_dir(&dir)
-        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(format!(
-            "cargo build in {} failed ({}):\n{stderr}",
-            dir.display(),
-            output.status
-        ));
-    }
-    Ok(dir.join("target").join(TARGET).join("release"))
-}
-
-/// Installs the wasm target if rustup lacks it (a fresh image does; `RUSTUP_AUTO_INSTALL=0`
-/// stops `rust-toolchain.toml` from doing it).
-fn ensure_target() -> Result<(), String> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map_err(|e| format!("cannot run rustup: {e}"))?;
-    if String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.trim() == TARGET)
-    {
-        return Ok(());
-    }
-    let status = Command::new("rustup")
-        .args(["target", "add", TARGET])
-        .status()
-        .map_err(|e| format!("cannot run rustup: {e}"))?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| format!("rustup target add {TARGET} failed: {status}"))
+    static BUILT: OnceLock<Result<Vec<PathBuf>, String>> = OnceLock::new();
+    let built = BUILT
+        .get_or_init(|| crate::authoring::build::build(&plugins_dir()).map_err(|e| e.to_string()));
+    let built = built
+        .as_ref()
+        .unwrap_or_else(|why| panic!("cannot build the guest plugins: {why}"));
+    let file = format!("{name}.wasm");
+    built
+        .iter()
+        .find(|p| p.file_name().is_some_and(|f| f == file.as_str()))
+        .unwrap_or_else(|| panic!("{name} is not among the built plugins {built:?}"))
+        .clone()
 }
 
 /// A host with the default limits and no cache.
