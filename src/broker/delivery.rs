@@ -88,7 +88,7 @@ impl DeadReason {
             DeadReason::Timeout => "timeout",
             DeadReason::Requeue => "requeue",
             DeadReason::Disconnect => "disconnect",
-            DeadReason::Filter => "filter",
+            DeadReason::Filter => "filter-fault",
         }
     }
 }

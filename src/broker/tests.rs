@@ -264,7 +264,7 @@ async fn gates_skip_and_dead_letter_at_the_cursor_to_the_channels_dead_letter_to
     sub.take(10, &mut out);
     assert_eq!(out.len(), 1);
     let headers = &out[0].message.headers;
-    assert_eq!(headers.get("quiver-dead-reason"), Some("filter"));
+    assert_eq!(headers.get("quiver-dead-reason"), Some("filter-fault"));
     assert_eq!(headers.get("quiver-dead-channel"), Some("gated"));
     let stats = broker.stats(Some(&t)).unwrap().topics.remove(0);
     let gated = stats.channels.iter().find(|c| c.name == "gated").unwrap();

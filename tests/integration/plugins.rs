@@ -427,7 +427,10 @@ async fn hostile_plugins_are_isolated_and_their_messages_follow_the_failure_poli
     assert!(drain(&h.client, "t", "trap", QUIET).await.is_empty());
     let trapped = drain(&h.client, "trapped", "c", QUIET).await;
     assert_eq!(bodies(&trapped), all);
-    assert_eq!(trapped[0].headers.get("quiver-dead-reason"), Some("filter"));
+    assert_eq!(
+        trapped[0].headers.get("quiver-dead-reason"),
+        Some("filter-fault")
+    );
     assert_eq!(trapped[0].headers.get("quiver-dead-channel"), Some("trap"));
 
     // The faults were counted per binding, and publishing still works.

@@ -171,7 +171,7 @@ async fn fifty_swaps_under_traffic_lose_and_duplicate_nothing() {
             // The router's file replaced by something that is not a router (a filter), then
             // by garbage; the file watcher tries each and keeps the old set.
             2 => {
-                write_atomically(&router, &std::fs::read(guest("trap")).unwrap());
+                write_atomically(&router, std::fs::read(guest("trap")).unwrap());
                 let (status, body) = tokio::task::block_in_place(reload);
                 assert!((400..500).contains(&status), "swap {swap}: {status} {body}");
                 failed += 1;
