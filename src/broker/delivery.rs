@@ -350,6 +350,20 @@ impl ChannelState {
         self.consumers.len()
     }
 
+    /// The offset of the next log message this channel will read.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// How many messages `id` may be given now: its unused credit, or 0 while the channel
+    /// is paused or the consumer is closing.
+    pub fn credit(&self, id: ConsumerId) -> usize {
+        match self.consumers.get(&id) {
+            Some(c) if !self.paused && !c.closing => c.rdy.saturating_sub(c.in_flight) as usize,
+            _ => 0,
+        }
+    }
+
     /// Moves up to `max` messages into flight to `id`, within its credit, and appends them to
     /// `out`. Requeued messages go first, then the log from the cursor (unless the topic is
     /// paused). Each message the cursor reaches is first put to `admit`: skipped ones are

@@ -12,6 +12,7 @@
 
 pub mod delivery;
 pub mod hooks;
+mod lookahead;
 mod stats;
 mod subscription;
 mod topic;

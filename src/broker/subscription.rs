@@ -60,7 +60,8 @@ impl Subscription {
 
     /// Moves up to `max` messages into flight to this consumer, within its RDY credit. Each
     /// message the channel's cursor reaches is first checked against its route and put to
-    /// the channel's filters and samplers.
+    /// the channel's filters and samplers: ahead of time, outside the state lock, when the
+    /// channel has any (see `lookahead.rs`).
     pub fn take(&self, max: usize, out: &mut Vec<Taken>) -> usize {
         let topic = &*self.topic;
         let channel = &self.channel.name;
@@ -68,7 +69,7 @@ impl Subscription {
             .broker
             .hooks()
             .and_then(|hooks| hooks.gate(&topic.name, channel));
-        let mut admit = |offset: u64, message: &StoredMessage| -> Verdict {
+        let judge = |offset: u64, message: &StoredMessage| -> Verdict {
             if !message.is_for(channel) {
                 return Verdict::Skip;
             }
@@ -91,6 +92,29 @@ impl Subscription {
                     Verdict::DeadLetter
                 }
             }
+        };
+        // With plugins, judge what this take will read before locking the state.
+        let mut ahead = Some(self.channel.lookahead());
+        if gate.is_none() {
+            // Verdicts of plugins no longer bound are not used.
+            if let Some(mut stale) = ahead.take() {
+                stale.clear();
+            }
+        }
+        if let Some(ahead) = ahead.as_mut() {
+            let (cursor, credit) = {
+                let state = self.channel.state();
+                (state.cursor(), state.credit(self.id))
+            };
+            if credit > 0 && !topic.is_paused() {
+                ahead.judge(cursor, credit.min(max), &*topic.log, &judge);
+            }
+        }
+        let mut admit = |offset: u64, message: &StoredMessage| -> Verdict {
+            ahead
+                .as_mut()
+                .and_then(|ahead| ahead.verdict(offset))
+                .unwrap_or_else(|| judge(offset, message))
         };
         let mut letters = Vec::new();
         let (given, dead) = {

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{ChannelState, ConsumerId, DeadLetter, Now};
+use super::lookahead::Lookahead;
 use super::stats::{ChannelStats, ConsumerStats, TopicStats};
 use super::{Broker, BrokerError};
 use crate::message::{ChannelName, StoredMessage, TopicName};
@@ -244,6 +245,7 @@ impl Topic {
             senders: Mutex::new(HashMap::new()),
             timer: Notify::new(),
             deleted: self.deleted.child_token(),
+            lookahead: Mutex::new(Lookahead::default()),
         });
         channels.insert(name.clone(), channel.clone());
         broker.spawn(run_timer(
@@ -385,6 +387,8 @@ pub(super) struct Channel {
     senders: Mutex<HashMap<ConsumerId, (Arc<Notify>, String)>>,
     timer: Notify,
     pub(super) deleted: CancellationToken,
+    /// Verdicts of the channel's plugins on its next messages (see `lookahead.rs`).
+    lookahead: Mutex<Lookahead>,
 }
 
 impl Channel {
@@ -397,6 +401,13 @@ impl Channel {
             state: self.state.lock().unwrap_or_else(|e| e.into_inner()),
             store: &*self.store,
         }
+    }
+
+    /// The channel's look-ahead verdicts. Take this lock before the state lock, never
+    /// while holding it.
+    pub(super) fn lookahead(&self) -> MutexGuard<'_, Lookahead> {
+        // Verdicts are plain data, consistent at every step.
+        self.lookahead.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn senders(&self) -> MutexGuard<'_, HashMap<ConsumerId, (Arc<Notify>, String)>> {

@@ -1,0 +1,187 @@
+//! Judging a channel's next messages ahead of its cursor, outside the channel's state lock.
+//!
+//! A channel with filters or samplers decides each message once, in log order. A plugin call
+//! takes about a microsecond; made under the state lock, a batch of them would stall every
+//! FIN, REQ and TOUCH on the channel (and the tokio worker running it) for the whole batch.
+//! So a consumer about to take first judges the next messages holding only the channel's
+//! look-ahead lock, and [`super::delivery::ChannelState::take`] then uses those verdicts.
+//!
+//! # Invariants
+//! - Lock order: the look-ahead lock, then the state lock; never the other way round.
+//! - Every message is judged at most once: verdicts not used yet stay for the next take,
+//!   verdicts below the cursor (the channel was emptied, or retention passed them) are
+//!   dropped, and only a message with no verdict is judged under the state lock.
+//! - Verdicts are for increasing offsets, so a channel's plugins still see its messages in
+//!   log order.
+
+use std::collections::VecDeque;
+
+use super::delivery::{Verdict, SCAN_BUDGET};
+use crate::message::StoredMessage;
+use crate::storage::TopicLog;
+
+/// Verdicts on messages at and after the cursor, in offset order.
+#[derive(Debug, Default)]
+pub(super) struct Lookahead {
+    verdicts: VecDeque<(u64, Verdict)>,
+}
+
+impl Lookahead {
+    /// Judges messages after those already judged (or from `cursor`) until `keep` of the
+    /// pending verdicts say keep, [`SCAN_BUDGET`] are pending, or the log ends. It reads no
+    /// further than that.
+    pub(super) fn judge(
+        &mut self,
+        cursor: u64,
+        keep: usize,
+        log: &dyn TopicLog,
+        judge: &dyn Fn(u64, &StoredMessage) -> Verdict,
+    ) {
+        while self.verdicts.front().is_some_and(|&(o, _)| o < cursor) {
+            self.verdicts.pop_front();
+        }
+        let mut kept = self.kept();
+        let mut from = self.verdicts.back().map_or(cursor, |&(o, _)| o + 1);
+        let mut batch = Vec::new();
+        while kept < keep && self.verdicts.len() < SCAN_BUDGET {
+            let room = SCAN_BUDGET - self.verdicts.len();
+            batch.clear();
+            // No further than needed: a message is judged as late as possible, under the rules
+            // in force then.
+            log.read(from, (keep - kept).min(room), &mut batch);
+            if batch.is_empty() {
+                break;
+            }
+            for (offset, message) in batch.drain(..) {
+                let verdict = judge(offset, &message);
+                kept += usize::from(verdict == Verdict::Keep);
+                self.verdicts.push_back((offset, verdict));
+                from = offset + 1;
+            }
+        }
+    }
+
+    /// The verdict judged for `offset`, if any. Verdicts for earlier offsets are dropped:
+    /// the cursor has passed them.
+    pub(super) fn verdict(&mut self, offset: u64) -> Option<Verdict> {
+        while let Some(&(o, verdict)) = self.verdicts.front() {
+            if o > offset {
+                return None;
+            }
+            self.verdicts.pop_front();
+            if o == offset {
+                return Some(verdict);
+            }
+        }
+        None
+    }
+
+    /// Forgets every verdict.
+    pub(super) fn clear(&mut self) {
+        self.verdicts.clear();
+    }
+
+    fn kept(&self) -> usize {
+        self.verdicts
+            .iter()
+            .filter(|(_, v)| *v == Verdict::Keep)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::message::{Headers, TopicName};
+    use crate::storage::{MemoryStorage, Storage};
+
+    fn log_of(n: u64) -> Arc<dyn TopicLog> {
+        let log = MemoryStorage
+            .open_topic(&TopicName::new("t").unwrap())
+            .unwrap();
+        let messages = (0..n)
+            .map(|i| StoredMessage {
+                timestamp_ns: 0,
+                deliver_at_ms: 0,
+                headers: Headers::new(),
+                body: i.to_string().into(),
+                route: None,
+            })
+            .collect();
+        log.append(messages).unwrap();
+        log
+    }
+
+    #[test]
+    fn judges_ahead_once_each_in_order_and_keeps_what_is_unused() {
+        let log = log_of(300);
+        let seen = RefCell::new(Vec::new());
+        let judge = |offset: u64, _: &StoredMessage| {
+            seen.borrow_mut().push(offset);
+            if offset.is_multiple_of(3) {
+                Verdict::Keep
+            } else {
+                Verdict::Skip
+            }
+        };
+        let mut ahead = Lookahead::default();
+        ahead.judge(0, 10, &*log, &judge);
+        assert!(ahead.kept() >= 10);
+        let judged = seen.borrow().len();
+        assert_eq!(ahead.verdict(0), Some(Verdict::Keep));
+        assert_eq!(
+            ahead.verdict(2),
+            Some(Verdict::Skip),
+            "1 dropped on the way"
+        );
+        // The next look-ahead goes on after the last judged message, not from the cursor.
+        ahead.judge(3, 200, &*log, &judge);
+        let seen = seen.borrow();
+        assert!(seen.len() > judged);
+        assert!(
+            seen.windows(2).all(|w| w[0] + 1 == w[1]),
+            "each once, in order"
+        );
+        assert_eq!(*seen.last().unwrap(), 299);
+        assert_eq!(ahead.verdict(1000), None);
+    }
+
+    #[test]
+    fn judges_no_further_than_the_credit_needs() {
+        let log = log_of(100);
+        let count = RefCell::new(0);
+        let mut ahead = Lookahead::default();
+        let judge = |_: u64, _: &StoredMessage| {
+            *count.borrow_mut() += 1;
+            Verdict::Keep
+        };
+        ahead.judge(0, 1, &*log, &judge);
+        assert_eq!(
+            *count.borrow(),
+            1,
+            "the second message waits for its own take"
+        );
+        ahead.judge(0, 1, &*log, &judge);
+        assert_eq!(*count.borrow(), 1, "an unused keep is enough");
+    }
+
+    #[test]
+    fn verdicts_below_the_cursor_are_dropped_and_the_budget_holds() {
+        let log = log_of(SCAN_BUDGET as u64 + 100);
+        let mut ahead = Lookahead::default();
+        ahead.judge(0, 5, &*log, &|_, _| Verdict::Keep);
+        ahead.judge(50, 5, &*log, &|_, _| Verdict::Skip);
+        assert_eq!(ahead.verdict(49), None, "passed by the cursor");
+        assert_eq!(
+            ahead.verdict(50),
+            Some(Verdict::Skip),
+            "judged from the cursor on"
+        );
+        let mut ahead = Lookahead::default();
+        ahead.judge(0, usize::MAX, &*log, &|_, _| Verdict::Skip);
+        assert_eq!(ahead.verdicts.len(), SCAN_BUDGET);
+    }
+}
