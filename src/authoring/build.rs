@@ -50,6 +50,14 @@ pub fn build(dir: &Path) -> Result<Vec<PathBuf>, AuthoringError> {
     Ok(components)
 }
 
+/// The component built from crate `name` (e.g. `tag_filter`) among `components`.
+pub fn component<'a>(components: &'a [PathBuf], name: &str) -> Option<&'a PathBuf> {
+    let file = format!("{name}.wasm");
+    components
+        .iter()
+        .find(|p| p.file_name().is_some_and(|f| f == file.as_str()))
+}
+
 /// Installs the wasm target when rustup lacks it. Without rustup (a toolchain installed some
 /// other way) cargo itself reports a missing target.
 pub fn ensure_target() -> Result<(), AuthoringError> {

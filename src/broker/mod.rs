@@ -246,6 +246,7 @@ impl Broker {
         let mut dead = Vec::new();
         let mut forwards: Vec<(TopicName, StoredMessage)> = Vec::new();
         let mut dropped = 0;
+        let mut ensured: Vec<ChannelName> = Vec::new();
         for mut message in messages {
             let view = MessageRef {
                 topic: &topic.name,
@@ -268,8 +269,12 @@ impl Broker {
                     }
                     if !channels.is_empty() {
                         for name in &channels {
-                            if topic.existing_channel(name).is_none() {
-                                topic.channel(name, self)?;
+                            // Looked up once per batch, not once per message.
+                            if !ensured.contains(name) {
+                                if topic.existing_channel(name).is_none() {
+                                    topic.channel(name, self)?;
+                                }
+                                ensured.push(name.clone());
                             }
                         }
                         message.route = Some(Route::from(channels));

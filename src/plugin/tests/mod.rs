@@ -26,10 +26,7 @@ pub(crate) fn guest(name: &str) -> PathBuf {
     let built = built
         .as_ref()
         .unwrap_or_else(|why| panic!("cannot build the guest plugins: {why}"));
-    let file = format!("{name}.wasm");
-    built
-        .iter()
-        .find(|p| p.file_name().is_some_and(|f| f == file.as_str()))
+    crate::authoring::build::component(built, name)
         .unwrap_or_else(|| panic!("{name} is not among the built plugins {built:?}"))
         .clone()
 }
