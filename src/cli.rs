@@ -71,6 +71,12 @@ struct ServeArgs {
     /// HTTP admin listen address [default: 127.0.0.1:7401].
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// NSQ TCP protocol V2 listen address, or `off` [default: 127.0.0.1:4150].
+    #[arg(long, value_parser = parse_listen)]
+    nsq_tcp: Option<Listen>,
+    /// nsqd HTTP API listen address, or `off` [default: 127.0.0.1:4151].
+    #[arg(long, value_parser = parse_listen)]
+    nsq_http: Option<Listen>,
     /// Certificate chain (PEM) instead of the self-signed development certificate.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -224,6 +230,14 @@ fn check_rules(file: PathBuf, config: Option<PathBuf>) -> Result<()> {
     )
 }
 
+/// A listen address or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    quiver::config::parse_off_or_addr(text).map(Listen)
+}
+
 fn parse_header(text: &str) -> Result<(String, String), String> {
     let (k, v) = text
         .split_once('=')
@@ -244,6 +258,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     println!("quiver {} serving", env!("CARGO_PKG_VERSION"));
     println!("  QUIC    {}  (ALPN quiver/1)", server.quic_addr());
     println!("  HTTP    http://{}", server.http_addr());
+    if let Some(addr) = server.nsq_tcp_addr() {
+        println!("  NSQ TCP {addr}");
+    }
+    if let Some(addr) = server.nsq_http_addr() {
+        println!("  NSQ HTTP http://{addr}");
+    }
     println!("  data    {}", config.data_dir.display());
     println!("  cert    {}", server.cert_path().display());
     println!("  sha256  {}", server.fingerprint());
@@ -262,6 +282,12 @@ fn apply_overrides(config: &mut Config, args: ServeArgs) {
     }
     if let Some(addr) = args.http {
         config.listen.http = addr;
+    }
+    if let Some(addr) = args.nsq_tcp {
+        config.nsq.tcp = addr.0;
+    }
+    if let Some(addr) = args.nsq_http {
+        config.nsq.http = addr.0;
     }
     if args.tls_cert.is_some() {
         config.tls.cert = args.tls_cert;

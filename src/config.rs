@@ -23,6 +23,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
+    /// The NSQ compatibility listeners (`[nsq]`).
+    pub nsq: NsqConfig,
     /// Limits for every plugin instance and where compiles are cached. Fixed at start.
     pub plugins: PluginsConfig,
     /// A rules file (see `rules::file`). Relative to the working directory.
@@ -45,6 +47,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
+            nsq: NsqConfig::default(),
             plugins: PluginsConfig::default(),
             rules_file: None,
             rules: None,
@@ -143,6 +146,58 @@ impl Default for ListenConfig {
             quic: SocketAddr::from(([127, 0, 0, 1], 7400)),
             http: SocketAddr::from(([127, 0, 0, 1], 7401)),
         }
+    }
+}
+
+/// The NSQ compatibility listeners: NSQ TCP protocol V2 and the nsqd HTTP API, on nsqd's
+/// default ports on loopback. Either may be `"off"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NsqConfig {
+    /// NSQ TCP protocol V2 (`nsqd --tcp-address`).
+    #[serde(with = "off_or_addr")]
+    pub tcp: Option<SocketAddr>,
+    /// The nsqd HTTP API (`nsqd --http-address`).
+    #[serde(with = "off_or_addr")]
+    pub http: Option<SocketAddr>,
+}
+
+impl Default for NsqConfig {
+    fn default() -> Self {
+        NsqConfig {
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 4150))),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 4151))),
+        }
+    }
+}
+
+/// Parses a listen address, or `off` for none.
+pub fn parse_off_or_addr(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text.trim() {
+        "off" => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{text:?} is neither `off` nor an address: {e}")),
+    }
+}
+
+/// Serde for an optional listen address written as `"host:port"` or `"off"`.
+pub mod off_or_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.serialize_str(&addr.to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_off_or_addr(&text).map_err(serde::de::Error::custom)
     }
 }
 

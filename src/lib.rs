@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod message;
+pub mod nsq;
 pub mod plugin;
 pub mod protocol;
 pub mod rules;

@@ -61,6 +61,8 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     quic_addr: SocketAddr,
     http_addr: SocketAddr,
+    nsq_tcp_addr: Option<SocketAddr>,
+    nsq_http_addr: Option<SocketAddr>,
     fingerprint: String,
     cert_path: PathBuf,
     tasks: TaskTracker,
@@ -99,6 +101,14 @@ impl Server {
         let http_addr = http
             .local_addr()
             .map_err(|e| bind("HTTP", config.listen.http, e))?;
+        let nsq_tcp = match config.nsq.tcp {
+            Some(addr) => Some(bind_tcp("NSQ TCP", addr).await?),
+            None => None,
+        };
+        let nsq_http = match config.nsq.http {
+            Some(addr) => Some(bind_tcp("NSQ HTTP", addr).await?),
+            None => None,
+        };
 
         let storage = FileStorage::open(&config.data_dir, config.storage.clone())?;
         let broker = Broker::new(config.broker.clone(), Arc::new(storage));
@@ -131,12 +141,27 @@ impl Server {
             tasks.clone(),
         ));
         tasks.spawn(crate::http::serve(http, broker.clone(), rules));
+        let nsq_tcp_addr = nsq_tcp.as_ref().map(|(_, addr)| *addr);
+        let nsq_http_addr = nsq_http.as_ref().map(|(_, addr)| *addr);
+        if let Some((listener, _)) = nsq_tcp {
+            tasks.spawn(crate::nsq::tcp::serve(
+                listener,
+                broker.clone(),
+                config.nsq.clone(),
+                tasks.clone(),
+            ));
+        }
+        if let Some((listener, _)) = nsq_http {
+            tasks.spawn(crate::nsq::http::serve(listener, broker.clone()));
+        }
         tracing::info!(%quic_addr, %http_addr, fingerprint = %identity.fingerprint, "quiver is serving");
         Ok(Server {
             broker,
             endpoint,
             quic_addr,
             http_addr,
+            nsq_tcp_addr,
+            nsq_http_addr,
             fingerprint: identity.fingerprint,
             cert_path,
             tasks,
@@ -154,6 +179,16 @@ impl Server {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The NSQ TCP listener's address, when it is on.
+    pub fn nsq_tcp_addr(&self) -> Option<SocketAddr> {
+        self.nsq_tcp_addr
+    }
+
+    /// The nsqd HTTP API's address, when it is on.
+    pub fn nsq_http_addr(&self) -> Option<SocketAddr> {
+        self.nsq_http_addr
     }
 
     /// SHA-256 fingerprint of the certificate the broker presents.
@@ -195,6 +230,17 @@ impl Server {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Binds a TCP listener and reports the address it got.
+async fn bind_tcp(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
+    let bind = |source| ServerError::Bind { what, addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+    let local = listener.local_addr().map_err(bind)?;
+    Ok((listener, local))
 }
 
 /// Accepts connections until shutdown, at most `max` at once.

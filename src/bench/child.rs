@@ -78,7 +78,16 @@ impl ChildBroker {
             .arg("serve")
             .arg("--data-dir")
             .arg(&data_dir.0)
-            .args(["--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args([
+                "--quic",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--nsq-tcp",
+                "127.0.0.1:0",
+                "--nsq-http",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

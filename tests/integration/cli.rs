@@ -9,7 +9,17 @@ use crate::process::{ServeProcess, BIN};
 fn serve_in(dir: &Path) -> ServeProcess {
     let mut command = Command::new(BIN);
     command
-        .args(["serve", "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--quic",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--nsq-tcp",
+            "127.0.0.1:0",
+            "--nsq-http",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir);
     ServeProcess::spawn(command)
 }
@@ -125,9 +135,24 @@ fn bad_config_names_the_field() {
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
+            "--nsq-tcp",
+            "off",
+            "--nsq-http",
+            "off",
         ],
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broker.msg_timeout"), "{err}");
+}
+
+#[test]
+fn serve_binds_and_prints_the_nsq_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeProcess::start(&dir.path().join("data"), &[]);
+    for addr in [serve.nsq_tcp, serve.nsq_http] {
+        let addr = addr.expect("both NSQ listeners are on by default and printed");
+        assert!(addr.ip().is_loopback(), "{addr}");
+        std::net::TcpStream::connect(addr).expect("the NSQ listener accepts TCP connections");
+    }
 }

@@ -19,7 +19,7 @@ async fn a_full_disk_fails_publishes_cleanly_and_recovers_when_space_returns() {
     let mount = dir.path().display();
     let script = format!(
         "mount -t tmpfs -o size=2m quiver-test {mount} && exec {BIN} serve \
-         --data-dir {mount}/data --quic 127.0.0.1:0 --http 127.0.0.1:0 \
+         --data-dir {mount}/data --quic 127.0.0.1:0 --http 127.0.0.1:0 --nsq-tcp 127.0.0.1:0 --nsq-http 127.0.0.1:0 \
          --segment-bytes 65536 --fsync always"
     );
     let mut command = Command::new("unshare");

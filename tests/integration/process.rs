@@ -17,6 +17,10 @@ pub struct ServeProcess {
     pub quic: SocketAddr,
     /// The HTTP admin API's address.
     pub http: SocketAddr,
+    /// The NSQ TCP listener's address.
+    pub nsq_tcp: Option<SocketAddr>,
+    /// The nsqd HTTP API's address.
+    pub nsq_http: Option<SocketAddr>,
     fingerprint: [u8; 32],
 }
 
@@ -25,7 +29,16 @@ impl ServeProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServeProcess {
         let mut command = Command::new(BIN);
         command.arg("serve").arg("--data-dir").arg(data_dir);
-        command.args(["--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+        command.args([
+            "--quic",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--nsq-tcp",
+            "127.0.0.1:0",
+            "--nsq-http",
+            "127.0.0.1:0",
+        ]);
         command.args(extra);
         Self::spawn(command)
     }
@@ -46,6 +59,7 @@ impl ServeProcess {
         let stdout = child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(stdout).lines();
         let (mut quic, mut http, mut fingerprint) = (None, None, None);
+        let (mut nsq_tcp, mut nsq_http) = (None, None);
         for line in lines.by_ref() {
             let line = line.expect("stdout readable");
             let mut words = line.split_whitespace();
@@ -53,6 +67,12 @@ impl ServeProcess {
                 (Some("QUIC"), Some(addr)) => quic = addr.parse().ok(),
                 (Some("HTTP"), Some(url)) => {
                     http = url.trim_start_matches("http://").parse().ok();
+                }
+                (Some("NSQ"), Some("TCP")) => nsq_tcp = words.next().and_then(|a| a.parse().ok()),
+                (Some("NSQ"), Some("HTTP")) => {
+                    nsq_http = words
+                        .next()
+                        .and_then(|url| url.trim_start_matches("http://").parse().ok());
                 }
                 (Some("sha256"), Some(fp)) => {
                     fingerprint = parse_fingerprint(fp).ok();
@@ -71,6 +91,8 @@ impl ServeProcess {
             child,
             quic,
             http,
+            nsq_tcp,
+            nsq_http,
             fingerprint,
         }
     }

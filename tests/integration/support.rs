@@ -39,6 +39,8 @@ impl TestBroker {
         };
         config.listen.quic = "127.0.0.1:0".parse().unwrap();
         config.listen.http = "127.0.0.1:0".parse().unwrap();
+        config.nsq.tcp = Some("127.0.0.1:0".parse().unwrap());
+        config.nsq.http = Some("127.0.0.1:0".parse().unwrap());
         config.limits.shutdown_grace = Duration::from_secs(2);
         configure(&mut config);
         let server = Server::start(config).await.expect("server starts");

@@ -1,0 +1,9 @@
+//! NSQ compatibility: the NSQ TCP protocol V2 ([`tcp`]) and the nsqd HTTP API ([`http`]),
+//! mapped onto the same broker calls as the QUIC sessions, so that NSQ clients and tools
+//! work unchanged against the same topics and channels.
+//!
+//! NSQ messages carry no headers: NSQ publishes are stored with none, and the headers of
+//! QUIC-published messages are not shown to NSQ consumers.
+
+pub mod http;
+pub mod tcp;
