@@ -14,7 +14,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::plugin::{Instance, Plugin, PluginFault, PluginHost, PluginKind, PluginLimits, Route};
+use crate::plugin::{
+    Instance, Plugin, PluginFault, PluginHost, PluginKind, PluginLimits, Route, MAX_BATCH,
+};
 
 use super::sample::{check_params, parse_samples, SampleDefaults, SampleMessage};
 use super::{AuthoringError, TestArgs};
@@ -45,7 +47,7 @@ pub fn run(args: &TestArgs, out: &mut impl Write) -> Result<(), AuthoringError> 
             (Decision::Fault(fault), _) => (Decision::Fault(fault), None),
             (decision, None) => (decision, None),
             (decision, Some(calls)) => match trial.bench(msg, calls)? {
-                Ok(ns) => (decision, Some(ns)),
+                Ok(bench) => (decision, Some(bench)),
                 Err(fault) => (Decision::Fault(fault), None),
             },
         };
@@ -129,13 +131,14 @@ impl<'h> Trial<'h> {
         }))
     }
 
-    /// Median nanoseconds per call over the rounds, or the fault of a call that faulted (the
-    /// instance is then replaced for the next message).
+    /// Median nanoseconds per call over the rounds (and, for filters and samplers, per
+    /// message in `keep-batch` calls of [`MAX_BATCH`] messages, as the broker makes them), or
+    /// the fault of a call that faulted (the instance is then replaced for the next message).
     fn bench(
         &mut self,
         msg: &SampleMessage,
         calls: u64,
-    ) -> Result<Result<u64, PluginFault>, AuthoringError> {
+    ) -> Result<Result<Bench, PluginFault>, AuthoringError> {
         let per_round = (calls / BENCH_ROUNDS).max(1);
         let mut rounds = Vec::new();
         for _ in 0..BENCH_ROUNDS {
@@ -145,15 +148,51 @@ impl<'h> Trial<'h> {
                     return Ok(Err(fault));
                 }
             }
-            let ns = started.elapsed().as_nanos() / u128::from(per_round);
-            rounds.push(u64::try_from(ns).unwrap_or(u64::MAX));
+            rounds.push(per(started, per_round));
         }
-        rounds.sort_unstable();
-        Ok(Ok(rounds[rounds.len() / 2]))
+        let per_call = median(&mut rounds);
+        let batched = match (self.plugin.kind(), &mut self.instance) {
+            (PluginKind::Router, _) | (_, None) => None,
+            (PluginKind::Filter | PluginKind::Sampler, Some(instance)) => {
+                let view = msg.view();
+                let batch = vec![view; MAX_BATCH];
+                let per_round = per_round.div_ceil(MAX_BATCH as u64);
+                rounds.clear();
+                for _ in 0..BENCH_ROUNDS {
+                    let started = Instant::now();
+                    for _ in 0..per_round {
+                        if let Err(fault) = instance.keep_batch(&batch) {
+                            self.instance = None;
+                            return Ok(Err(fault));
+                        }
+                    }
+                    rounds.push(per(started, per_round * MAX_BATCH as u64));
+                }
+                Some(median(&mut rounds))
+            }
+        };
+        Ok(Ok(Bench { per_call, batched }))
     }
 }
 
-fn text_line(decision: &Decision, ns_per_call: Option<u64>) -> String {
+/// What `--bench` measured, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bench {
+    per_call: u64,
+    /// Per message, in batch calls; filters and samplers only.
+    batched: Option<u64>,
+}
+
+fn per(started: Instant, n: u64) -> u64 {
+    u64::try_from(started.elapsed().as_nanos() / u128::from(n)).unwrap_or(u64::MAX)
+}
+
+fn median(rounds: &mut [u64]) -> u64 {
+    rounds.sort_unstable();
+    rounds[rounds.len() / 2]
+}
+
+fn text_line(decision: &Decision, bench: Option<Bench>) -> String {
     let text = match decision {
         Decision::Keep(true) => "keep".to_owned(),
         Decision::Keep(false) => "skip".to_owned(),
@@ -170,13 +209,17 @@ fn text_line(decision: &Decision, ns_per_call: Option<u64>) -> String {
         }
         Decision::Fault(fault) => format!("fault: {fault}"),
     };
-    match ns_per_call {
-        Some(ns) => format!("{text}\t{ns} ns/call"),
+    match bench {
+        Some(Bench {
+            per_call,
+            batched: Some(batched),
+        }) => format!("{text}\t{per_call} ns/call\t{batched} ns/msg in batches of {MAX_BATCH}"),
+        Some(Bench { per_call, .. }) => format!("{text}\t{per_call} ns/call"),
         None => text,
     }
 }
 
-fn json_line(decision: &Decision, ns_per_call: Option<u64>) -> String {
+fn json_line(decision: &Decision, bench: Option<Bench>) -> String {
     let mut value = match decision {
         Decision::Keep(keep) => serde_json::json!({
             "decision": if *keep { "keep" } else { "skip" },
@@ -191,8 +234,11 @@ fn json_line(decision: &Decision, ns_per_call: Option<u64>) -> String {
             "fault": fault.to_string(),
         }),
     };
-    if let (Some(ns), Some(object)) = (ns_per_call, value.as_object_mut()) {
-        object.insert("ns_per_call".to_owned(), ns.into());
+    if let (Some(bench), Some(object)) = (bench, value.as_object_mut()) {
+        object.insert("ns_per_call".to_owned(), bench.per_call.into());
+        if let Some(batched) = bench.batched {
+            object.insert("ns_per_msg_batched".to_owned(), batched.into());
+        }
     }
     value.to_string()
 }
@@ -212,9 +258,23 @@ mod tests {
     #[test]
     fn text_lines_name_the_decision() {
         assert_eq!(text_line(&Decision::Keep(true), None), "keep");
+        let bench = |per_call, batched| {
+            Some(Bench {
+                per_call,
+                batched: Some(batched),
+            })
+        };
         assert_eq!(
-            text_line(&Decision::Keep(false), Some(812)),
-            "skip\t812 ns/call"
+            text_line(&Decision::Keep(false), bench(812, 300)),
+            "skip\t812 ns/call\t300 ns/msg in batches of 64"
+        );
+        let route_bench = Some(Bench {
+            per_call: 900,
+            batched: None,
+        });
+        assert_eq!(
+            text_line(&route(&["a"], &[]), route_bench),
+            "channels=a\t900 ns/call"
         );
         assert_eq!(text_line(&route(&[], &[]), None), "unrouted");
         assert_eq!(text_line(&route(&["a", "b"], &[]), None), "channels=a,b");
@@ -231,9 +291,13 @@ mod tests {
 
     #[test]
     fn json_lines_carry_the_same_facts() {
+        let bench = Some(Bench {
+            per_call: 5,
+            batched: Some(2),
+        });
         assert_eq!(
-            json_line(&Decision::Keep(false), Some(5)),
-            r#"{"decision":"skip","ns_per_call":5}"#
+            json_line(&Decision::Keep(false), bench),
+            r#"{"decision":"skip","ns_per_call":5,"ns_per_msg_batched":2}"#
         );
         assert_eq!(
             json_line(&route(&["a"], &[]), None),

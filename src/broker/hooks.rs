@@ -70,6 +70,12 @@ pub trait Router: Send + Sync + fmt::Debug {
 /// A channel's filters and samplers, applied in order.
 pub trait Gate: Send + Sync + fmt::Debug {
     fn admit(&self, message: &MessageRef<'_>) -> Admission;
+
+    /// [`Gate::admit`] for each of `messages` in turn, appending one admission per message
+    /// to `out`. Implementations may decide them together, which is cheaper per message.
+    fn admit_batch(&self, messages: &[MessageRef<'_>], out: &mut Vec<Admission>) {
+        out.extend(messages.iter().map(|m| self.admit(m)));
+    }
 }
 
 /// What the current rules say about topics and channels. Implementations swap their rules

@@ -15,10 +15,14 @@
 //!   log order.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::delivery::{Verdict, SCAN_BUDGET};
 use crate::message::StoredMessage;
 use crate::storage::TopicLog;
+
+/// Messages read from the log, by offset.
+pub(super) type Batch = [(u64, Arc<StoredMessage>)];
 
 /// Verdicts on messages at and after the cursor, in offset order.
 #[derive(Debug, Default)]
@@ -29,13 +33,14 @@ pub(super) struct Lookahead {
 impl Lookahead {
     /// Judges messages after those already judged (or from `cursor`) until `keep` of the
     /// pending verdicts say keep, [`SCAN_BUDGET`] are pending, or the log ends. It reads no
-    /// further than that.
+    /// further than that. `judge` gets the messages read at once, in offset order, and
+    /// appends one verdict for each, so that plugins can decide them in one call.
     pub(super) fn judge(
         &mut self,
         cursor: u64,
         keep: usize,
         log: &dyn TopicLog,
-        judge: &dyn Fn(u64, &StoredMessage) -> Verdict,
+        judge: &dyn Fn(&Batch, &mut Vec<Verdict>),
     ) {
         while self.verdicts.front().is_some_and(|&(o, _)| o < cursor) {
             self.verdicts.pop_front();
@@ -43,6 +48,7 @@ impl Lookahead {
         let mut kept = self.kept();
         let mut from = self.verdicts.back().map_or(cursor, |&(o, _)| o + 1);
         let mut batch = Vec::new();
+        let mut judged = Vec::new();
         while kept < keep && self.verdicts.len() < SCAN_BUDGET {
             let room = SCAN_BUDGET - self.verdicts.len();
             batch.clear();
@@ -52,8 +58,10 @@ impl Lookahead {
             if batch.is_empty() {
                 break;
             }
-            for (offset, message) in batch.drain(..) {
-                let verdict = judge(offset, &message);
+            judged.clear();
+            judge(&batch, &mut judged);
+            debug_assert_eq!(judged.len(), batch.len(), "one verdict per message");
+            for (&(offset, _), &verdict) in batch.iter().zip(&judged) {
                 kept += usize::from(verdict == Verdict::Keep);
                 self.verdicts.push_back((offset, verdict));
                 from = offset + 1;
@@ -92,11 +100,17 @@ impl Lookahead {
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
-    use std::sync::Arc;
 
     use super::*;
     use crate::message::{Headers, TopicName};
     use crate::storage::{MemoryStorage, Storage};
+
+    /// A batch judge that judges each message by its offset.
+    fn each(
+        verdict: impl Fn(u64) -> Verdict,
+    ) -> impl Fn(&Batch, &mut Vec<Verdict>) {
+        move |batch, out| out.extend(batch.iter().map(|&(offset, _)| verdict(offset)))
+    }
 
     fn log_of(n: u64) -> Arc<dyn TopicLog> {
         let log = MemoryStorage
@@ -119,14 +133,14 @@ mod tests {
     fn judges_ahead_once_each_in_order_and_keeps_what_is_unused() {
         let log = log_of(300);
         let seen = RefCell::new(Vec::new());
-        let judge = |offset: u64, _: &StoredMessage| {
+        let judge = each(|offset| {
             seen.borrow_mut().push(offset);
             if offset.is_multiple_of(3) {
                 Verdict::Keep
             } else {
                 Verdict::Skip
             }
-        };
+        });
         let mut ahead = Lookahead::default();
         ahead.judge(0, 10, &*log, &judge);
         assert!(ahead.kept() >= 10);
@@ -154,10 +168,10 @@ mod tests {
         let log = log_of(100);
         let count = RefCell::new(0);
         let mut ahead = Lookahead::default();
-        let judge = |_: u64, _: &StoredMessage| {
+        let judge = each(|_| {
             *count.borrow_mut() += 1;
             Verdict::Keep
-        };
+        });
         ahead.judge(0, 1, &*log, &judge);
         assert_eq!(
             *count.borrow(),
@@ -172,8 +186,8 @@ mod tests {
     fn verdicts_below_the_cursor_are_dropped_and_the_budget_holds() {
         let log = log_of(SCAN_BUDGET as u64 + 100);
         let mut ahead = Lookahead::default();
-        ahead.judge(0, 5, &*log, &|_, _| Verdict::Keep);
-        ahead.judge(50, 5, &*log, &|_, _| Verdict::Skip);
+        ahead.judge(0, 5, &*log, &each(|_| Verdict::Keep));
+        ahead.judge(50, 5, &*log, &each(|_| Verdict::Skip));
         assert_eq!(ahead.verdict(49), None, "passed by the cursor");
         assert_eq!(
             ahead.verdict(50),
@@ -181,7 +195,7 @@ mod tests {
             "judged from the cursor on"
         );
         let mut ahead = Lookahead::default();
-        ahead.judge(0, usize::MAX, &*log, &|_, _| Verdict::Skip);
+        ahead.judge(0, usize::MAX, &*log, &each(|_| Verdict::Skip));
         assert_eq!(ahead.verdicts.len(), SCAN_BUDGET);
     }
 }

@@ -69,28 +69,46 @@ impl Subscription {
             .broker
             .hooks()
             .and_then(|hooks| hooks.gate(&topic.name, channel));
+        let verdict = |offset: u64, admission: Admission| match admission {
+            Admission::Keep => Verdict::Keep,
+            Admission::Skip => Verdict::Skip,
+            Admission::DeadLetter { reason } => {
+                tracing::debug!(topic = %topic.name, %channel, offset, %reason, "dead-lettered by the channel's plugins");
+                Verdict::DeadLetter
+            }
+        };
         let judge = |offset: u64, message: &StoredMessage| -> Verdict {
             if !message.is_for(channel) {
                 return Verdict::Skip;
             }
+            match &gate {
+                Some(gate) => verdict(offset, gate.admit(&message_ref(topic, offset, message))),
+                None => Verdict::Keep,
+            }
+        };
+        // The messages of a batch that are for this channel go to its plugins in one call.
+        let judge_batch = |batch: &[(u64, Arc<StoredMessage>)], out: &mut Vec<Verdict>| {
             let Some(gate) = &gate else {
-                return Verdict::Keep;
+                out.extend(batch.iter().map(|(o, m)| judge(*o, m)));
+                return;
             };
-            let view = MessageRef {
-                topic: &topic.name,
-                id: MessageId::new(topic.incarnation, offset),
-                timestamp_ns: message.timestamp_ns,
-                attempts: 1,
-                headers: &message.headers,
-                body: &message.body,
-            };
-            match gate.admit(&view) {
-                Admission::Keep => Verdict::Keep,
-                Admission::Skip => Verdict::Skip,
-                Admission::DeadLetter { reason } => {
-                    tracing::debug!(topic = %topic.name, %channel, offset, %reason, "dead-lettered by the channel's plugins");
-                    Verdict::DeadLetter
-                }
+            let refs: Vec<MessageRef<'_>> = batch
+                .iter()
+                .filter(|(_, m)| m.is_for(channel))
+                .map(|(o, m)| message_ref(topic, *o, m))
+                .collect();
+            let mut admissions = Vec::with_capacity(refs.len());
+            gate.admit_batch(&refs, &mut admissions);
+            let mut admissions = admissions.into_iter();
+            for (offset, message) in batch {
+                let admission = match message.is_for(channel) {
+                    true => admissions.next(),
+                    false => None,
+                };
+                out.push(match admission {
+                    Some(admission) => verdict(*offset, admission),
+                    None => Verdict::Skip,
+                });
             }
         };
         // With plugins, judge what this take will read before locking the state.
@@ -107,7 +125,7 @@ impl Subscription {
                 (state.cursor(), state.credit(self.id))
             };
             if credit > 0 && !topic.is_paused() {
-                ahead.judge(cursor, credit.min(max), &*topic.log, &judge);
+                ahead.judge(cursor, credit.min(max), &*topic.log, &judge_batch);
             }
         }
         let mut admit = |offset: u64, message: &StoredMessage| -> Verdict {
@@ -251,5 +269,18 @@ impl Drop for Subscription {
             tracing::info!(topic = %self.topic.name, channel = %self.channel.name, "ephemeral channel deleted");
             self.broker.drop_if_unused(&self.topic);
         }
+    }
+}
+
+/// What a channel's plugins see of the message at `offset` of `topic`'s log.
+fn message_ref<'a>(topic: &'a Topic, offset: u64, message: &'a StoredMessage) -> MessageRef<'a> {
+    MessageRef {
+        topic: &topic.name,
+        id: MessageId::new(topic.incarnation, offset),
+        timestamp_ns: message.timestamp_ns,
+        // A message is judged once, before its first delivery on the channel.
+        attempts: 1,
+        headers: &message.headers,
+        body: &message.body,
     }
 }

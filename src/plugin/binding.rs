@@ -6,9 +6,16 @@
 //! guest code. The binding only reports faults; the caller applies the failure policy
 //! (deliver, skip or dead-letter) to the message.
 //!
+//! Filters and samplers are also called a batch at a time ([`Binding::keep_batch`]). A batch
+//! that faults says nothing of which message did it, so its messages are decided again one
+//! call each on a new instance, started at once, and the binding keeps to one call per
+//! message for the next [`PROBATION`] messages. One call per message is then what counts,
+//! as without batches; the failed batch call is counted only in `batch_faults`.
+//!
 //! # Invariants
 //! - `calls` equals the sum of every outcome counter in [`BindingStats`] except
-//!   `restart_failures` and `reinstantiations`, which count events, not calls, and
+//!   `restart_failures`, `reinstantiations` and `batch_faults`, which count events, not
+//!   calls, and
 //!   `busy_ns`, which counts time.
 //! - A sampler's state lives in its instance: it survives calls, and is lost (started over
 //!   by `init`) when a fault replaces the instance.
@@ -25,6 +32,8 @@ use super::{Instance, MessageView, Plugin, PluginError, PluginFault, Route};
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest backoff: a plugin that faults on every message is retried this often.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// After a batch faults, this many messages are decided one call each before batching again.
+const PROBATION: u64 = 1024;
 
 /// One plugin instance behind a mutex, restarted after faults. Calls from several threads are
 /// serialized: one decision at a time, which a stateful sampler needs.
@@ -48,6 +57,8 @@ struct State {
     retry_at: Option<Instant>,
     /// Why the instance is gone, for `Unavailable` faults.
     down_because: String,
+    /// Messages still to decide one call each after a batch fault.
+    probation: u64,
 }
 
 /// What a binding has done, for stats. Counts since the binding was made.
@@ -79,6 +90,8 @@ pub struct BindingStats {
     pub reinstantiations: u64,
     /// Restarts that failed (`init` refused or faulted).
     pub restart_failures: u64,
+    /// Batch calls that faulted; their messages were decided again one call each.
+    pub batch_faults: u64,
     /// Time callers spent in calls, in nanoseconds, waiting for the binding and restarting
     /// its instance included: `busy_ns / calls` is the plugin's cost per message as the
     /// broker sees it.
@@ -100,6 +113,7 @@ struct Counters {
     wrong_kind: AtomicU64,
     reinstantiations: AtomicU64,
     restart_failures: AtomicU64,
+    batch_faults: AtomicU64,
     busy_ns: AtomicU64,
 }
 
@@ -120,6 +134,7 @@ impl Binding {
                 backoff: Duration::ZERO,
                 retry_at: None,
                 down_because: String::new(),
+                probation: 0,
             }),
             counters: Counters::default(),
         })
@@ -131,13 +146,102 @@ impl Binding {
 
     /// A filter's or sampler's decision. See [`Instance::keep`].
     pub fn keep(&self, msg: &MessageView<'_>) -> Result<bool, PluginFault> {
-        let keep = self.with_instance(|instance| instance.keep(msg))?;
+        let started = Instant::now();
+        let mut state = self.lock();
+        let keep = self.keep_locked(&mut state, msg);
+        drop(state);
+        self.add_busy(started);
+        keep
+    }
+
+    /// A filter's or sampler's decisions on `msgs`, in order: one call per [`MAX_BATCH`]
+    /// messages, as if [`Binding::keep`] were called on each in turn (see the module docs
+    /// for faults). Other callers wait for the whole batch.
+    ///
+    /// [`MAX_BATCH`]: super::MAX_BATCH
+    pub fn keep_batch(&self, msgs: &[MessageView<'_>]) -> Vec<Result<bool, PluginFault>> {
+        let started = Instant::now();
+        let mut state = self.lock();
+        let mut decisions = Vec::with_capacity(msgs.len());
+        for chunk in msgs.chunks(super::MAX_BATCH) {
+            if chunk.len() > 1 && state.probation == 0 && state.instance.is_some() {
+                match self.batch_locked(&mut state, chunk) {
+                    Ok(keeps) => {
+                        decisions.extend(keeps.into_iter().map(Ok));
+                        continue;
+                    }
+                    Err(fault) => {
+                        bump(&self.counters.batch_faults);
+                        tracing::warn!(plugin = self.plugin.name(), %fault, "a batch call faulted; deciding its messages one call each");
+                        state.probation = PROBATION;
+                    }
+                }
+            }
+            for msg in chunk {
+                decisions.push(self.keep_locked(&mut state, msg));
+                state.probation = state.probation.saturating_sub(1);
+            }
+        }
+        drop(state);
+        self.add_busy(started);
+        decisions
+    }
+
+    /// One call to `keep-batch` on the running instance. After a fault the instance is
+    /// dropped and the next call starts a new one at once: the messages are not at fault
+    /// yet, and a plugin that faults on each of them backs off as usual when they are
+    /// decided one by one.
+    fn batch_locked(
+        &self,
+        state: &mut State,
+        msgs: &[MessageView<'_>],
+    ) -> Result<Vec<bool>, PluginFault> {
+        let Some(instance) = state.instance.as_mut() else {
+            return Err(PluginFault::Unavailable {
+                reason: state.down_because.clone(),
+                retry_in: Duration::ZERO,
+            });
+        };
+        match instance.keep_batch(msgs) {
+            Ok(keeps) => {
+                let n = keeps.len() as u64;
+                let kept = keeps.iter().filter(|&&k| k).count() as u64;
+                let c = &self.counters;
+                c.calls.fetch_add(n, Ordering::Relaxed);
+                c.kept.fetch_add(kept, Ordering::Relaxed);
+                c.skipped.fetch_add(n - kept, Ordering::Relaxed);
+                state.backoff = Duration::ZERO;
+                Ok(keeps)
+            }
+            Err(fault) => {
+                if fault.poisons_instance() {
+                    state.instance = None;
+                    state.down_because = fault.to_string();
+                    state.retry_at = None;
+                }
+                Err(fault)
+            }
+        }
+    }
+
+    fn keep_locked(
+        &self,
+        state: &mut MutexGuard<'_, State>,
+        msg: &MessageView<'_>,
+    ) -> Result<bool, PluginFault> {
+        bump(&self.counters.calls);
+        let keep = self.call_locked(state, |instance| instance.keep(msg))?;
         bump(if keep {
             &self.counters.kept
         } else {
             &self.counters.skipped
         });
         Ok(keep)
+    }
+
+    fn add_busy(&self, started: Instant) {
+        let busy = started.elapsed().as_nanos() as u64;
+        self.counters.busy_ns.fetch_add(busy, Ordering::Relaxed);
     }
 
     /// A router's decision. See [`Instance::route`].
@@ -168,6 +272,7 @@ impl Binding {
             wrong_kind: read(&c.wrong_kind),
             reinstantiations: read(&c.reinstantiations),
             restart_failures: read(&c.restart_failures),
+            batch_faults: read(&c.batch_faults),
             busy_ns: read(&c.busy_ns),
         }
     }

@@ -49,7 +49,7 @@ pub(super) mod sampler {
 }
 
 use router::quiver::plugin::{host, types};
-pub(super) use types::Message;
+pub(super) use types::{Batch, Message};
 
 /// The longest log line written; longer ones are cut.
 const MAX_LOG_LINE: usize = 1024;
@@ -110,14 +110,32 @@ impl HostState {
         self.last_error.as_deref()
     }
 
+    /// The lent messages: one for `keep` and `route`, several for `keep-batch`.
     #[allow(unsafe_code)]
-    fn message(&self) -> wasmtime::Result<&MessageView<'_>> {
+    fn lent(&self) -> wasmtime::Result<&[MessageView<'_>]> {
         match self.message.0 {
-            // SAFETY: only `lend_message` sets the slot, from a reference that outlives the
+            // SAFETY: only `lend_messages` sets the slot, from a slice that outlives the
             // call it wraps, and it clears the slot before it returns or unwinds. Host
             // functions run only inside such a call, on the thread that holds the store.
-            Some(view) => Ok(unsafe { view.as_ref() }),
+            Some(views) => Ok(unsafe { views.as_ref() }),
             None => wasmtime::bail!("message used outside the call it was passed to"),
+        }
+    }
+
+    /// The message a `message` handle stands for: its rep is the index in the lent slice.
+    fn message(&self, handle: &Resource<Message>) -> wasmtime::Result<&MessageView<'_>> {
+        self.at(handle.rep())
+    }
+
+    /// The message at `index` of the lent batch; an index out of range traps.
+    fn at(&self, index: u32) -> wasmtime::Result<&MessageView<'_>> {
+        let lent = self.lent()?;
+        match lent.get(index as usize) {
+            Some(view) => Ok(view),
+            None => wasmtime::bail!(
+                "message index {index} is outside the batch of {}",
+                lent.len()
+            ),
         }
     }
 }
@@ -131,20 +149,21 @@ impl Drop for HostState {
     }
 }
 
-/// The message of the call in progress, lent by [`lend_message`]; empty between calls.
-struct MessageSlot(Option<NonNull<MessageView<'static>>>);
+/// The messages of the call in progress, lent by [`lend_messages`]; empty between calls.
+struct MessageSlot(Option<NonNull<[MessageView<'static>]>>);
 
-// SAFETY: the slot is empty whenever the store can move between threads: `lend_message`
+// SAFETY: the slot is empty whenever the store can move between threads: `lend_messages`
 // fills it only while it holds `&mut Store`, and the view it points to is `Sync` (shared
 // references to strings, headers and bytes).
 #[allow(unsafe_code)]
 unsafe impl Send for MessageSlot {}
 
-/// Runs `call` with `msg` readable by the guest through the `message` resource, then makes it
-/// unreadable again, also if `call` panics.
-pub(super) fn lend_message<R>(
+/// Runs `call` with `msgs` readable by the guest, through the `message` resource (whose rep
+/// is the index) or the `batch` resource, then makes them unreadable again, also if `call`
+/// panics.
+pub(super) fn lend_messages<R>(
     store: &mut Store<HostState>,
-    msg: &MessageView<'_>,
+    msgs: &[MessageView<'_>],
     call: impl FnOnce(&mut Store<HostState>) -> R,
 ) -> R {
     struct Lent<'s>(&'s mut Store<HostState>);
@@ -153,13 +172,23 @@ pub(super) fn lend_message<R>(
             self.0.data_mut().message.0 = None;
         }
     }
-    store.data_mut().message.0 = Some(NonNull::from(msg).cast());
+    let msgs: NonNull<[MessageView<'_>]> = NonNull::from(msgs);
+    // Only the lifetime is erased; see `MessageSlot`.
+    store.data_mut().message.0 = Some(NonNull::slice_from_raw_parts(
+        msgs.cast::<MessageView<'static>>(),
+        msgs.len(),
+    ));
     let lent = Lent(store);
     call(&mut *lent.0)
 }
 
-/// The handle the guest gets for the lent message. The rep is unused: there is one message.
+/// The handle the guest gets for the lent message (the only one: index 0).
 pub(super) fn message_handle() -> Resource<Message> {
+    Resource::new_borrow(0)
+}
+
+/// The handle the guest gets for the lent batch. The rep is unused: there is one batch.
+pub(super) fn batch_handle() -> Resource<Batch> {
     Resource::new_borrow(0)
 }
 
@@ -174,53 +203,170 @@ pub(super) struct BodyTooLarge {
 impl types::Host for HostState {}
 
 impl types::HostMessage for HostState {
-    fn topic(&mut self, _: Resource<Message>) -> wasmtime::Result<String> {
-        Ok(self.message()?.topic.to_owned())
+    fn topic(&mut self, m: Resource<Message>) -> wasmtime::Result<String> {
+        Ok(self.message(&m)?.topic.to_owned())
     }
 
-    fn id(&mut self, _: Resource<Message>) -> wasmtime::Result<String> {
-        Ok(self.message()?.id.to_string())
+    fn id(&mut self, m: Resource<Message>) -> wasmtime::Result<String> {
+        Ok(self.message(&m)?.id.to_string())
     }
 
-    fn timestamp_ns(&mut self, _: Resource<Message>) -> wasmtime::Result<u64> {
-        Ok(self.message()?.timestamp_ns)
+    fn timestamp_ns(&mut self, m: Resource<Message>) -> wasmtime::Result<u64> {
+        Ok(self.message(&m)?.timestamp_ns)
     }
 
-    fn attempts(&mut self, _: Resource<Message>) -> wasmtime::Result<u16> {
-        Ok(self.message()?.attempts)
+    fn attempts(&mut self, m: Resource<Message>) -> wasmtime::Result<u16> {
+        Ok(self.message(&m)?.attempts)
     }
 
-    fn header(&mut self, _: Resource<Message>, name: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.message()?.headers.get(&name).map(str::to_owned))
+    fn header(&mut self, m: Resource<Message>, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(header(self.message(&m)?, &name))
     }
 
-    fn headers(&mut self, _: Resource<Message>) -> wasmtime::Result<Vec<(String, String)>> {
-        let headers = self.message()?.headers.iter();
-        Ok(headers.map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+    fn has_header(&mut self, m: Resource<Message>, name: String) -> wasmtime::Result<bool> {
+        Ok(self.message(&m)?.headers.get(&name).is_some())
     }
 
-    fn body(&mut self, _: Resource<Message>) -> wasmtime::Result<Vec<u8>> {
-        let limit = self.memory.limit();
-        let body = self.message()?.body;
-        if body.len() as u64 > limit {
-            return Err(BodyTooLarge {
-                body: body.len(),
-                limit,
-            }
-            .into());
-        }
-        Ok(body.to_vec())
+    fn header_eq(
+        &mut self,
+        m: Resource<Message>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.message(&m)?.headers.get(&name) == Some(value.as_str()))
     }
 
-    fn body_len(&mut self, _: Resource<Message>) -> wasmtime::Result<u32> {
-        // Bodies are capped at 1 MiB (`message::MAX_BODY_LEN`), far below `u32::MAX`.
-        Ok(u32::try_from(self.message()?.body.len()).unwrap_or(u32::MAX))
+    fn header_index(
+        &mut self,
+        m: Resource<Message>,
+        name: String,
+        values: Vec<String>,
+    ) -> wasmtime::Result<Option<u32>> {
+        Ok(header_index(self.message(&m)?, &name, &values))
+    }
+
+    fn headers(&mut self, m: Resource<Message>) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(headers(self.message(&m)?))
+    }
+
+    fn body(&mut self, m: Resource<Message>) -> wasmtime::Result<Vec<u8>> {
+        body(self.message(&m)?, self.memory.limit())
+    }
+
+    fn body_len(&mut self, m: Resource<Message>) -> wasmtime::Result<u32> {
+        Ok(body_len(self.message(&m)?))
     }
 
     fn drop(&mut self, _: Resource<Message>) -> wasmtime::Result<()> {
         // The guest only ever gets borrows, which it does not drop; nothing is owned here.
         Ok(())
     }
+}
+
+impl types::HostBatch for HostState {
+    fn len(&mut self, _: Resource<Batch>) -> wasmtime::Result<u32> {
+        // A batch is at most `MAX_BATCH` long.
+        Ok(u32::try_from(self.lent()?.len()).unwrap_or(u32::MAX))
+    }
+
+    fn topic(&mut self, _: Resource<Batch>, i: u32) -> wasmtime::Result<String> {
+        Ok(self.at(i)?.topic.to_owned())
+    }
+
+    fn id(&mut self, _: Resource<Batch>, i: u32) -> wasmtime::Result<String> {
+        Ok(self.at(i)?.id.to_string())
+    }
+
+    fn timestamp_ns(&mut self, _: Resource<Batch>, i: u32) -> wasmtime::Result<u64> {
+        Ok(self.at(i)?.timestamp_ns)
+    }
+
+    fn attempts(&mut self, _: Resource<Batch>, i: u32) -> wasmtime::Result<u16> {
+        Ok(self.at(i)?.attempts)
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<Batch>,
+        i: u32,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(header(self.at(i)?, &name))
+    }
+
+    fn has_header(&mut self, _: Resource<Batch>, i: u32, name: String) -> wasmtime::Result<bool> {
+        Ok(self.at(i)?.headers.get(&name).is_some())
+    }
+
+    fn header_eq(
+        &mut self,
+        _: Resource<Batch>,
+        i: u32,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.at(i)?.headers.get(&name) == Some(value.as_str()))
+    }
+
+    fn header_index(
+        &mut self,
+        _: Resource<Batch>,
+        i: u32,
+        name: String,
+        values: Vec<String>,
+    ) -> wasmtime::Result<Option<u32>> {
+        Ok(header_index(self.at(i)?, &name, &values))
+    }
+
+    fn headers(&mut self, _: Resource<Batch>, i: u32) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(headers(self.at(i)?))
+    }
+
+    fn body(&mut self, _: Resource<Batch>, i: u32) -> wasmtime::Result<Vec<u8>> {
+        body(self.at(i)?, self.memory.limit())
+    }
+
+    fn body_len(&mut self, _: Resource<Batch>, i: u32) -> wasmtime::Result<u32> {
+        Ok(body_len(self.at(i)?))
+    }
+
+    fn drop(&mut self, _: Resource<Batch>) -> wasmtime::Result<()> {
+        // Only borrowed, like messages.
+        Ok(())
+    }
+}
+
+fn header(msg: &MessageView<'_>, name: &str) -> Option<String> {
+    msg.headers.get(name).map(str::to_owned)
+}
+
+fn header_index(msg: &MessageView<'_>, name: &str, values: &[String]) -> Option<u32> {
+    let found = msg.headers.get(name)?;
+    let index = values.iter().position(|v| v == found)?;
+    // `values` came through the guest's capped memory, so its length fits in a u32.
+    u32::try_from(index).ok()
+}
+
+fn headers(msg: &MessageView<'_>) -> Vec<(String, String)> {
+    let headers = msg.headers.iter();
+    headers.map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+/// The body, refused before copying when it cannot fit in the plugin's memory cap.
+fn body(msg: &MessageView<'_>, limit: u64) -> wasmtime::Result<Vec<u8>> {
+    if msg.body.len() as u64 > limit {
+        return Err(BodyTooLarge {
+            body: msg.body.len(),
+            limit,
+        }
+        .into());
+    }
+    Ok(msg.body.to_vec())
+}
+
+fn body_len(msg: &MessageView<'_>) -> u32 {
+    // Bodies are capped at 1 MiB (`message::MAX_BODY_LEN`), far below `u32::MAX`.
+    u32::try_from(msg.body.len()).unwrap_or(u32::MAX)
 }
 
 impl host::Host for HostState {

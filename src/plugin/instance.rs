@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use wasmtime::{Store, Trap};
 
-use super::bindings::{filter::Filter, lend_message, message_handle, router::Router};
+use super::bindings::{
+    batch_handle, filter::Filter, lend_messages, message_handle, router::Router,
+};
 use super::bindings::{sampler::Sampler, BodyTooLarge, HostState};
 use super::engine::Pre;
 use super::error::detail;
@@ -93,30 +95,61 @@ impl Instance {
 
     /// A filter's or sampler's decision: keep the message for this channel, or skip it.
     pub fn keep(&mut self, msg: &MessageView<'_>) -> Result<bool, PluginFault> {
-        self.call(msg, "keep", |exports, store| match exports {
-            Exports::Filter(e) => Some(e.call_keep(store, message_handle())),
-            Exports::Sampler(e) => Some(e.call_keep(store, message_handle())),
-            Exports::Router(_) => None,
-        })
+        self.call(
+            std::slice::from_ref(msg),
+            "keep",
+            |exports, store| match exports {
+                Exports::Filter(e) => Some(e.call_keep(store, message_handle())),
+                Exports::Sampler(e) => Some(e.call_keep(store, message_handle())),
+                Exports::Router(_) => None,
+            },
+        )
     }
 
     /// A router's decision: the channels and other topics that get the message.
     pub fn route(&mut self, msg: &MessageView<'_>) -> Result<Route, PluginFault> {
-        let route = self.call(msg, "route", |exports, store| match exports {
-            Exports::Router(e) => Some(e.call_route(store, message_handle())),
-            Exports::Filter(_) | Exports::Sampler(_) => None,
-        })?;
+        let route = self.call(
+            std::slice::from_ref(msg),
+            "route",
+            |exports, store| match exports {
+                Exports::Router(e) => Some(e.call_route(store, message_handle())),
+                Exports::Filter(_) | Exports::Sampler(_) => None,
+            },
+        )?;
         Ok(Route {
             channels: route.channels,
             forward: route.forward,
         })
     }
 
-    /// Runs one decision on `msg` under the call deadline. `decide` returns `None` when the
-    /// call does not exist in this plugin's world; then no guest code runs.
+    /// A filter's or sampler's decisions on several messages in one call (`keep-batch`), one
+    /// per message, in order; at most [`MAX_BATCH`](super::MAX_BATCH) of them. The call
+    /// deadline is the same as for one message. An answer of the wrong length is a fault.
+    pub fn keep_batch(&mut self, msgs: &[MessageView<'_>]) -> Result<Vec<bool>, PluginFault> {
+        debug_assert!(msgs.len() <= super::MAX_BATCH);
+        let keeps = self.call(msgs, "keep-batch", |exports, store| match exports {
+            Exports::Filter(e) => Some(e.call_keep_batch(store, batch_handle())),
+            Exports::Sampler(e) => Some(e.call_keep_batch(store, batch_handle())),
+            Exports::Router(_) => None,
+        })?;
+        if keeps.len() != msgs.len() {
+            let fault = PluginFault::Trap(format!(
+                "keep-batch answered {} decisions for {} messages",
+                keeps.len(),
+                msgs.len()
+            ));
+            self.poisoned = Some(fault.clone());
+            return Err(fault);
+        }
+        Ok(keeps)
+    }
+
+    /// Runs one decision on `msgs` (one message, or a batch) under the call deadline.
+    /// `decide` returns `None` when the call does not exist in this plugin's world; then no
+    /// guest code runs.
     fn call<R>(
         &mut self,
-        msg: &MessageView<'_>,
+        msgs: &[MessageView<'_>],
         name: &'static str,
         decide: impl FnOnce(&Exports, &mut Store<HostState>) -> Option<wasmtime::Result<R>>,
     ) -> Result<R, PluginFault> {
@@ -130,7 +163,7 @@ impl Instance {
         store.set_epoch_deadline(self.call_ticks);
         store.data_mut().start_call();
         let exports = &self.exports;
-        match lend_message(store, msg, |store| decide(exports, store)) {
+        match lend_messages(store, msgs, |store| decide(exports, store)) {
             Some(Ok(decision)) => Ok(decision),
             None => Err(PluginFault::WrongKind {
                 kind: self.plugin.kind(),

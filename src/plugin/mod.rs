@@ -38,6 +38,9 @@ use std::time::Duration;
 use crate::message::{Headers, MessageId};
 
 pub use binding::{Binding, BindingStats};
+
+/// The most messages one `keep-batch` call decides.
+pub const MAX_BATCH: usize = 64;
 pub use engine::{Plugin, PluginHost};
 pub use error::{PluginError, PluginFault};
 pub use instance::Instance;

@@ -189,6 +189,43 @@ impl Gate for ChannelGate {
         }
         Admission::Keep
     }
+
+    /// Each plugin of the chain decides, in one batch call, the messages the plugins before
+    /// it kept: the same decisions as [`Gate::admit`] on each message in turn.
+    fn admit_batch(&self, msgs: &[MessageRef<'_>], out: &mut Vec<Admission>) {
+        let first = out.len();
+        out.extend(msgs.iter().map(|_| Admission::Keep));
+        // Indexes of the messages every plugin so far kept.
+        let mut open: Vec<usize> = (0..msgs.len()).collect();
+        let mut views = Vec::with_capacity(msgs.len());
+        for bound in &self.chain {
+            if open.is_empty() {
+                break;
+            }
+            views.clear();
+            views.extend(open.iter().map(|&i| bound.view(&msgs[i])));
+            let decisions = bound.binding.keep_batch(&views);
+            let mut still = Vec::with_capacity(open.len());
+            for (i, decision) in open.into_iter().zip(decisions) {
+                let admission = match decision {
+                    Ok(true) => None,
+                    Ok(false) => Some(Admission::Skip),
+                    Err(_) => match bound.spec.on_failure {
+                        OnFailure::Deliver => None,
+                        OnFailure::Skip => Some(Admission::Skip),
+                        OnFailure::DeadLetter => Some(Admission::DeadLetter {
+                            reason: FILTER_FAULT.into(),
+                        }),
+                    },
+                };
+                match admission {
+                    Some(admission) => out[first + i] = admission,
+                    None => still.push(i),
+                }
+            }
+            open = still;
+        }
+    }
 }
 
 /// Plugins bound as one rules file says.

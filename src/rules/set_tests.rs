@@ -112,6 +112,62 @@ fn deliver_goes_on_to_the_next_plugin_of_the_chain() {
 }
 
 #[test]
+fn a_chain_decides_a_batch_as_it_decides_each_message() {
+    // A sampler keeping 1 in 2, then a filter on `type`, then a filter that traps on
+    // messages marked `poison` and dead-letters them.
+    let rules = "[[channel]]\ntopic = \"t\"\nname = \"c\"\n\
+         [[channel.plugins]]\nkind = \"sampler\"\nplugin = \"{one_in_n}\"\nparams = { n = \"2\" }\n\
+         [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{tag_filter}\"\n\
+         params = { expr = 'type == \"invoice\"' }\n\
+         [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{trap}\"\nparams = { on = \"poison\" }\n\
+         on_failure = \"dead-letter\"\n";
+    let headers: Vec<Headers> = (0..40)
+        .map(|i| {
+            let mut h = Headers::new();
+            h.push("type", if i % 3 == 0 { "order" } else { "invoice" });
+            if i == 20 || i == 22 {
+                h.push("poison", "1");
+            }
+            h
+        })
+        .collect();
+    let t = topic("t");
+    let refs: Vec<MessageRef<'_>> = headers.iter().map(|h| message(&t, h, b"x")).collect();
+    let answers = |batched: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let (set, _) = build(dir.path(), rules, None).unwrap();
+        let gate = Rules::new(set).gate(&t, &channel("c")).unwrap();
+        let mut out = Vec::new();
+        if batched {
+            gate.admit_batch(&refs, &mut out);
+        } else {
+            out.extend(refs.iter().map(|m| gate.admit(m)));
+        }
+        out
+    };
+    let batched = answers(true);
+    assert_eq!(batched, answers(false));
+    let dead = Admission::DeadLetter {
+        reason: FILTER_FAULT.into(),
+    };
+    assert_eq!(
+        batched[20], dead,
+        "kept by the sampler and the filter, then trapped"
+    );
+    assert_eq!(
+        batched[21],
+        Admission::Skip,
+        "the sampler skips odd messages"
+    );
+    assert_eq!(batched[2], Admission::Keep);
+    assert_eq!(batched[6], Admission::Skip, "an order");
+    assert_eq!(
+        batched[22], dead,
+        "the trap's backoff: no decision, so its policy"
+    );
+}
+
+#[test]
 fn router_faults_and_unrouted_answers_follow_their_policies() {
     let dir = tempfile::tempdir().unwrap();
     let rules = |on_failure: &str, unrouted: &str| {

@@ -205,7 +205,9 @@ fn example_plugins_run_under_plugin_test() {
         &["-p", "n=3", "--bench", "1000"],
     );
     assert!(
-        got.starts_with("keep\t") && got.ends_with(" ns/call\n"),
+        got.starts_with("keep\t")
+            && got.contains(" ns/call\t")
+            && got.ends_with(" ns/msg in batches of 64\n"),
         "{got}"
     );
 }

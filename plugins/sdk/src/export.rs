@@ -51,6 +51,17 @@ macro_rules! __keep_world {
                         <$plugin as $crate::$trait>::keep(p, &msg)
                     })
                 }
+
+                fn keep_batch(batch: &$crate::__private::$world::Batch) -> ::std::vec::Vec<bool> {
+                    $crate::__private::decide(&PLUGIN, |p| {
+                        (0..batch.len())
+                            .map(|index| {
+                                let msg = $crate::Message::from_batch(batch, index);
+                                <$plugin as $crate::$trait>::keep(p, &msg)
+                            })
+                            .collect()
+                    })
+                }
             }
 
             $crate::__private::$world::$export!(

@@ -14,7 +14,7 @@
 //!         Ok(OnlyType { wanted: params.required("type")?.to_owned() })
 //!     }
 //!     fn keep(&mut self, msg: &Message<'_>) -> bool {
-//!         msg.header("type").as_deref() == Some(self.wanted.as_str())
+//!         msg.header_eq("type", &self.wanted)
 //!     }
 //! }
 //! quiver_plugin::filter!(OnlyType);
@@ -35,6 +35,11 @@
 //! - [`filter!`], [`sampler!`], [`router!`]: the export glue for one of the three worlds.
 //! - [`names`]: channel and topic name lists in parameters, checked with the broker's rules.
 //! - [`log`]: the broker's log (`host.log`).
+//!
+//! # Batches
+//! The broker decides a channel's messages a batch at a time through the `keep-batch` export,
+//! which the filter and sampler macros generate from `keep`: the plugin sees the batch's
+//! messages one `keep` call after another, in order, as [`Message`]s.
 //!
 //! # Lifecycle
 //! The broker instantiates the component, calls `init` once with the binding's parameters,

@@ -5,7 +5,7 @@
 //! host-side unit tests it is a local value made with [`Message::builder`], so a plugin's
 //! `keep` or `route` runs unchanged under `cargo test`.
 
-use crate::__private::types::Message as HostMessage;
+use crate::__private::types::{Batch, Message as HostMessage};
 
 /// A message being published (routers) or about to be delivered on a channel (filters and
 /// samplers). Valid only during the call it is passed to.
@@ -17,6 +17,8 @@ pub struct Message<'a> {
 #[derive(Debug)]
 enum Repr<'a> {
     Host(&'a HostMessage),
+    /// A message of a batch, by its index.
+    Batch(&'a Batch, u32),
     Local(Box<Local>),
 }
 
@@ -40,10 +42,19 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// A message of the host's batch; used by the export glue.
+    #[doc(hidden)]
+    pub fn from_batch(batch: &'a Batch, index: u32) -> Self {
+        Message {
+            repr: Repr::Batch(batch, index),
+        }
+    }
+
     /// The topic it was published to.
     pub fn topic(&self) -> String {
         match &self.repr {
             Repr::Host(m) => m.topic(),
+            Repr::Batch(b, i) => b.topic(*i),
             Repr::Local(m) => m.topic.clone(),
         }
     }
@@ -52,6 +63,7 @@ impl<'a> Message<'a> {
     pub fn id(&self) -> String {
         match &self.repr {
             Repr::Host(m) => m.id(),
+            Repr::Batch(b, i) => b.id(*i),
             Repr::Local(m) => m.id.clone(),
         }
     }
@@ -60,6 +72,7 @@ impl<'a> Message<'a> {
     pub fn timestamp_ns(&self) -> u64 {
         match &self.repr {
             Repr::Host(m) => m.timestamp_ns(),
+            Repr::Batch(b, i) => b.timestamp_ns(*i),
             Repr::Local(m) => m.timestamp_ns,
         }
     }
@@ -68,6 +81,7 @@ impl<'a> Message<'a> {
     pub fn attempts(&self) -> u16 {
         match &self.repr {
             Repr::Host(m) => m.attempts(),
+            Repr::Batch(b, i) => b.attempts(*i),
             Repr::Local(m) => m.attempts,
         }
     }
@@ -76,11 +90,42 @@ impl<'a> Message<'a> {
     pub fn header(&self, name: &str) -> Option<String> {
         match &self.repr {
             Repr::Host(m) => m.header(name),
-            Repr::Local(m) => m
-                .headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone()),
+            Repr::Batch(b, i) => b.header(*i, name),
+            Repr::Local(m) => m.first(name).map(str::to_owned),
+        }
+    }
+
+    /// Whether a header with this name is present, even with an empty value. Copies nothing
+    /// into the plugin.
+    pub fn has_header(&self, name: &str) -> bool {
+        match &self.repr {
+            Repr::Host(m) => m.has_header(name),
+            Repr::Batch(b, i) => b.has_header(*i, name),
+            Repr::Local(m) => m.first(name).is_some(),
+        }
+    }
+
+    /// Whether the first header with this name equals `value` (false when there is none).
+    /// Copies nothing into the plugin, so it is cheaper than comparing [`Message::header`].
+    pub fn header_eq(&self, name: &str, value: &str) -> bool {
+        match &self.repr {
+            Repr::Host(m) => m.header_eq(name, value),
+            Repr::Batch(b, i) => b.header_eq(*i, name, value),
+            Repr::Local(m) => m.first(name) == Some(value),
+        }
+    }
+
+    /// The index in `values` of the first value that the first header with this name
+    /// equals; `None` when the header is missing or equals none of them. Copies nothing into
+    /// the plugin: [`Message::header_eq`] for a set of values.
+    pub fn header_index(&self, name: &str, values: &[String]) -> Option<usize> {
+        match &self.repr {
+            Repr::Host(m) => m.header_index(name, values).map(|i| i as usize),
+            Repr::Batch(b, i) => b.header_index(*i, name, values).map(|i| i as usize),
+            Repr::Local(m) => {
+                let found = m.first(name)?;
+                values.iter().position(|v| v == found)
+            }
         }
     }
 
@@ -88,6 +133,7 @@ impl<'a> Message<'a> {
     pub fn headers(&self) -> Vec<(String, String)> {
         match &self.repr {
             Repr::Host(m) => m.headers(),
+            Repr::Batch(b, i) => b.headers(*i),
             Repr::Local(m) => m.headers.clone(),
         }
     }
@@ -96,6 +142,7 @@ impl<'a> Message<'a> {
     pub fn body(&self) -> Vec<u8> {
         match &self.repr {
             Repr::Host(m) => m.body(),
+            Repr::Batch(b, i) => b.body(*i),
             Repr::Local(m) => m.body.clone(),
         }
     }
@@ -104,9 +151,17 @@ impl<'a> Message<'a> {
     pub fn body_len(&self) -> u32 {
         match &self.repr {
             Repr::Host(m) => m.body_len(),
+            Repr::Batch(b, i) => b.body_len(*i),
             // A local body over 4 GiB is a test's mistake; saturate rather than wrap.
             Repr::Local(m) => u32::try_from(m.body.len()).unwrap_or(u32::MAX),
         }
+    }
+}
+
+impl Local {
+    fn first(&self, name: &str) -> Option<&str> {
+        let mut headers = self.headers.iter();
+        headers.find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 

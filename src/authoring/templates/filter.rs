@@ -19,7 +19,7 @@ impl Filter for HeaderEquals {
     }
 
     fn keep(&mut self, msg: &Message<'_>) -> bool {
-        msg.header(&self.header).as_deref() == Some(self.value.as_str())
+        msg.header_eq(&self.header, &self.value)
     }
 }
 

@@ -240,3 +240,96 @@ fn bench_tag_filter_ns_per_call() {
         started.elapsed() / 1000
     );
 }
+
+#[test]
+fn keep_batch_decides_as_keep_would_one_message_after_another() {
+    let host = host();
+    let expr = r#"type == "invoice" && region in ("eu", "us")"#;
+    let filter = binding(&host, "tag_filter", PluginKind::Filter, &[("expr", expr)]);
+    let regions = ["eu", "ap", "us", "eu", "za"];
+    let msgs: Vec<TestMessage> = (0..150)
+        .map(|i| {
+            let kind = if i % 7 == 0 { "order" } else { "invoice" };
+            TestMessage::new(b"x")
+                .header("type", kind)
+                .header("region", regions[i % regions.len()])
+        })
+        .collect();
+    let views: Vec<_> = msgs.iter().map(TestMessage::view).collect();
+    let batched: Vec<bool> = filter
+        .keep_batch(&views)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let single: Vec<bool> = views.iter().map(|v| filter.keep(v).unwrap()).collect();
+    assert_eq!(batched, single);
+    let kept = single.iter().filter(|&&k| k).count() as u64;
+    let stats = filter.stats();
+    assert_eq!((stats.calls, stats.kept), (300, 2 * kept), "{stats:?}");
+
+    // A stateful sampler carries its state through batches as through single calls.
+    let sampler = binding(&host, "one_in_n", PluginKind::Sampler, &[("n", "3")]);
+    let mut decisions: Vec<bool> = sampler
+        .keep_batch(&views[..100])
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    decisions.extend(views[100..].iter().map(|v| sampler.keep(v).unwrap()));
+    let expected: Vec<bool> = (0..150).map(|i| i % 3 == 0).collect();
+    assert_eq!(decisions, expected);
+}
+
+#[test]
+fn a_faulting_batch_is_decided_again_one_call_each() {
+    let host = host();
+    let trap = binding(&host, "trap", PluginKind::Filter, &[("on", "poison")]);
+    let msgs: Vec<TestMessage> = (0..10)
+        .map(|i| match i {
+            4 => TestMessage::new(b"x").header("poison", "1"),
+            _ => TestMessage::new(b"x"),
+        })
+        .collect();
+    let views: Vec<_> = msgs.iter().map(TestMessage::view).collect();
+    let decisions = trap.keep_batch(&views);
+    for (i, decision) in decisions.iter().enumerate() {
+        match i {
+            0..4 => assert_eq!(decision, &Ok(true), "{i}: before the poison"),
+            4 => assert!(
+                matches!(decision, Err(PluginFault::Trap(_))),
+                "{decision:?}"
+            ),
+            _ => assert!(
+                matches!(decision, Err(PluginFault::Unavailable { .. })),
+                "{i}: after the trap, in its backoff: {decision:?}"
+            ),
+        }
+    }
+    let stats = trap.stats();
+    assert_eq!(
+        stats,
+        BindingStats {
+            calls: 10,
+            kept: 4,
+            traps: 1,
+            unavailable: 5,
+            reinstantiations: 1,
+            batch_faults: 1,
+            busy_ns: stats.busy_ns,
+            ..BindingStats::default()
+        },
+        "the batch call itself counts only as a batch fault"
+    );
+
+    // On probation, once the backoff is over: the next batch is decided one call each, so
+    // the poison traps on its own, without a batch call first.
+    std::thread::sleep(Duration::from_millis(15));
+    let again = trap.keep_batch(&views);
+    assert_eq!(again[..4], [Ok(true), Ok(true), Ok(true), Ok(true)]);
+    assert!(matches!(again[4], Err(PluginFault::Trap(_))), "{again:?}");
+    let stats = trap.stats();
+    assert_eq!(
+        (stats.calls, stats.traps, stats.batch_faults),
+        (20, 2, 1),
+        "{stats:?}"
+    );
+}

@@ -37,6 +37,29 @@ pub struct Expr {
     root: Node,
     /// Distinct header names, indexed by `Node`'s `name` fields.
     names: Vec<String>,
+    /// Per name: read by more than one node, so fetched once and compared in the plugin.
+    /// A name read by one node is compared by the host instead (`header-eq`,
+    /// `header-index`, `has-header`), which copies nothing into the plugin.
+    shared: Vec<bool>,
+}
+
+/// How an expression reads a message's headers: the first value of a name. The comparing
+/// methods let a host answer without handing the value over; by default they fetch it.
+pub trait Headers {
+    fn get(&self, name: &str) -> Option<String>;
+
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn eq(&self, name: &str, value: &str) -> bool {
+        self.get(name).is_some_and(|v| v == value)
+    }
+
+    fn index(&self, name: &str, values: &[String]) -> Option<usize> {
+        let found = self.get(name)?;
+        values.iter().position(|v| *v == found)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,8 +98,10 @@ impl Expr {
             pos: 0,
             depth: 0,
             names: Vec::new(),
+            uses: Vec::new(),
         };
         let root = parser.or()?;
+        let shared = parser.uses.iter().map(|&n| n > 1).collect();
         let end = parser.peek();
         if end.kind != Kind::End {
             return Err(end.error(format!(
@@ -87,30 +112,65 @@ impl Expr {
         Ok(Expr {
             root,
             names: parser.names,
+            shared,
         })
     }
 
-    /// Evaluates against a message whose headers `header` looks up (first value by name).
-    /// Each distinct name is looked up at most once.
-    pub fn eval(&self, mut header: impl FnMut(&str) -> Option<String>) -> bool {
-        let mut cache: Vec<Option<Option<String>>> = vec![None; self.names.len()];
-        let mut lookup = |name: usize| -> Option<String> {
-            cache[name]
-                .get_or_insert_with(|| header(&self.names[name]))
-                .clone()
+    /// Evaluates against a message's headers. Each distinct name is read from `headers` at
+    /// most once: by one comparing call when one node reads it, else by one `get`.
+    pub fn eval(&self, headers: &impl Headers) -> bool {
+        let mut eval = Eval {
+            expr: self,
+            headers,
+            fetched: Vec::new(),
         };
-        eval(&self.root, &mut lookup)
+        eval.node(&self.root)
     }
 }
 
-fn eval(node: &Node, lookup: &mut impl FnMut(usize) -> Option<String>) -> bool {
-    match node {
-        Node::Or(a, b) => eval(a, lookup) || eval(b, lookup),
-        Node::And(a, b) => eval(a, lookup) && eval(b, lookup),
-        Node::Not(a) => !eval(a, lookup),
-        Node::Exists { name } => lookup(*name).is_some(),
-        Node::Eq { name, value } => lookup(*name).is_some_and(|v| v == *value),
-        Node::In { name, values } => lookup(*name).is_some_and(|v| values.contains(&v)),
+/// One evaluation: the values of shared names, fetched on first use.
+struct Eval<'a, H> {
+    expr: &'a Expr,
+    headers: &'a H,
+    /// Indexed by name; empty until a shared name is first read.
+    fetched: Vec<Option<Option<String>>>,
+}
+
+impl<H: Headers> Eval<'_, H> {
+    fn node(&mut self, node: &Node) -> bool {
+        match node {
+            Node::Or(a, b) => self.node(a) || self.node(b),
+            Node::And(a, b) => self.node(a) && self.node(b),
+            Node::Not(a) => !self.node(a),
+            Node::Exists { name } => match self.shared(*name) {
+                Some(value) => value.is_some(),
+                None => self.headers.has(&self.expr.names[*name]),
+            },
+            Node::Eq { name, value } => match self.shared(*name) {
+                Some(found) => found.is_some_and(|v| v == value),
+                None => self.headers.eq(&self.expr.names[*name], value),
+            },
+            Node::In { name, values } => match self.shared(*name) {
+                Some(found) => found.is_some_and(|v| values.iter().any(|x| x == v)),
+                None => self
+                    .headers
+                    .index(&self.expr.names[*name], values)
+                    .is_some(),
+            },
+        }
+    }
+
+    /// The value of a shared name (fetched once), or `None` when the name is not shared.
+    fn shared(&mut self, name: usize) -> Option<Option<&str>> {
+        if !self.expr.shared[name] {
+            return None;
+        }
+        if self.fetched.is_empty() {
+            self.fetched = vec![None; self.expr.names.len()];
+        }
+        let (names, headers) = (&self.expr.names, self.headers);
+        let value = self.fetched[name].get_or_insert_with(|| headers.get(&names[name]));
+        Some(value.as_deref())
     }
 }
 
@@ -276,6 +336,8 @@ struct Parser {
     pos: usize,
     depth: usize,
     names: Vec<String>,
+    /// How many nodes read each name.
+    uses: Vec<u32>,
 }
 
 impl Parser {
@@ -415,8 +477,10 @@ impl Parser {
 
     fn intern(&mut self, name: String) -> usize {
         if let Some(i) = self.names.iter().position(|n| *n == name) {
+            self.uses[i] += 1;
             return i;
         }
+        self.uses.push(1);
         self.names.push(name);
         self.names.len() - 1
     }
@@ -426,14 +490,44 @@ impl Parser {
 mod tests {
     use super::*;
 
-    fn matches(src: &str, headers: &[(&str, &str)]) -> bool {
-        let expr = Expr::parse(src).unwrap_or_else(|e| panic!("{src}: {e}"));
-        expr.eval(|name| {
+    use std::cell::RefCell;
+
+    /// Headers that count the reads of each name.
+    struct Counted<'a> {
+        headers: &'a [(&'a str, &'a str)],
+        reads: RefCell<Vec<String>>,
+    }
+
+    impl<'a> Counted<'a> {
+        fn new(headers: &'a [(&'a str, &'a str)]) -> Self {
+            Counted {
+                headers,
+                reads: RefCell::new(Vec::new()),
+            }
+        }
+    }
+
+    impl Headers for Counted<'_> {
+        fn get(&self, name: &str) -> Option<String> {
+            self.reads.borrow_mut().push(format!("get {name}"));
+            let mut headers = self.headers.iter();
             headers
-                .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.to_string())
-        })
+        }
+
+        fn eq(&self, name: &str, value: &str) -> bool {
+            self.reads.borrow_mut().push(format!("eq {name}"));
+            let mut headers = self.headers.iter();
+            headers
+                .find(|(n, _)| *n == name)
+                .is_some_and(|(_, v)| *v == value)
+        }
+    }
+
+    fn matches(src: &str, headers: &[(&str, &str)]) -> bool {
+        let expr = Expr::parse(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        expr.eval(&Counted::new(headers))
     }
 
     fn error(src: &str) -> String {
@@ -498,15 +592,27 @@ mod tests {
     }
 
     #[test]
-    fn each_header_is_looked_up_once() {
+    fn each_header_is_read_once() {
         let expr = Expr::parse(r#"a == "1" || a == "2" || a in ("3") || exists(a)"#).unwrap();
-        let mut calls = 0;
-        let kept = expr.eval(|_| {
-            calls += 1;
-            Some("3".to_owned())
-        });
-        assert!(kept);
-        assert_eq!(calls, 1);
+        let headers = Counted::new(&[("a", "3")]);
+        assert!(expr.eval(&headers));
+        assert_eq!(
+            headers.reads.into_inner(),
+            ["get a"],
+            "a shared name is fetched once"
+        );
+
+        let expr = Expr::parse(r#"a == "1" || b == "2" || b == "3""#).unwrap();
+        let headers = Counted::new(&[("a", "1")]);
+        assert!(expr.eval(&headers));
+        assert_eq!(
+            headers.reads.into_inner(),
+            ["eq a"],
+            "a name read once is compared"
+        );
+        let headers = Counted::new(&[("b", "3")]);
+        assert!(expr.eval(&headers));
+        assert_eq!(headers.reads.into_inner(), ["eq a", "get b"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 mod expr;
 
-use expr::Expr;
+use expr::{Expr, Headers};
 use quiver_plugin::{Filter, Message, Params};
 
 struct TagFilter {
@@ -27,7 +27,28 @@ impl Filter for TagFilter {
     }
 
     fn keep(&mut self, msg: &Message<'_>) -> bool {
-        self.expr.eval(|name| msg.header(name))
+        self.expr.eval(&Host(msg))
+    }
+}
+
+/// The message's headers, compared by the host where the expression allows.
+struct Host<'m, 'a>(&'m Message<'a>);
+
+impl Headers for Host<'_, '_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.header(name)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.has_header(name)
+    }
+
+    fn eq(&self, name: &str, value: &str) -> bool {
+        self.0.header_eq(name, value)
+    }
+
+    fn index(&self, name: &str, values: &[String]) -> Option<usize> {
+        self.0.header_index(name, values)
     }
 }
 
