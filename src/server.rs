@@ -152,7 +152,11 @@ impl Server {
             ));
         }
         if let Some((listener, _)) = nsq_http {
-            tasks.spawn(crate::nsq::http::serve(listener, broker.clone()));
+            tasks.spawn(crate::nsq::http::serve(
+                listener,
+                broker.clone(),
+                nsq_tcp_addr,
+            ));
         }
         tracing::info!(%quic_addr, %http_addr, fingerprint = %identity.fingerprint, "quiver is serving");
         Ok(Server {

@@ -1,0 +1,248 @@
+//! `POST /pub` and `POST /mpub`, checked in nsqd's order with nsqd's codes, and answered `OK`
+//! once the broker reports the messages durable. NSQ messages carry no headers.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+
+use super::body::{declared_len, read_at_most};
+use super::params::Params;
+use super::reply::{NsqError, Reply};
+use super::NsqHttp;
+use crate::message::{NewMessage, MAX_BODY_LEN};
+
+/// Largest `/mpub` body: nsqd's default `--max-body-size`, as the NSQ TCP MPUB.
+pub(crate) const MAX_MPUB_LEN: usize = 5 << 20;
+
+const MSG_TOO_BIG: NsqError = NsqError::too_large("MSG_TOO_BIG");
+const BODY_TOO_BIG: NsqError = NsqError::too_large("BODY_TOO_BIG");
+/// nsqd answers binary `/mpub` errors with 413 and the TCP code minus its `E_`.
+const BAD_BODY: NsqError = NsqError::too_large("BAD_BODY");
+const BAD_MESSAGE: NsqError = NsqError::too_large("BAD_MESSAGE");
+const INVALID_DEFER: NsqError = NsqError::bad_request("INVALID_DEFER");
+
+/// `POST /pub?topic=T[&defer=MS]`: the body is one message. As nsqd, the body is checked
+/// before the parameters.
+pub(super) async fn publish(
+    State(state): State<NsqHttp>,
+    params: Result<Params, NsqError>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Reply, NsqError> {
+    if declared_len(&headers).is_some_and(|len| len > MAX_BODY_LEN as u64) {
+        return Err(MSG_TOO_BIG);
+    }
+    let body = read_at_most(body, MAX_BODY_LEN).await?;
+    if body.len() > MAX_BODY_LEN {
+        return Err(MSG_TOO_BIG);
+    }
+    if body.is_empty() {
+        return Err(NsqError::bad_request("MSG_EMPTY"));
+    }
+    let params = params?;
+    let topic = params.topic("INVALID_TOPIC")?;
+    let delay = defer(&params, state.broker.config().max_defer)?;
+    state
+        .broker
+        .publish(&topic, vec![NewMessage::new(body)], delay)
+        .await?;
+    Ok(Reply::ok())
+}
+
+/// `POST /mpub?topic=T[&binary=true]`: one message per non-empty `\n`-separated line, or
+/// nsqd's binary batch. All are stored or none. A text body without messages is `OK`, as in
+/// nsqd.
+pub(super) async fn multi_publish(
+    State(state): State<NsqHttp>,
+    params: Result<Params, NsqError>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Reply, NsqError> {
+    if declared_len(&headers).is_some_and(|len| len > MAX_MPUB_LEN as u64) {
+        return Err(BODY_TOO_BIG);
+    }
+    let params = params?;
+    let topic = params.topic("INVALID_TOPIC")?;
+    // Absent is text; a value other than true/1/false/0 is binary (nsqd: deprecated).
+    let binary = params.has("binary") && params.bool("binary").unwrap_or(true);
+    let body = read_at_most(body, MAX_MPUB_LEN).await?;
+    let bodies = if binary {
+        if body.len() > MAX_MPUB_LEN {
+            return Err(BODY_TOO_BIG);
+        }
+        binary_messages(&body, MAX_BODY_LEN, MAX_MPUB_LEN)?
+    } else {
+        text_messages(&body, MAX_BODY_LEN, MAX_MPUB_LEN)?
+    };
+    if bodies.is_empty() {
+        return Ok(Reply::ok());
+    }
+    let messages = bodies.into_iter().map(NewMessage::new).collect();
+    state
+        .broker
+        .publish(&topic, messages, Duration::ZERO)
+        .await?;
+    Ok(Reply::ok())
+}
+
+/// `defer`, in milliseconds, from 0 to `max`; zero when absent.
+fn defer(params: &Params, max: Duration) -> Result<Duration, NsqError> {
+    let Some(text) = params.get("defer") else {
+        return Ok(Duration::ZERO);
+    };
+    let ms: i64 = text.parse().map_err(|_| INVALID_DEFER)?;
+    let ms = u64::try_from(ms).map_err(|_| INVALID_DEFER)?;
+    let delay = Duration::from_millis(ms);
+    if delay > max {
+        return Err(INVALID_DEFER);
+    }
+    Ok(delay)
+}
+
+/// The messages of a text `/mpub` body, which holds at most `max_body + 1` bytes: the
+/// non-empty lines, without their `\n`. As nsqd reads line by line, a line over `max_msg`
+/// is `MSG_TOO_BIG` unless the body passed `max_body` first (`BODY_TOO_BIG`).
+fn text_messages(body: &Bytes, max_msg: usize, max_body: usize) -> Result<Vec<Bytes>, NsqError> {
+    let mut messages = Vec::new();
+    let mut start = 0;
+    while start < body.len() {
+        let end = body[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body.len(), |at| start + at + 1);
+        if end > max_body {
+            return Err(BODY_TOO_BIG);
+        }
+        let line_end = if body[end - 1] == b'\n' { end - 1 } else { end };
+        let line = start..line_end;
+        start = end;
+        if line.is_empty() {
+            continue;
+        }
+        if line.len() > max_msg {
+            return Err(MSG_TOO_BIG);
+        }
+        messages.push(body.slice(line));
+    }
+    Ok(messages)
+}
+
+/// The messages of a binary `/mpub` body: a big-endian `i32` count, then for each message an
+/// `i32` size and that many bytes. Bytes after the last message are ignored, as by nsqd.
+fn binary_messages(body: &Bytes, max_msg: usize, max_body: usize) -> Result<Vec<Bytes>, NsqError> {
+    let mut at = 0;
+    let count = read_i32(body, &mut at).ok_or(BAD_BODY)?;
+    // 4 bytes of count, then at least 4 of size and 1 of body per message.
+    let max_messages = (max_body.saturating_sub(4) / 5) as i64;
+    if count <= 0 || i64::from(count) > max_messages {
+        return Err(BAD_BODY);
+    }
+    let count = count.unsigned_abs() as usize;
+    let mut messages = Vec::with_capacity(count.min(body.len() / 5));
+    for _ in 0..count {
+        let size = read_i32(body, &mut at).ok_or(BAD_MESSAGE)?;
+        let size = usize::try_from(size).map_err(|_| BAD_MESSAGE)?;
+        if size == 0 || size > max_msg || body.len() - at < size {
+            return Err(BAD_MESSAGE);
+        }
+        messages.push(body.slice(at..at + size));
+        at += size;
+    }
+    Ok(messages)
+}
+
+/// The big-endian `i32` at `*at`, advancing past it.
+fn read_i32(body: &[u8], at: &mut usize) -> Option<i32> {
+    let bytes: [u8; 4] = body.get(*at..*at + 4)?.try_into().ok()?;
+    *at += 4;
+    Some(i32::from_be_bytes(bytes))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn texts(messages: &[Bytes]) -> Vec<&[u8]> {
+        messages.iter().map(|m| &m[..]).collect()
+    }
+
+    fn binary(bodies: &[&[u8]]) -> Bytes {
+        let mut out = (bodies.len() as i32).to_be_bytes().to_vec();
+        for body in bodies {
+            out.extend_from_slice(&(body.len() as i32).to_be_bytes());
+            out.extend_from_slice(body);
+        }
+        out.into()
+    }
+
+    #[test]
+    fn text_lines_are_messages_and_empty_lines_are_skipped() {
+        let body = Bytes::from_static(b"a\n\nbc\r\nd");
+        let messages = text_messages(&body, 10, 100).unwrap();
+        assert_eq!(texts(&messages), [&b"a"[..], b"bc\r", b"d"]);
+        assert!(text_messages(&Bytes::from_static(b"\n\n"), 10, 100)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn text_limits_are_checked_line_by_line() {
+        let long_line = Bytes::from_static(b"abcd\nx");
+        assert_eq!(text_messages(&long_line, 3, 100), Err(MSG_TOO_BIG));
+        // The body holds max_body + 1 bytes: over the limit.
+        let over = Bytes::from_static(b"ab\ncd");
+        assert_eq!(text_messages(&over, 10, 4), Err(BODY_TOO_BIG));
+        // A long first line is found before the body passes its limit.
+        let both = Bytes::from_static(b"abcd\ne");
+        assert_eq!(text_messages(&both, 3, 5), Err(MSG_TOO_BIG));
+        let exact = Bytes::from_static(b"ab\ncd");
+        assert_eq!(text_messages(&exact, 10, 5).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn binary_batches_decode() {
+        let body = binary(&[b"one", b"two\nlines", b"\x00\xff"]);
+        let messages = binary_messages(&body, 100, 1000).unwrap();
+        assert_eq!(texts(&messages), [&b"one"[..], b"two\nlines", b"\x00\xff"]);
+        let mut trailing = body.to_vec();
+        trailing.extend_from_slice(b"junk");
+        assert_eq!(
+            binary_messages(&trailing.into(), 100, 1000).unwrap().len(),
+            3
+        );
+    }
+
+    #[test]
+    fn malformed_binary_batches_get_nsqd_codes() {
+        let decode = |bytes: &[u8]| binary_messages(&Bytes::copy_from_slice(bytes), 5, 100);
+        assert_eq!(decode(b"\x00\x00"), Err(BAD_BODY));
+        assert_eq!(decode(&0i32.to_be_bytes()), Err(BAD_BODY));
+        assert_eq!(decode(&(-1i32).to_be_bytes()), Err(BAD_BODY));
+        // (100 - 4) / 5 = 19 messages at most.
+        assert_eq!(decode(&20i32.to_be_bytes()), Err(BAD_BODY));
+        assert_eq!(decode(&1i32.to_be_bytes()), Err(BAD_MESSAGE));
+        assert_eq!(decode(b"\0\0\0\x01\0\0\0\0"), Err(BAD_MESSAGE));
+        assert_eq!(decode(b"\0\0\0\x01\xff\xff\xff\xff"), Err(BAD_MESSAGE));
+        assert_eq!(decode(b"\0\0\0\x01\0\0\0\x06abcdef"), Err(BAD_MESSAGE));
+        assert_eq!(decode(b"\0\0\0\x01\0\0\0\x03ab"), Err(BAD_MESSAGE));
+        assert_eq!(decode(b"\0\0\0\x02\0\0\0\x01a"), Err(BAD_MESSAGE));
+        assert_eq!(BAD_MESSAGE.status.as_u16(), 413);
+    }
+
+    #[test]
+    fn defer_is_whole_milliseconds_up_to_the_maximum() {
+        let max = Duration::from_secs(3600);
+        let with = |v: &str| defer(&Params::from_pairs(&[("defer", v)]), max);
+        assert_eq!(defer(&Params::default(), max), Ok(Duration::ZERO));
+        assert_eq!(with("1500"), Ok(Duration::from_millis(1500)));
+        assert_eq!(with("+5"), Ok(Duration::from_millis(5)));
+        assert_eq!(with("3600000"), Ok(max));
+        for bad in ["3600001", "-1", "1.5", "", "abc", "99999999999999999999"] {
+            assert_eq!(with(bad), Err(INVALID_DEFER), "{bad}");
+        }
+    }
+}
