@@ -267,7 +267,8 @@ impl Bridge {
         }
         let exhausted = self.max_attempts > 0 && d.attempts > self.max_attempts;
         let failure = if exhausted {
-            // Already past the limit (the channel was consumed with a higher one before).
+            // Already past the limit: earlier deliveries timed out, were given back at a
+            // drain, or ran with a higher limit. Attempts count deliveries, as in NSQ.
             Failure::Exhausted {
                 attempts: d.attempts,
             }
