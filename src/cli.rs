@@ -43,6 +43,8 @@ enum Command {
     Rules(RulesCommand),
     /// Write, build and try out WebAssembly plugins: new, build, test.
     Plugin(quiver::authoring::PluginArgs),
+    /// Send each message of a channel to HTTP endpoints (nsq_to_http over QUIC).
+    ToHttp(ToHttpCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +172,14 @@ struct SubArgs {
 }
 
 #[derive(Debug, Args)]
+struct ToHttpCommand {
+    #[command(flatten)]
+    bridge: quiver::to_http::ToHttpArgs,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
 struct StatsArgs {
     /// Only this topic.
     #[arg(long)]
@@ -187,6 +197,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pub(args) => publish(args).await,
         Command::Sub(args) => subscribe(args).await,
         Command::Stats(args) => stats(args).await,
+        Command::ToHttp(args) => to_http(args).await,
         Command::Plugin(args) => Ok(quiver::authoring::run(args)?),
         Command::Bench(args) => {
             let json = args.json;
@@ -328,6 +339,51 @@ async fn wait_for_signal() -> Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// `quiver to-http`: runs until SIGTERM or SIGINT, then drains and prints a summary. A second
+/// signal quits at once; the broker then requeues whatever was in flight.
+async fn to_http(args: ToHttpCommand) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before anything else, so a signal during start-up is a drain, not a kill.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let plan = quiver::to_http::Plan::new(args.bridge)?;
+    let client = connect(&args.connect).await?;
+    print_line(&format!(
+        "to-http: {}/{}: {}",
+        plan.topic(),
+        plan.channel(),
+        plan.describe()
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signals = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("to-http: draining: finishing requests in flight (signal again to quit now)");
+            stop.cancel();
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("to-http: quitting without draining");
+            std::process::exit(130);
+        }
+    });
+    let summary = quiver::to_http::run(&client, plan, stop, |line| print_line(&line)).await;
+    signals.abort();
+    client.close().await;
+    print_line(&summary?.to_string());
+    Ok(())
+}
+
+/// A line on stdout; a closed stdout is not worth failing over.
+fn print_line(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 async fn connect(args: &ConnectArgs) -> Result<Client> {

@@ -8,6 +8,7 @@
 //! - [`plugin`]: the WebAssembly plugin host (the only module that names wasmtime).
 //! - [`rules`]: the rules file, bound plugins behind the broker's hooks, and hot reload.
 //! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`](mod@bench): the surfaces.
+//! - [`to_http`]: `quiver to-http`, the HTTP push bridge (nsq_to_http over QUIC).
 //! - [`authoring`]: `quiver plugin new|build|test`, for writing plugins without a broker.
 pub mod authoring;
 pub mod bench;
@@ -23,4 +24,5 @@ pub mod rules;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod to_http;
 pub mod transport;

@@ -17,4 +17,5 @@ mod process;
 mod reload;
 mod rules;
 mod support;
+mod to_http;
 mod wasm;
