@@ -106,9 +106,7 @@ mod tests {
     use crate::storage::{MemoryStorage, Storage};
 
     /// A batch judge that judges each message by its offset.
-    fn each(
-        verdict: impl Fn(u64) -> Verdict,
-    ) -> impl Fn(&Batch, &mut Vec<Verdict>) {
+    fn each(verdict: impl Fn(u64) -> Verdict) -> impl Fn(&Batch, &mut Vec<Verdict>) {
         move |batch, out| out.extend(batch.iter().map(|&(offset, _)| verdict(offset)))
     }
 

@@ -103,7 +103,16 @@ where
                         summary.add(dead_letter.give_up(&sub.acker(), d, channel).await);
                         continue;
                     }
-                    let permit = permits.clone().acquire_owned().await;
+                    // Wait for a free handler slot, but not past a stop: the message is then
+                    // given back at once, like the others that were not started.
+                    let permit = tokio::select! {
+                        permit = permits.clone().acquire_owned() => permit,
+                        _ = stop.cancelled() => {
+                            sub.req(d.id, Duration::ZERO).await?;
+                            summary.requeued += 1;
+                            break;
+                        }
+                    };
                     let (handler, config, acker) = (handler.clone(), config.clone(), sub.acker());
                     running.spawn(async move {
                         let outcome = handle(&*handler, d, &config, &acker).await;

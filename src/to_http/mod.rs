@@ -261,8 +261,8 @@ impl Bridge {
     /// with backoff.
     async fn deliver(&self, d: Delivery) -> Result<(), Failure> {
         if self.stop.is_cancelled() {
-            // The consumer can start a handler for a message it received before the drain
-            // began; send nothing new. The REQ counts as returned, not retried.
+            // A handler can start in the instant the drain begins; send nothing new. The
+            // REQ counts as returned, not retried.
             return Err(Failure::ShuttingDown);
         }
         let exhausted = self.max_attempts > 0 && d.attempts > self.max_attempts;
