@@ -21,6 +21,11 @@ use super::delivery::{Verdict, SCAN_BUDGET};
 use crate::message::StoredMessage;
 use crate::storage::TopicLog;
 
+/// Messages judged at once when any are: plugins decide a batch in one call, which costs
+/// about as much as deciding one message, so judging only what one small take needs would
+/// pay that cost per message.
+pub(super) const JUDGE_AT_ONCE: usize = 64;
+
 /// Messages read from the log, by offset.
 pub(super) type Batch = [(u64, Arc<StoredMessage>)];
 
@@ -32,7 +37,8 @@ pub(super) struct Lookahead {
 
 impl Lookahead {
     /// Judges messages after those already judged (or from `cursor`) until `keep` of the
-    /// pending verdicts say keep, [`SCAN_BUDGET`] are pending, or the log ends. It reads no
+    /// pending verdicts say keep, [`SCAN_BUDGET`] are pending, or the log ends, reading at
+    /// least [`JUDGE_AT_ONCE`] messages when it reads any (if the log has them), and no
     /// further than that. `judge` gets the messages read at once, in offset order, and
     /// appends one verdict for each, so that plugins can decide them in one call.
     pub(super) fn judge(
@@ -52,9 +58,9 @@ impl Lookahead {
         while kept < keep && self.verdicts.len() < SCAN_BUDGET {
             let room = SCAN_BUDGET - self.verdicts.len();
             batch.clear();
-            // No further than needed: a message is judged as late as possible, under the rules
-            // in force then.
-            log.read(from, (keep - kept).min(room), &mut batch);
+            // No further than needed, give or take a batch: a message is judged as late as
+            // that allows, under the rules in force then.
+            log.read(from, (keep - kept).max(JUDGE_AT_ONCE).min(room), &mut batch);
             if batch.is_empty() {
                 break;
             }
@@ -162,8 +168,8 @@ mod tests {
     }
 
     #[test]
-    fn judges_no_further_than_the_credit_needs() {
-        let log = log_of(100);
+    fn judges_no_further_than_the_credit_needs_give_or_take_a_batch() {
+        let log = log_of(200);
         let count = RefCell::new(0);
         let mut ahead = Lookahead::default();
         let judge = each(|_| {
@@ -171,13 +177,15 @@ mod tests {
             Verdict::Keep
         });
         ahead.judge(0, 1, &*log, &judge);
+        assert_eq!(*count.borrow(), JUDGE_AT_ONCE, "one batch for one message");
+        ahead.judge(0, 1, &*log, &judge);
+        assert_eq!(*count.borrow(), JUDGE_AT_ONCE, "an unused keep is enough");
+        ahead.judge(0, JUDGE_AT_ONCE + 10, &*log, &judge);
         assert_eq!(
             *count.borrow(),
-            1,
-            "the second message waits for its own take"
+            2 * JUDGE_AT_ONCE,
+            "ten more keeps: another batch"
         );
-        ahead.judge(0, 1, &*log, &judge);
-        assert_eq!(*count.borrow(), 1, "an unused keep is enough");
     }
 
     #[test]
@@ -185,10 +193,11 @@ mod tests {
         let log = log_of(SCAN_BUDGET as u64 + 100);
         let mut ahead = Lookahead::default();
         ahead.judge(0, 5, &*log, &each(|_| Verdict::Keep));
-        ahead.judge(50, 5, &*log, &each(|_| Verdict::Skip));
-        assert_eq!(ahead.verdict(49), None, "passed by the cursor");
+        // The first judged one batch, 0 to 63; the cursor then moved past it.
+        ahead.judge(100, 5, &*log, &each(|_| Verdict::Skip));
+        assert_eq!(ahead.verdict(63), None, "passed by the cursor");
         assert_eq!(
-            ahead.verdict(50),
+            ahead.verdict(100),
             Some(Verdict::Skip),
             "judged from the cursor on"
         );
