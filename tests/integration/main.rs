@@ -11,6 +11,7 @@ mod disk_full;
 mod durability;
 mod errors;
 mod guests;
+mod nsq_tcp;
 mod plugins;
 mod process;
 mod reload;
