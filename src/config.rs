@@ -251,7 +251,10 @@ impl NsqConfig {
             );
         }
         if self.max_msg_size == 0 || self.max_msg_size > MAX_BODY_LEN as u64 {
-            return invalid("max_msg_size", format!("must be between 1 and {MAX_BODY_LEN}"));
+            return invalid(
+                "max_msg_size",
+                format!("must be between 1 and {MAX_BODY_LEN}"),
+            );
         }
         if self.max_body_size < self.max_msg_size || self.max_body_size > i32::MAX as u64 {
             return invalid(
@@ -267,8 +270,7 @@ impl NsqConfig {
                 "must be between broker.msg_timeout and broker.max_msg_timeout".into(),
             );
         }
-        if self.max_req_timeout > broker.max_req_delay || self.max_req_timeout > broker.max_defer
-        {
+        if self.max_req_timeout > broker.max_req_delay || self.max_req_timeout > broker.max_defer {
             return invalid(
                 "max_req_timeout",
                 "must be at most broker.max_req_delay and broker.max_defer".into(),

@@ -12,6 +12,8 @@ mod durability;
 mod errors;
 mod guests;
 mod nsq_tcp;
+mod nsq_tcp_quic;
+mod nsq_tcp_raw;
 mod plugins;
 mod process;
 mod reload;

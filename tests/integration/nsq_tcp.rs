@@ -135,9 +135,10 @@ async fn drained(broker: &Broker, t: &str, finished: u64) {
         let Ok(stats) = broker.stats(Some(&topic(t))) else {
             return false;
         };
-        stats.topics[0].channels.iter().all(|c| {
-            c.depth == 0 && c.in_flight == 0 && c.deferred == 0 && c.finished >= finished
-        })
+        stats.topics[0]
+            .channels
+            .iter()
+            .all(|c| c.depth == 0 && c.in_flight == 0 && c.deferred == 0 && c.finished >= finished)
     })
     .await;
 }
@@ -208,7 +209,10 @@ async fn req_redelivers_with_one_more_attempt() {
     let id = first.id;
     first.requeue(NSQRequeueDelay::NoDelay).await;
     let second = next(&mut consumer, SOON).await;
-    assert_eq!((text(&second), second.attempt, second.id), ("retry me".into(), 2, id));
+    assert_eq!(
+        (text(&second), second.attempt, second.id),
+        ("retry me".into(), 2, id)
+    );
     second
         .requeue(NSQRequeueDelay::CustomDelay(Duration::from_millis(800)))
         .await;
@@ -259,8 +263,7 @@ async fn touch_keeps_a_message_in_flight_past_its_timeout() {
 
 #[tokio::test]
 async fn heartbeats_keep_idle_nsq_clients_connected() {
-    let broker =
-        NsqBroker::start_with(|c| c.nsq.heartbeat_interval = Duration::from_secs(1)).await;
+    let broker = NsqBroker::start_with(|c| c.nsq.heartbeat_interval = Duration::from_secs(1)).await;
     let mut consumer = consumer(broker.nsq, "idle", "c", NSQConfigShared::new());
     let mut producer = producer(broker.nsq, NSQConfigShared::new()).await;
     publish(&mut producer, "idle", "before").await;
@@ -294,7 +297,10 @@ async fn round_trip(broker: &NsqBroker, t: &str, shared: NSQConfigShared) {
         publish(&mut producer, t, body).await;
     }
     let bodies: Vec<Vec<u8>> = (0..20).map(|i| format!("batch-{i}").into_bytes()).collect();
-    producer.publish_multiple(&nsq_topic(t), bodies).await.unwrap();
+    producer
+        .publish_multiple(&nsq_topic(t), bodies)
+        .await
+        .unwrap();
     acked(&mut producer).await;
     let m = next(&mut consumer, SOON).await;
     assert_eq!(text(&m), "small");
@@ -333,7 +339,9 @@ async fn sample_rate_delivers_a_share_and_finishes_the_rest() {
     let mut sampled = NSQConsumerConfig::new(nsq_topic("sampled"), NSQChannel::new("c").unwrap())
         .set_max_in_flight(100)
         .set_sample_rate(tokio_nsq::NSQSampleRate::new(30).unwrap())
-        .set_sources(NSQConsumerConfigSources::Daemons(vec![broker.nsq.to_string()]))
+        .set_sources(NSQConsumerConfigSources::Daemons(vec![broker
+            .nsq
+            .to_string()]))
         .build();
     let mut producer = producer(broker.nsq, NSQConfigShared::new()).await;
     let bodies: Vec<Vec<u8>> = (0..400).map(|i| format!("{i}").into_bytes()).collect();
@@ -348,6 +356,9 @@ async fn sample_rate_delivers_a_share_and_finishes_the_rest() {
         m.finish().await;
     }
     // About 31% (nsqd keeps a draw of 0..=30 out of 0..100); the rest is skipped, not kept.
-    assert!((60..=200).contains(&delivered), "{delivered} of 400 delivered");
+    assert!(
+        (60..=200).contains(&delivered),
+        "{delivered} of 400 delivered"
+    );
     drained(broker.broker(), "sampled", 400).await;
 }

@@ -36,13 +36,13 @@ pub enum CodecError {
 /// A connection's compression, once negotiated.
 #[derive(Debug)]
 pub enum Codec {
-    Snappy(Snappy),
+    Snappy(Box<Snappy>),
     Deflate(Deflate),
 }
 
 impl Codec {
     pub fn snappy() -> Codec {
-        Codec::Snappy(Snappy::default())
+        Codec::Snappy(Box::default())
     }
 
     pub fn deflate(level: u32) -> Codec {
@@ -274,7 +274,9 @@ mod tests {
     }
 
     fn sample() -> Vec<u8> {
-        (0..200_000u32).map(|i| (i % 251) as u8 ^ (i / 997) as u8).collect()
+        (0..200_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 997) as u8)
+            .collect()
     }
 
     #[test]

@@ -114,9 +114,8 @@ pub fn identify(
     config: &NsqConfig,
     offer: Offer,
 ) -> Result<Identified, NsqError> {
-    let data: Body = serde_json::from_slice(body).map_err(|_| {
-        NsqError::fatal("E_BAD_BODY", "IDENTIFY failed to decode JSON body")
-    })?;
+    let data: Body = serde_json::from_slice(body)
+        .map_err(|_| NsqError::fatal("E_BAD_BODY", "IDENTIFY failed to decode JSON body"))?;
     let settings = apply(&data, current, config)
         .map_err(|why| NsqError::fatal("E_BAD_BODY", format!("IDENTIFY {why}")))?;
     if !data.feature_negotiation.unwrap_or(false) {
@@ -154,9 +153,8 @@ pub fn identify(
         output_buffer_size: settings.output_buffer_size,
         output_buffer_timeout: settings.output_buffer_timeout.as_millis() as u64,
     };
-    let reply = serde_json::to_vec(&reply).map_err(|e| {
-        NsqError::fatal("E_IDENTIFY_FAILED", format!("IDENTIFY failed {e}"))
-    })?;
+    let reply = serde_json::to_vec(&reply)
+        .map_err(|e| NsqError::fatal("E_IDENTIFY_FAILED", format!("IDENTIFY failed {e}")))?;
     Ok(Identified {
         settings,
         reply,
@@ -170,7 +168,11 @@ pub fn identify(
 
 /// `clientV2.Identify`: each setting in turn, 0 keeping the default and -1 turning it off
 /// where that is allowed.
-fn apply(data: &Body, current: &ClientSettings, config: &NsqConfig) -> Result<ClientSettings, String> {
+fn apply(
+    data: &Body,
+    current: &ClientSettings,
+    config: &NsqConfig,
+) -> Result<ClientSettings, String> {
     let ms = |d: Duration| d.as_millis() as i64;
     let mut s = current.clone();
     s.client_id = data
@@ -244,7 +246,12 @@ mod tests {
 
     fn run(json: &str) -> Result<Identified, NsqError> {
         let config = NsqConfig::default();
-        identify(json.as_bytes(), &ClientSettings::new(&config), &config, offer())
+        identify(
+            json.as_bytes(),
+            &ClientSettings::new(&config),
+            &config,
+            offer(),
+        )
     }
 
     #[test]
@@ -292,13 +299,34 @@ mod tests {
     #[test]
     fn bad_settings_are_refused_with_nsqd_texts() {
         let cases = [
-            (r#"{"heartbeat_interval":999}"#, "E_BAD_BODY IDENTIFY heartbeat interval (999) is invalid"),
-            (r#"{"heartbeat_interval":60001}"#, "E_BAD_BODY IDENTIFY heartbeat interval (60001) is invalid"),
-            (r#"{"output_buffer_size":63}"#, "E_BAD_BODY IDENTIFY output buffer size (63) is invalid"),
-            (r#"{"output_buffer_timeout":1}"#, "E_BAD_BODY IDENTIFY output buffer timeout (1) is invalid"),
-            (r#"{"sample_rate":100}"#, "E_BAD_BODY IDENTIFY sample rate (100) is invalid"),
-            (r#"{"msg_timeout":10}"#, "E_BAD_BODY IDENTIFY msg timeout (10) is invalid"),
-            (r#"{"heartbeat_interval":"x"}"#, "E_BAD_BODY IDENTIFY failed to decode JSON body"),
+            (
+                r#"{"heartbeat_interval":999}"#,
+                "E_BAD_BODY IDENTIFY heartbeat interval (999) is invalid",
+            ),
+            (
+                r#"{"heartbeat_interval":60001}"#,
+                "E_BAD_BODY IDENTIFY heartbeat interval (60001) is invalid",
+            ),
+            (
+                r#"{"output_buffer_size":63}"#,
+                "E_BAD_BODY IDENTIFY output buffer size (63) is invalid",
+            ),
+            (
+                r#"{"output_buffer_timeout":1}"#,
+                "E_BAD_BODY IDENTIFY output buffer timeout (1) is invalid",
+            ),
+            (
+                r#"{"sample_rate":100}"#,
+                "E_BAD_BODY IDENTIFY sample rate (100) is invalid",
+            ),
+            (
+                r#"{"msg_timeout":10}"#,
+                "E_BAD_BODY IDENTIFY msg timeout (10) is invalid",
+            ),
+            (
+                r#"{"heartbeat_interval":"x"}"#,
+                "E_BAD_BODY IDENTIFY failed to decode JSON body",
+            ),
             ("nope", "E_BAD_BODY IDENTIFY failed to decode JSON body"),
         ];
         for (json, expected) in cases {

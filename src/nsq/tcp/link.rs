@@ -130,7 +130,10 @@ impl Link {
     }
 
     /// The in-band TLS upgrade, after the IDENTIFY reply went out in the clear.
-    pub async fn upgrade_tls(&mut self, config: Arc<rustls::ServerConfig>) -> Result<(), LinkError> {
+    pub async fn upgrade_tls(
+        &mut self,
+        config: Arc<rustls::ServerConfig>,
+    ) -> Result<(), LinkError> {
         if !self.input.is_empty() {
             return Err(LinkError::EarlyData(self.input.len()));
         }
@@ -176,7 +179,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),

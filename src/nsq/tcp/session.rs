@@ -252,9 +252,16 @@ impl Session {
                 let delay = Duration::from_millis(delay_ms).min(max);
                 self.settle("REQ", "E_REQ_FAILED", id, |sub, id| sub.req(id, delay));
             }
-            Command::Touch(id) => self.settle("TOUCH", "E_TOUCH_FAILED", id, |sub, id| sub.touch(id)),
+            Command::Touch(id) => {
+                self.settle("TOUCH", "E_TOUCH_FAILED", id, |sub, id| sub.touch(id))
+            }
             Command::Pub { topic, body } => {
-                self.publish(PubOp::Pub, &topic, vec![NewMessage::new(body)], Duration::ZERO)?;
+                self.publish(
+                    PubOp::Pub,
+                    &topic,
+                    vec![NewMessage::new(body)],
+                    Duration::ZERO,
+                )?;
             }
             Command::Mpub { topic, bodies } => {
                 let messages = bodies.into_iter().map(NewMessage::new).collect();
@@ -472,7 +479,8 @@ impl Session {
         match &stop {
             Stop::Fatal(e) => {
                 tracing::debug!(remote = %self.remote, error = %e, "NSQ connection closed on a fatal error");
-                self.replies.push_back(Pending::Ready(Reply::Error(e.clone())));
+                self.replies
+                    .push_back(Pending::Ready(Reply::Error(e.clone())));
             }
             Stop::Link(e) => {
                 tracing::debug!(remote = %self.remote, error = %e, "NSQ connection failed");

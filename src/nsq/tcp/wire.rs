@@ -129,7 +129,10 @@ impl NsqId {
     /// The offset this id names, if it is one this broker handed out.
     pub fn offset(&self) -> Option<u64> {
         let text = std::str::from_utf8(&self.0).ok()?;
-        if !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return None;
         }
         u64::from_str_radix(text, 16).ok()
@@ -337,7 +340,12 @@ fn sub(params: &Params<'_>) -> Result<Command, NsqError> {
         return Err(insufficient("SUB", "parameters"));
     }
     let topic = name(params.get(1), "SUB topic", "E_BAD_TOPIC", TopicName::new)?;
-    let channel = name(params.get(2), "SUB channel", "E_BAD_CHANNEL", ChannelName::new)?;
+    let channel = name(
+        params.get(2),
+        "SUB channel",
+        "E_BAD_CHANNEL",
+        ChannelName::new,
+    )?;
     Ok(Command::Sub { topic, channel })
 }
 
@@ -463,7 +471,10 @@ fn take_body(buf: &mut BytesMut, at: usize, len: usize) -> Option<(Bytes, usize)
 pub fn split_mpub(mut body: Bytes, limits: &Limits) -> Result<Vec<Bytes>, NsqError> {
     let bad = |code, text: String| NsqError::fatal(code, text);
     let Some(count) = read_len(&body, 0) else {
-        return Err(bad("E_BAD_BODY", "MPUB failed to read message count".into()));
+        return Err(bad(
+            "E_BAD_BODY",
+            "MPUB failed to read message count".into(),
+        ));
     };
     // 4 bytes of count, then at least 5 per message (size and one byte).
     let max_messages = (limits.max_body_size as i64 - 4) / 5;
@@ -508,7 +519,10 @@ pub fn split_mpub(mut body: Bytes, limits: &Limits) -> Result<Vec<Bytes>, NsqErr
         // nsqd would read the surplus as the next command; here it is refused.
         return Err(bad(
             "E_BAD_BODY",
-            format!("MPUB body has {} bytes after its {count} messages", body.len()),
+            format!(
+                "MPUB body has {} bytes after its {count} messages",
+                body.len()
+            ),
         ));
     }
     Ok(bodies)

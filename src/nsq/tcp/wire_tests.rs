@@ -37,7 +37,12 @@ fn commands_wait_for_the_whole_body_then_consume_exactly_it() {
     for (i, byte) in bytes.iter().enumerate() {
         buf.extend_from_slice(&[*byte]);
         let decoded = decode(&mut buf, &LIMITS, open).unwrap();
-        assert_eq!(decoded.is_some(), i == bytes.len() - 1, "after {} bytes", i + 1);
+        assert_eq!(
+            decoded.is_some(),
+            i == bytes.len() - 1,
+            "after {} bytes",
+            i + 1
+        );
     }
     assert!(buf.is_empty());
     buf.extend_from_slice(b"NOP\r\nFIN 0000000000000001\n");
@@ -113,17 +118,38 @@ fn malformed_commands_get_nsqd_errors() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"WAT\n".to_vec(), "E_INVALID invalid command WAT"),
         (b"\n".to_vec(), "E_INVALID invalid command "),
-        (b"SUB t\n".to_vec(), "E_INVALID SUB insufficient number of parameters"),
-        (b"SUB b@d c\n".to_vec(), "E_BAD_TOPIC SUB topic name \"b@d\" is not valid"),
-        (b"SUB t b@d\n".to_vec(), "E_BAD_CHANNEL SUB channel name \"b@d\" is not valid"),
-        (b"PUB\n".to_vec(), "E_INVALID PUB insufficient number of parameters"),
-        (b"PUB b\x01d\n".to_vec(), "E_BAD_TOPIC PUB topic name \"b\\x01d\" is not valid"),
+        (
+            b"SUB t\n".to_vec(),
+            "E_INVALID SUB insufficient number of parameters",
+        ),
+        (
+            b"SUB b@d c\n".to_vec(),
+            "E_BAD_TOPIC SUB topic name \"b@d\" is not valid",
+        ),
+        (
+            b"SUB t b@d\n".to_vec(),
+            "E_BAD_CHANNEL SUB channel name \"b@d\" is not valid",
+        ),
+        (
+            b"PUB\n".to_vec(),
+            "E_INVALID PUB insufficient number of parameters",
+        ),
+        (
+            b"PUB b\x01d\n".to_vec(),
+            "E_BAD_TOPIC PUB topic name \"b\\x01d\" is not valid",
+        ),
         (
             b"MPUB t!\n".to_vec(),
             "E_BAD_TOPIC E_BAD_TOPIC MPUB topic name \"t!\" is not valid",
         ),
-        (too_big, "E_BAD_MESSAGE PUB message too big 1048577 > 1048576"),
-        (with_body("PUB t\n", b""), "E_BAD_MESSAGE PUB invalid message body size 0"),
+        (
+            too_big,
+            "E_BAD_MESSAGE PUB message too big 1048577 > 1048576",
+        ),
+        (
+            with_body("PUB t\n", b""),
+            "E_BAD_MESSAGE PUB invalid message body size 0",
+        ),
         (negative, "E_BAD_BODY MPUB invalid body size -1"),
         (
             with_body("MPUB t\n", &mpub_body(&[b"a"])[..8]),
@@ -142,9 +168,15 @@ fn malformed_commands_get_nsqd_errors() {
             "E_BAD_BODY MPUB invalid message count 0",
         ),
         (b"RDY x\n".to_vec(), "E_INVALID RDY could not parse count x"),
-        (b"FIN\n".to_vec(), "E_INVALID FIN insufficient number of params"),
+        (
+            b"FIN\n".to_vec(),
+            "E_INVALID FIN insufficient number of params",
+        ),
         (b"FIN 123\n".to_vec(), "E_INVALID invalid message ID"),
-        (b"REQ 0000000000000001\n".to_vec(), "E_INVALID REQ insufficient number of params"),
+        (
+            b"REQ 0000000000000001\n".to_vec(),
+            "E_INVALID REQ insufficient number of params",
+        ),
         (
             b"REQ 0000000000000001 -5\n".to_vec(),
             "E_INVALID REQ could not parse timeout -5",
@@ -153,7 +185,10 @@ fn malformed_commands_get_nsqd_errors() {
             b"DPUB t 3600001\n".to_vec(),
             "E_INVALID DPUB timeout 3600001 out of range 0-3600000",
         ),
-        (b"AUTH x\n".to_vec(), "E_INVALID AUTH invalid number of parameters"),
+        (
+            b"AUTH x\n".to_vec(),
+            "E_INVALID AUTH invalid number of parameters",
+        ),
         (
             with_body("IDENTIFY\n", &vec![b' '; 5 << 20 | 1]),
             "E_BAD_BODY IDENTIFY body too big 5242881 > 5242880",
@@ -161,7 +196,12 @@ fn malformed_commands_get_nsqd_errors() {
     ];
     for (bytes, expected) in cases {
         let err = decode_all(&bytes).unwrap_err();
-        assert_eq!(err.to_string(), expected, "{:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(40)]));
+        assert_eq!(
+            err.to_string(),
+            expected,
+            "{:?}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+        );
         assert!(err.fatal);
     }
 }
@@ -171,7 +211,10 @@ fn body_sizes_are_refused_before_the_body_arrives() {
     let mut buf = BytesMut::from(&b"MPUB t\n"[..]);
     buf.extend_from_slice(&(6u32 << 20).to_be_bytes());
     let err = decode(&mut buf, &LIMITS, open).unwrap_err();
-    assert_eq!(err.to_string(), "E_BAD_BODY MPUB body too big 6291456 > 5242880");
+    assert_eq!(
+        err.to_string(),
+        "E_BAD_BODY MPUB body too big 6291456 > 5242880"
+    );
 }
 
 #[test]
@@ -200,7 +243,11 @@ fn ids_are_sixteen_hex_digits_of_the_offset() {
     }
     assert_eq!(NsqId::from_offset(255).to_string(), "00000000000000ff");
     assert_eq!(NsqId(*b"000000000000000G").offset(), None);
-    assert_eq!(NsqId(*b"00000000000000FF").offset(), None, "nsqd ids are lowercase");
+    assert_eq!(
+        NsqId(*b"00000000000000FF").offset(),
+        None,
+        "nsqd ids are lowercase"
+    );
 }
 
 #[test]
