@@ -339,8 +339,11 @@ impl Plan {
         if args.consumers > 0 && args.rdy == 0 {
             return invalid("rdy", "must be at least 1".into());
         }
-        if args.nsq && (args.rate.is_some() || !args.headers.is_empty()) {
-            return invalid("nsq", "--rate and --header are for QUIC only".into());
+        if args.nsq && !args.headers.is_empty() {
+            return invalid(
+                "nsq",
+                "NSQ messages have no headers; --header is for QUIC".into(),
+            );
         }
         if args.count == Some(0) {
             return invalid("count", "must be at least 1".into());

@@ -96,7 +96,9 @@ pub(super) async fn load(
             size: args.size,
             batch: args.batch,
             quota,
+            start,
             deadline,
+            batch_period: plan.batch_period,
             pipeline: args.pipeline,
         };
         publishing.spawn(produce(stream, lane, shared.clone()));
@@ -167,8 +169,20 @@ struct Lane {
     size: usize,
     batch: usize,
     quota: u64,
+    start: Instant,
     deadline: Option<Instant>,
+    /// Seconds between this producer's batches, with `--rate`.
+    batch_period: Option<f64>,
     pipeline: usize,
+}
+
+impl Lane {
+    /// When the batch starting at message `sent` is due, with `--rate`.
+    fn due(&self, sent: u64) -> Option<Instant> {
+        let period = self.batch_period?;
+        let batches = sent / self.batch as u64;
+        Some(self.start + Duration::from_secs_f64(period * batches as f64))
+    }
 }
 
 /// One producer connection: up to `pipeline` MPUBs in flight, answered in order.
@@ -183,8 +197,17 @@ async fn produce(mut stream: TcpStream, lane: Lane, shared: Arc<Shared>) {
     let mut out = BytesMut::new();
     let mut input = BytesMut::with_capacity(64 * 1024);
     loop {
-        let past_deadline = lane.deadline.is_some_and(|d| Instant::now() >= d);
+        let now = Instant::now();
+        let past_deadline = lane.deadline.is_some_and(|d| now >= d);
+        let mut due = None;
         while waiting.len() < lane.pipeline && sent < lane.quota && !past_deadline {
+            if let Some(at) = lane.due(sent).filter(|&at| at > Instant::now()) {
+                // Paced: a batch due before the deadline is still sent.
+                if lane.deadline.is_none_or(|d| at < d) {
+                    due = Some(at);
+                }
+                break;
+            }
             let n = (lane.batch as u64).min(lane.quota - sent);
             let now_ns = wall_ns();
             let body_len = 4 + n as usize * (4 + lane.size);
@@ -207,9 +230,19 @@ async fn produce(mut stream: TcpStream, lane: Lane, shared: Arc<Shared>) {
             out.clear();
         }
         if waiting.is_empty() {
-            return;
+            match due {
+                Some(at) => {
+                    tokio::time::sleep_until(at).await;
+                    continue;
+                }
+                None => return,
+            }
         }
-        match stream.read_buf(&mut input).await {
+        let read = tokio::select! {
+            read = stream.read_buf(&mut input) => read,
+            _ = sleep_until(due) => continue,
+        };
+        match read {
             Ok(0) => {
                 return lost(
                     &lane,
@@ -239,6 +272,13 @@ async fn produce(mut stream: TcpStream, lane: Lane, shared: Arc<Shared>) {
                 tracing::warn!(producer = lane.index, error = %String::from_utf8_lossy(&data), "MPUB failed");
             }
         }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
