@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio_nsq::NSQConfigShared;
 
 use super::nsq_tcp::{consumer, next, producer, publish, silence, NsqBroker};
-use super::support::{body, next_message, subscribe, topic, SOON};
+use super::support::{body, eventually, next_message, subscribe, topic, SOON};
 
 #[tokio::test]
 async fn quic_publisher_and_nsq_consumer_share_a_channel() {
@@ -41,31 +41,49 @@ async fn nsq_publisher_and_quic_consumer_share_a_channel() {
 }
 
 #[tokio::test]
-async fn nsq_and_quic_consumers_of_one_channel_split_its_messages() {
+async fn nsq_and_quic_consumers_of_one_channel_get_each_message_once() {
     let broker = NsqBroker::start().await;
     let client = Client::connect(&broker.quic).await.unwrap();
     let mut quic = subscribe(&client, "split", "c", None).await;
-    quic.rdy(1).await.unwrap();
+    quic.rdy(5).await.unwrap();
     let mut nsq = consumer(broker.nsq, "split", "c", NSQConfigShared::new());
-    // Let the NSQ consumer subscribe and set its RDY before publishing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("both consumers to have credit", || {
+        broker.broker().stats(Some(&topic("split"))).is_ok_and(|s| {
+            let consumers = &s.topics[0].channels[0].consumers;
+            consumers.len() == 2 && consumers.iter().all(|c| c.rdy > 0)
+        })
+    })
+    .await;
     let mut producer = producer(broker.nsq, NSQConfigShared::new()).await;
-    for i in 0..20 {
-        publish(&mut producer, "split", &format!("{i}")).await;
-    }
+    let bodies: Vec<Vec<u8>> = (0..200).map(|i| i.to_string().into_bytes()).collect();
+    producer
+        .publish_multiple(&super::nsq_tcp::nsq_topic("split"), bodies)
+        .await
+        .unwrap();
+    super::nsq_tcp::acked(&mut producer).await;
     let mut seen = Vec::new();
-    // The QUIC consumer holds one message unfinished; the NSQ one takes the rest.
-    let held = next_message(&mut quic, SOON).await;
-    seen.push(body(&held));
-    for _ in 0..19 {
-        let m = next(&mut nsq, SOON).await;
-        seen.push(String::from_utf8(m.body.clone()).unwrap());
-        m.finish().await;
+    // Each branch waits longer than the loop may run, so the loop's bound is the one hit.
+    let until = tokio::time::Instant::now() + 2 * SOON;
+    while seen.len() < 200 {
+        tokio::select! {
+            d = next_message(&mut quic, 4 * SOON) => {
+                seen.push(body(&d).parse::<u32>().unwrap());
+                quic.fin(d.id).await.unwrap();
+            }
+            m = next(&mut nsq, 4 * SOON) => {
+                seen.push(String::from_utf8(m.body.clone()).unwrap().parse().unwrap());
+                m.finish().await;
+            }
+            _ = tokio::time::sleep_until(until) => panic!("only {} of 200 delivered", seen.len()),
+        }
     }
-    seen.sort_by_key(|s| s.parse::<u32>().unwrap());
-    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
-    assert_eq!(seen, expected, "each message once, to one of the two");
-    quic.fin(held.id).await.unwrap();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..200).collect::<Vec<u32>>(),
+        "each message once, to one of the two"
+    );
+    silence(&mut nsq, Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
