@@ -14,6 +14,7 @@ mod guests;
 mod nsq_tcp;
 mod nsq_tcp_quic;
 mod nsq_tcp_raw;
+mod nsq_tcp_tls;
 mod plugins;
 mod process;
 mod reload;

@@ -75,13 +75,13 @@ impl Raw {
         String::from_utf8(data).unwrap()
     }
 
-    /// The broker closed the connection (after any frames still in the way).
+    /// The broker closed the connection (after any frames still in the way), cleanly or
+    /// with a reset.
     async fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(
-            timeout(SOON, self.stream.read_to_end(&mut rest)).await,
-            Ok(Ok(_))
-        )
+        timeout(SOON, self.stream.read_to_end(&mut rest))
+            .await
+            .is_ok()
     }
 
     /// PUB answered with OK: the connection works.
@@ -432,4 +432,36 @@ async fn heartbeats_are_sent_and_a_silent_client_is_dropped_after_two() {
     let frame = timeout(SOON, own.read_frame()).await.unwrap().unwrap();
     assert_eq!(frame, (RESPONSE, b"_heartbeat_".to_vec()));
     assert!(asked.elapsed() >= Duration::from_millis(1400));
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let broker = NsqBroker::start_with(|c| c.limits.max_connections = 2).await;
+    let mut first = Raw::connect(broker.nsq).await;
+    let mut second = Raw::connect(broker.nsq).await;
+    first.publishes("t").await;
+    second.publishes("t").await;
+    let mut third = Raw::connect(broker.nsq).await;
+    assert!(
+        third.closed().await,
+        "the third connection is over the limit"
+    );
+    drop(first);
+    // The slot comes back once the first connection's task has ended.
+    let mut replaced = None;
+    for _ in 0..50 {
+        let mut conn = Raw::connect(broker.nsq).await;
+        conn.send(&with_body("PUB t\n", b"x")).await;
+        if let Ok(Some(frame)) = timeout(Duration::from_millis(500), conn.read_frame()).await {
+            assert_eq!(frame, (RESPONSE, b"OK".to_vec()));
+            replaced = Some(conn);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        replaced.is_some(),
+        "a new connection is accepted once one closed"
+    );
+    second.publishes("t").await;
 }
