@@ -144,10 +144,18 @@ impl Server {
         let nsq_tcp_addr = nsq_tcp.as_ref().map(|(_, addr)| *addr);
         let nsq_http_addr = nsq_http.as_ref().map(|(_, addr)| *addr);
         if let Some((listener, _)) = nsq_tcp {
+            let options = crate::nsq::tcp::TcpOptions {
+                config: config.nsq.clone(),
+                tls: Some(tls::tcp_server_config(
+                    &identity,
+                    config.tls.client_ca.as_deref(),
+                )?),
+                max_connections: config.limits.max_connections,
+            };
             tasks.spawn(crate::nsq::tcp::serve(
                 listener,
                 broker.clone(),
-                config.nsq.clone(),
+                options,
                 tasks.clone(),
             ));
         }

@@ -66,6 +66,8 @@ pub(super) struct ChildBroker {
     child: Child,
     pid: Option<u32>,
     addr: SocketAddr,
+    /// The NSQ TCP listener's address, if it printed one.
+    nsq: Option<SocketAddr>,
     cert: PathBuf,
     _data_dir: TempDir,
 }
@@ -113,7 +115,7 @@ impl ChildBroker {
         let mut lines = BufReader::new(stdout).lines();
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let (mut addr, mut cert) = (None, None);
+        let (mut addr, mut cert, mut nsq) = (None, None, None);
         let mut why = None;
         while addr.is_none() || cert.is_none() {
             let until = match addr {
@@ -132,6 +134,8 @@ impl ChildBroker {
                                     .ok()
                             })
                             .map(|a: SocketAddr| (a, Instant::now()));
+                    } else if nsq.is_none() && first == "NSQ" && words.next() == Some("TCP") {
+                        nsq = words.next().and_then(|w| w.parse().ok());
                     } else if cert.is_none() && first == "cert" {
                         let rest = line.trim_start();
                         let path =
@@ -187,6 +191,7 @@ impl ChildBroker {
             child,
             pid,
             addr,
+            nsq,
             cert,
             _data_dir: data_dir,
         })
@@ -194,6 +199,10 @@ impl ChildBroker {
 
     pub(super) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub(super) fn nsq_addr(&self) -> Option<SocketAddr> {
+        self.nsq
     }
 
     pub(super) fn cert_path(&self) -> &Path {

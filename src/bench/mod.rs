@@ -12,6 +12,7 @@
 
 mod child;
 mod consumer;
+mod nsq;
 mod producer;
 mod report;
 
@@ -112,6 +113,10 @@ pub struct BenchArgs {
     /// A header every message carries, as NAME=VALUE; repeatable. For benchmarking filters.
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
+    /// Load the broker through its NSQ TCP listener (MPUB, SUB, RDY, FIN) instead of QUIC.
+    /// With --addr, that is the NSQ TCP address.
+    #[arg(long)]
+    pub nsq: bool,
 }
 
 impl Default for BenchArgs {
@@ -139,6 +144,7 @@ impl Default for BenchArgs {
             fsync: None,
             rules: None,
             headers: Vec::new(),
+            nsq: false,
         }
     }
 }
@@ -201,6 +207,13 @@ pub enum BenchError {
     },
     #[error("a bench task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("NSQ {role} {index}")]
+    Nsq {
+        role: &'static str,
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Counters shared by every producer, consumer and the coordinator.
@@ -226,8 +239,9 @@ struct Shared {
 pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     let plan = Plan::new(&args)?;
     let mut broker = None;
-    let (addr, trust) = match args.addr {
-        Some(addr) => (addr, external_trust(&args, addr)?),
+    let target = match args.addr {
+        Some(addr) if args.nsq => Target::Nsq(addr),
+        Some(addr) => Target::Quic(addr, external_trust(&args, addr)?),
         None => {
             let exe = match &args.broker_exe {
                 Some(exe) => exe.clone(),
@@ -241,19 +255,39 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
                 extra.extend(["--rules".to_string(), rules.display().to_string()]);
             }
             let child = child::ChildBroker::start(&exe, &extra).await?;
-            let found = (child.addr(), Trust::CaFile(child.cert_path().to_owned()));
+            let target = match (args.nsq, child.nsq_addr()) {
+                (false, _) => {
+                    Target::Quic(child.addr(), Trust::CaFile(child.cert_path().to_owned()))
+                }
+                (true, Some(addr)) => Target::Nsq(addr),
+                (true, None) => {
+                    return Err(BenchError::BrokerStartup {
+                        why: "it printed no `NSQ TCP <address>` line".into(),
+                        stderr: String::new(),
+                    })
+                }
+            };
             broker = Some(child);
-            found
+            target
         }
     };
-    let options = ClientOptions::new(addr, trust);
-    let result = load(&args, &plan, &options).await;
+    let result = match target {
+        Target::Quic(addr, trust) => load(&args, &plan, &ClientOptions::new(addr, trust)).await,
+        Target::Nsq(addr) => nsq::load(&args, &plan, addr).await,
+    };
     let peak_rss = broker.as_ref().and_then(|b| b.peak_rss_bytes());
     if let Some(broker) = broker {
         broker.stop().await;
     }
     let outcome = result?;
     Ok(BenchReport::new(&args, outcome, peak_rss))
+}
+
+/// Where the load goes.
+#[derive(Debug)]
+enum Target {
+    Quic(SocketAddr, Trust),
+    Nsq(SocketAddr),
 }
 
 /// Validated arguments.
@@ -304,6 +338,12 @@ impl Plan {
         }
         if args.consumers > 0 && args.rdy == 0 {
             return invalid("rdy", "must be at least 1".into());
+        }
+        if args.nsq && !args.headers.is_empty() {
+            return invalid(
+                "nsq",
+                "NSQ messages have no headers; --header is for QUIC".into(),
+            );
         }
         if args.count == Some(0) {
             return invalid("count", "must be at least 1".into());

@@ -16,6 +16,8 @@ pub struct LatencyUs {
 /// What a bench run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// `quic`, or `nsq` for the NSQ TCP listener.
+    pub protocol: &'static str,
     pub producers: usize,
     pub consumers: usize,
     /// Message body bytes.
@@ -65,6 +67,7 @@ impl BenchReport {
         let latency_us = summary(&outcome.latency);
         let publish_latency_us = summary(&outcome.publish_latency);
         BenchReport {
+            protocol: if args.nsq { "nsq" } else { "quic" },
             producers: args.producers,
             consumers: args.consumers,
             size: args.size,
@@ -85,7 +88,8 @@ impl BenchReport {
     /// The summary as text, one fact per line.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "quiver bench: {} producer{}, {} consumer{}, {}-byte messages, {}, rdy {}\n",
+            "quiver bench ({}): {} producer{}, {} consumer{}, {}-byte messages, {}, rdy {}\n",
+            self.protocol,
             self.producers,
             plural(self.producers),
             self.consumers,

@@ -201,6 +201,28 @@ pub fn server_config(
     Ok(config)
 }
 
+/// Server-side TLS for the NSQ TCP listener's in-band upgrade (`tls_v1`): the broker's own
+/// certificate, TLS 1.2 or 1.3 (NSQ clients predate 1.3), no ALPN, and the same optional
+/// client-certificate check as QUIC.
+pub fn tcp_server_config(
+    identity: &ServerIdentity,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        Some(path) => {
+            let roots = Arc::new(root_store(path)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let tls = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    Ok(Arc::new(tls))
+}
+
 /// Client-side QUIC config for the given trust, with an optional client
 /// certificate `(cert path, key path)` for mTLS.
 pub fn client_config(
