@@ -137,28 +137,15 @@ pub(super) async fn load(
         let _ = latency.add(&finished.latency);
         consume_end = consume_end.max(finished.last_message);
     }
-    let consumed = shared.consumed.load(Ordering::Acquire);
-    let consume_end = consume_end.unwrap_or(publish_end);
-    let secs = |end: Instant| end.saturating_duration_since(start).as_secs_f64();
-    Ok(Outcome {
+    Ok(Outcome::of(
+        args,
+        &shared,
         published,
-        consumed,
-        publish_errors: shared.publish_errors.load(Ordering::Acquire),
-        shortfall: if args.consumers > 0 {
-            published.saturating_sub(consumed)
-        } else {
-            0
-        },
-        publish_secs: secs(publish_end),
-        consume_secs: secs(consume_end),
-        elapsed_secs: secs(publish_end.max(consume_end)),
+        start,
+        publish_end,
+        consume_end,
         latency,
-        publish_latency: shared
-            .publish_latency
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_else(|e| e.into_inner().clone()),
-    })
+    ))
 }
 
 /// What one producer publishes.
