@@ -163,6 +163,7 @@ impl Server {
             tasks.spawn(crate::nsq::http::serve(
                 listener,
                 broker.clone(),
+                config.nsq.clone(),
                 nsq_tcp_addr,
             ));
         }

@@ -40,7 +40,7 @@ mod text;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -49,19 +49,13 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
+use crate::config::NsqConfig;
 use reply::{NsqError, Reply};
 
 /// The nsqd version whose API this module speaks. Version fields read
 /// `1.3.0+quiver.<version>`: semver build metadata, so tools that compare versions (nsqadmin
 /// picks endpoints by version) treat Quiver as nsqd 1.3.0.
 const NSQD_VERSION: &str = "1.3.0";
-
-/// nsqd's defaults for the client limits `/info` reports (`--max-heartbeat-interval`,
-/// `--max-output-buffer-size`, `--max-output-buffer-timeout`, `--max-deflate-level`).
-const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
-const MAX_OUTPUT_BUFFER_SIZE: u64 = 64 << 10;
-const MAX_OUTPUT_BUFFER_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_DEFLATE_LEVEL: u32 = 6;
 
 /// What the handlers share: the broker and facts about this node.
 #[derive(Debug, Clone)]
@@ -78,35 +72,58 @@ pub(crate) struct Node {
     http_port: i32,
     tcp_port: i32,
     started: SystemTime,
+    /// The `[nsq]` limits: `/info` reports the client ones, `/pub` and `/mpub` apply the
+    /// message and body sizes, as nsqd's `--max-msg-size` and `--max-body-size`.
+    limits: NsqConfig,
 }
 
 impl Node {
-    /// This node, serving HTTP on `http` and NSQ TCP on `tcp`, starting now.
-    pub(crate) fn new(http: Option<SocketAddr>, tcp: Option<SocketAddr>) -> Node {
+    /// This node, serving HTTP on `http` and NSQ TCP on `tcp` with `limits`, starting now.
+    pub(crate) fn new(
+        http: Option<SocketAddr>,
+        tcp: Option<SocketAddr>,
+        limits: NsqConfig,
+    ) -> Node {
         let port = |addr: Option<SocketAddr>| addr.map_or(-1, |a| i32::from(a.port()));
         Node {
             hostname: hostname(),
             http_port: port(http),
             tcp_port: port(tcp),
             started: SystemTime::now(),
+            limits,
         }
     }
 
     fn start_time(&self) -> i64 {
         unix_secs(self.started)
     }
+
+    /// The largest message body accepted.
+    pub(crate) fn max_msg_size(&self) -> usize {
+        usize::try_from(self.limits.max_msg_size).unwrap_or(usize::MAX)
+    }
+
+    /// The largest `/mpub` body accepted.
+    pub(crate) fn max_body_size(&self) -> usize {
+        usize::try_from(self.limits.max_body_size).unwrap_or(usize::MAX)
+    }
 }
 
 /// Serves the nsqd HTTP API on `listener` until [`Broker::shutting_down`] fires, then stops
 /// accepting and returns once the open requests are answered. `tcp` is the NSQ TCP
-/// listener's address, which `/info` reports (nsqd's `tcp_port`).
-pub async fn serve(listener: TcpListener, broker: Broker, tcp: Option<SocketAddr>) {
+/// listener's address, which `/info` reports (nsqd's `tcp_port`); `config` holds the limits.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    config: NsqConfig,
+    tcp: Option<SocketAddr>,
+) {
     let addr = listener.local_addr().ok();
     if let Some(addr) = addr {
         tracing::debug!(%addr, "nsqd HTTP API listening");
     }
     let stop = broker.clone();
-    let app = router(broker, Node::new(addr, tcp));
+    let app = router(broker, Node::new(addr, tcp, config));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.shutting_down().await })
         .await;
@@ -184,10 +201,10 @@ async fn info(State(state): State<NsqHttp>) -> Result<Reply, NsqError> {
         http_port: node.http_port,
         tcp_port: node.tcp_port,
         start_time: node.start_time(),
-        max_heartbeat_interval: MAX_HEARTBEAT_INTERVAL.as_nanos(),
-        max_output_buffer_size: MAX_OUTPUT_BUFFER_SIZE,
-        max_output_buffer_timeout: MAX_OUTPUT_BUFFER_TIMEOUT.as_nanos(),
-        max_deflate_level: MAX_DEFLATE_LEVEL,
+        max_heartbeat_interval: node.limits.max_heartbeat_interval.as_nanos(),
+        max_output_buffer_size: node.limits.max_output_buffer_size,
+        max_output_buffer_timeout: node.limits.max_output_buffer_timeout.as_nanos(),
+        max_deflate_level: node.limits.max_deflate_level,
     })
 }
 

@@ -12,10 +12,7 @@ use super::body::{declared_len, read_at_most};
 use super::params::Params;
 use super::reply::{NsqError, Reply};
 use super::NsqHttp;
-use crate::message::{NewMessage, MAX_BODY_LEN};
-
-/// Largest `/mpub` body: nsqd's default `--max-body-size`, as the NSQ TCP MPUB.
-pub(crate) const MAX_MPUB_LEN: usize = 5 << 20;
+use crate::message::NewMessage;
 
 const MSG_TOO_BIG: NsqError = NsqError::too_large("MSG_TOO_BIG");
 const BODY_TOO_BIG: NsqError = NsqError::too_large("BODY_TOO_BIG");
@@ -32,11 +29,12 @@ pub(super) async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Reply, NsqError> {
-    if declared_len(&headers).is_some_and(|len| len > MAX_BODY_LEN as u64) {
+    let max = state.node.max_msg_size();
+    if declared_len(&headers).is_some_and(|len| len > max as u64) {
         return Err(MSG_TOO_BIG);
     }
-    let body = read_at_most(body, MAX_BODY_LEN).await?;
-    if body.len() > MAX_BODY_LEN {
+    let body = read_at_most(body, max).await?;
+    if body.len() > max {
         return Err(MSG_TOO_BIG);
     }
     if body.is_empty() {
@@ -61,21 +59,22 @@ pub(super) async fn multi_publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Reply, NsqError> {
-    if declared_len(&headers).is_some_and(|len| len > MAX_MPUB_LEN as u64) {
+    let (max_msg, max_body) = (state.node.max_msg_size(), state.node.max_body_size());
+    if declared_len(&headers).is_some_and(|len| len > max_body as u64) {
         return Err(BODY_TOO_BIG);
     }
     let params = params?;
     let topic = params.topic("INVALID_TOPIC")?;
     // Absent is text; a value other than true/1/false/0 is binary (nsqd: deprecated).
     let binary = params.has("binary") && params.bool("binary").unwrap_or(true);
-    let body = read_at_most(body, MAX_MPUB_LEN).await?;
+    let body = read_at_most(body, max_body).await?;
     let bodies = if binary {
-        if body.len() > MAX_MPUB_LEN {
+        if body.len() > max_body {
             return Err(BODY_TOO_BIG);
         }
-        binary_messages(&body, MAX_BODY_LEN, MAX_MPUB_LEN)?
+        binary_messages(&body, max_msg, max_body)?
     } else {
-        text_messages(&body, MAX_BODY_LEN, MAX_MPUB_LEN)?
+        text_messages(&body, max_msg, max_body)?
     };
     if bodies.is_empty() {
         return Ok(Reply::ok());

@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{router, Node};
 use crate::broker::{Broker, BrokerConfig};
+use crate::config::NsqConfig;
 use crate::message::{ChannelName, TopicName, MAX_BODY_LEN};
 use crate::storage::MemoryStorage;
 
@@ -36,11 +37,15 @@ impl Response {
 }
 
 async fn start() -> (Broker, SocketAddr) {
+    start_with(NsqConfig::default()).await
+}
+
+async fn start_with(limits: NsqConfig) -> (Broker, SocketAddr) {
     let broker = Broker::new(BrokerConfig::default(), Arc::new(MemoryStorage));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tcp = SocketAddr::from(([127, 0, 0, 1], 4150));
-    let app = router(broker.clone(), Node::new(Some(addr), Some(tcp)));
+    let app = router(broker.clone(), Node::new(Some(addr), Some(tcp), limits));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (broker, addr)
 }
@@ -185,6 +190,26 @@ async fn publish_errors_are_nsqd_codes_in_nsqd_order() {
     lines.extend_from_slice(b"\nok");
     let response = post(addr, "/mpub?topic=t", &lines).await;
     assert_eq!(response.error(), (413, "MSG_TOO_BIG".into()));
+}
+
+#[tokio::test]
+async fn the_configured_limits_apply_and_info_reports_them() {
+    let limits = NsqConfig {
+        max_msg_size: 8,
+        max_body_size: 20,
+        max_deflate_level: 3,
+        ..NsqConfig::default()
+    };
+    let (_broker, addr) = start_with(limits).await;
+    assert_eq!(post(addr, "/pub?topic=t", b"12345678").await.status, 200);
+    assert_eq!(
+        post(addr, "/pub?topic=t", b"123456789").await.error(),
+        (413, "MSG_TOO_BIG".into())
+    );
+    let response = post(addr, "/mpub?topic=t", b"1234\n1234\n1234\n1234\n1234").await;
+    assert_eq!(response.error(), (413, "BODY_TOO_BIG".into()));
+    let info = request(addr, "GET", "/info", b"").await.json();
+    assert_eq!(info["max_deflate_level"], 3);
 }
 
 #[tokio::test]
