@@ -7,3 +7,8 @@
 
 pub mod http;
 pub mod tcp;
+
+/// The version both surfaces report (IDENTIFY's `version`, `/info`, `/stats`): the nsqd
+/// release they follow, with Quiver's version as semver build metadata, so that tools which
+/// compare versions (nsqadmin picks endpoints by version) treat Quiver as nsqd 1.3.0.
+pub const NSQD_VERSION: &str = concat!("1.3.0+quiver.", env!("CARGO_PKG_VERSION"));

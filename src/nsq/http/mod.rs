@@ -52,11 +52,6 @@ use crate::broker::Broker;
 use crate::config::NsqConfig;
 use reply::{NsqError, Reply};
 
-/// The nsqd version whose API this module speaks. Version fields read
-/// `1.3.0+quiver.<version>`: semver build metadata, so tools that compare versions (nsqadmin
-/// picks endpoints by version) treat Quiver as nsqd 1.3.0.
-const NSQD_VERSION: &str = "1.3.0";
-
 /// What the handlers share: the broker and facts about this node.
 #[derive(Debug, Clone)]
 pub(crate) struct NsqHttp {
@@ -208,9 +203,9 @@ async fn info(State(state): State<NsqHttp>) -> Result<Reply, NsqError> {
     })
 }
 
-/// The version the API reports: nsqd's, with Quiver's as build metadata.
+/// The version the API reports: [`NSQD_VERSION`](super::NSQD_VERSION).
 fn version() -> String {
-    format!("{NSQD_VERSION}+quiver.{}", env!("CARGO_PKG_VERSION"))
+    super::NSQD_VERSION.to_owned()
 }
 
 /// The machine's host name, as nsqd's default `--broadcast-address`.

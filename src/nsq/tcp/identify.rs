@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::wire::NsqError;
 use crate::config::NsqConfig;
 
-/// What nsqd reports as its version; clients may read it. Ours says which NSQ it matches.
-pub const VERSION: &str = concat!("1.3.0-quiver.", env!("CARGO_PKG_VERSION"));
+pub use crate::nsq::NSQD_VERSION as VERSION;
 
 /// One connection's settings: nsqd's defaults until IDENTIFY changes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
