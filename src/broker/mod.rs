@@ -13,12 +13,14 @@
 pub mod delivery;
 pub mod hooks;
 mod lookahead;
+mod published;
 mod stats;
 mod subscription;
 mod topic;
 
 pub use delivery::{ConsumerId, DeadReason, Now};
 pub use hooks::{Admission, Gate, Hooks, MessageRef, Router, Routing};
+pub use published::Published;
 pub use stats::{BrokerStats, ChannelStats, ConsumerStats, TopicStats};
 pub use subscription::Subscription;
 
@@ -712,37 +714,6 @@ async fn trim_periodically(broker: Broker) {
         }
         let topics: Vec<Arc<Topic>> = broker.topics().values().cloned().collect();
         topics.iter().for_each(|t| t.trim());
-    }
-}
-
-/// An appended publish, waiting to be confirmed.
-pub struct Published {
-    topic: TopicName,
-    range: Range<u64>,
-    /// Every append the publish made: to its topic, and to dead-letter and forward targets.
-    confirms: Vec<(TopicName, Durable)>,
-}
-
-impl std::fmt::Debug for Published {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Published")
-            .field("topic", &self.topic)
-            .field("range", &self.range)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Published {
-    /// Resolves with the offsets in the topic once the messages, and every copy the router
-    /// made of them, are as durable as the fsync policy promises. The range is empty when the
-    /// router kept none of them in the topic itself.
-    pub async fn confirmed(self) -> Result<Range<u64>, BrokerError> {
-        for (topic, durable) in self.confirms {
-            durable
-                .await
-                .map_err(|source| BrokerError::Storage { topic, source })?;
-        }
-        Ok(self.range)
     }
 }
 
