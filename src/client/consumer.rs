@@ -93,6 +93,8 @@ where
     let mut summary = ConsumerSummary::default();
     let dead_letter = DeadLetter::new(client.clone(), topic.dead_letter());
     let mut ended_by_broker = None;
+    // A message received when the stop came while it waited for a handler slot.
+    let mut unstarted = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -104,12 +106,12 @@ where
                         continue;
                     }
                     // Wait for a free handler slot, but not past a stop: the message is then
-                    // given back at once, like the others that were not started.
+                    // given back with the others that were not started, after CLS (so that
+                    // it is not delivered here again).
                     let permit = tokio::select! {
                         permit = permits.clone().acquire_owned() => permit,
                         _ = stop.cancelled() => {
-                            sub.req(d.id, Duration::ZERO).await?;
-                            summary.requeued += 1;
+                            unstarted = Some(d.id);
                             break;
                         }
                     };
@@ -136,6 +138,10 @@ where
         // Graceful close: stop deliveries, let running handlers settle their messages, and
         // give back anything that arrives meanwhile.
         sub.cls().await?;
+        if let Some(id) = unstarted {
+            sub.req(id, Duration::ZERO).await?;
+            summary.requeued += 1;
+        }
         loop {
             tokio::select! {
                 Some(done) = running.join_next() => summary.add(done.unwrap_or(Outcome::Requeued)),
