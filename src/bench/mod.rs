@@ -235,6 +235,47 @@ struct Shared {
     wake: Notify,
 }
 
+impl Shared {
+    /// After publishing `published` messages: waits until the consumers have them all, every
+    /// consumer stopped, or [`DRAIN_TIMEOUT`] passed since `publish_end` (then warns).
+    async fn drain(&self, published: u64, publish_end: Instant) {
+        self.target.store(published, Ordering::Release);
+        let drain_until = publish_end + DRAIN_TIMEOUT;
+        loop {
+            let consumed = self.consumed.load(Ordering::Acquire);
+            if consumed >= published || self.live_consumers.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(drain_until, self.wake.notified())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    missing = published - consumed,
+                    timeout = ?DRAIN_TIMEOUT,
+                    "consumers did not receive every published message in time"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for every consumer: their latencies together, and the last delivery any saw.
+async fn gather(
+    consumers: &mut JoinSet<consumer::Finished>,
+) -> Result<(hdrhistogram::Histogram<u64>, Option<Instant>), BenchError> {
+    let mut latency = consumer::new_histogram();
+    let mut consume_end = None::<Instant>;
+    while let Some(done) = consumers.join_next().await {
+        let finished = done?;
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = latency.add(&finished.latency);
+        consume_end = consume_end.max(finished.last_message);
+    }
+    Ok((latency, consume_end))
+}
+
 /// Runs the benchmark described by `args`.
 pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     let plan = Plan::new(&args)?;
@@ -515,35 +556,10 @@ async fn load(
 
     let published = shared.published.load(Ordering::Acquire);
     if args.consumers > 0 {
-        shared.target.store(published, Ordering::Release);
-        let drain_until = publish_end + DRAIN_TIMEOUT;
-        loop {
-            let consumed = shared.consumed.load(Ordering::Acquire);
-            if consumed >= published || shared.live_consumers.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            if tokio::time::timeout_at(drain_until, shared.wake.notified())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    missing = published - consumed,
-                    timeout = ?DRAIN_TIMEOUT,
-                    "consumers did not receive every published message in time"
-                );
-                break;
-            }
-        }
+        shared.drain(published, publish_end).await;
     }
     stop.cancel();
-    let mut latency = consumer::new_histogram();
-    let mut consume_end = None::<Instant>;
-    while let Some(done) = consumers.join_next().await {
-        let finished = done?;
-        // Both histograms have the same bounds, so adding cannot fail.
-        let _ = latency.add(&finished.latency);
-        consume_end = consume_end.max(finished.last_message);
-    }
+    let (latency, consume_end) = gather(&mut consumers).await?;
     for client in &consumer_clients {
         close(client).await;
     }

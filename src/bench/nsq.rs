@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::{new_histogram, Finished};
-use super::{wall_ns, BenchArgs, BenchError, Outcome, Plan, Shared, DRAIN_TIMEOUT, HEADER_LEN};
+use super::{wall_ns, BenchArgs, BenchError, Outcome, Plan, Shared, HEADER_LEN};
 
 const FRAME_RESPONSE: i32 = 0;
 const FRAME_ERROR: i32 = 1;
@@ -110,33 +110,10 @@ pub(super) async fn load(
 
     let published = shared.published.load(Ordering::Acquire);
     if args.consumers > 0 {
-        shared.target.store(published, Ordering::Release);
-        let drain_until = publish_end + DRAIN_TIMEOUT;
-        loop {
-            let consumed = shared.consumed.load(Ordering::Acquire);
-            if consumed >= published || shared.live_consumers.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            if tokio::time::timeout_at(drain_until, shared.wake.notified())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    missing = published - consumed,
-                    "NSQ consumers did not receive every message in time"
-                );
-                break;
-            }
-        }
+        shared.drain(published, publish_end).await;
     }
     stop.cancel();
-    let mut latency = new_histogram();
-    let mut consume_end = None::<Instant>;
-    while let Some(done) = consumers.join_next().await {
-        let finished = done?;
-        let _ = latency.add(&finished.latency);
-        consume_end = consume_end.max(finished.last_message);
-    }
+    let (latency, consume_end) = super::gather(&mut consumers).await?;
     Ok(Outcome::of(
         args,
         &shared,

@@ -3,24 +3,12 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::process::{ServeProcess, BIN};
+use crate::process::{ServeProcess, BIN, EPHEMERAL};
 
 /// `quiver serve` run from `dir` with its default data directory, on ephemeral ports.
 fn serve_in(dir: &Path) -> ServeProcess {
     let mut command = Command::new(BIN);
-    command
-        .args([
-            "serve",
-            "--quic",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--nsq-tcp",
-            "127.0.0.1:0",
-            "--nsq-http",
-            "127.0.0.1:0",
-        ])
-        .current_dir(dir);
+    command.arg("serve").args(EPHEMERAL).current_dir(dir);
     ServeProcess::spawn(command)
 }
 

@@ -498,17 +498,8 @@ async fn plugins_that_cannot_load_are_refused_with_their_reason() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_rules(dir.path(), &broken);
         let out = std::process::Command::new(crate::process::BIN)
-            .args([
-                "serve",
-                "--quic",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--nsq-tcp",
-                "127.0.0.1:0",
-                "--nsq-http",
-                "127.0.0.1:0",
-            ])
+            .arg("serve")
+            .args(crate::process::EPHEMERAL)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--rules")

@@ -12,6 +12,18 @@ use quiver::transport::tls::{parse_fingerprint, Trust};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_quiver");
 
+/// `quiver serve` flags putting every listener on an ephemeral loopback port.
+pub const EPHEMERAL: [&str; 8] = [
+    "--quic",
+    "127.0.0.1:0",
+    "--http",
+    "127.0.0.1:0",
+    "--nsq-tcp",
+    "127.0.0.1:0",
+    "--nsq-http",
+    "127.0.0.1:0",
+];
+
 pub struct ServeProcess {
     child: Child,
     pub quic: SocketAddr,
@@ -29,16 +41,7 @@ impl ServeProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServeProcess {
         let mut command = Command::new(BIN);
         command.arg("serve").arg("--data-dir").arg(data_dir);
-        command.args([
-            "--quic",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--nsq-tcp",
-            "127.0.0.1:0",
-            "--nsq-http",
-            "127.0.0.1:0",
-        ]);
+        command.args(EPHEMERAL);
         command.args(extra);
         Self::spawn(command)
     }
