@@ -45,6 +45,21 @@ enum Command {
     Plugin(quiver::authoring::PluginArgs),
     /// Send each message of a channel to HTTP endpoints (nsq_to_http over QUIC).
     ToHttp(ToHttpCommand),
+    /// Authentication helpers.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Make a new random token: prints the secret (give it to the client) and the
+    /// `[[auth.token]]` entry (its SHA-256, for the broker's config).
+    Token {
+        /// The identity the token authenticates as.
+        name: String,
+    },
+    /// Print the SHA-256 of a secret read from stdin, for `[[auth.token]] sha256`.
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,9 +122,13 @@ struct ServeArgs {
     /// Delete the oldest log segments while a topic's log is larger than this many bytes.
     #[arg(long)]
     max_bytes: Option<u64>,
-    /// Rules file binding plugins to topics and channels; reloaded on change and SIGHUP.
+    /// Rules file binding plugins to topics and channels, and granting permissions;
+    /// reloaded on change and SIGHUP.
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Serve non-loopback addresses without authentication (logged as a warning).
+    #[arg(long)]
+    allow_anonymous: bool,
 }
 
 /// How CLI clients find and trust the broker.
@@ -130,6 +149,9 @@ struct ConnectArgs {
     /// Name to verify in the broker's certificate.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// Authenticate with this token (or auth server secret) before anything else.
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Without --ca, --fingerprint or --insecure, trust <DATA_DIR>/tls/cert.pem: the dev
     /// certificate of a broker started in the same directory.
     #[arg(long, default_value = "quiver-data")]
@@ -198,6 +220,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Sub(args) => subscribe(args).await,
         Command::Stats(args) => stats(args).await,
         Command::ToHttp(args) => to_http(args).await,
+        Command::Auth(command) => auth(command),
         Command::Plugin(args) => Ok(quiver::authoring::run(args)?),
         Command::Bench(args) => {
             let json = args.json;
@@ -257,6 +280,33 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
         return Err(format!("{text:?} has an empty key"));
     }
     Ok((k.to_string(), v.to_string()))
+}
+
+fn auth(command: AuthCommand) -> Result<()> {
+    match command {
+        AuthCommand::Token { name } => {
+            if name.is_empty() || name.chars().any(char::is_whitespace) {
+                bail!("the token's name must be non-empty and hold no spaces");
+            }
+            let secret = quiver::auth::new_secret()?;
+            println!("# secret for {name} (clients: --token or QUIVER_TOKEN); shown once:");
+            println!("{secret}");
+            println!();
+            println!("# for the broker's config file:");
+            println!("[[auth.token]]");
+            println!("name = {name:?}");
+            println!("sha256 = {:?}", quiver::auth::hash_token(&secret));
+        }
+        AuthCommand::Hash => {
+            let mut secret = String::new();
+            std::io::stdin().read_line(&mut secret)?;
+            println!(
+                "{}",
+                quiver::auth::hash_token(secret.trim_end_matches(['\r', '\n']))
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -324,6 +374,9 @@ fn apply_overrides(config: &mut Config, args: ServeArgs) {
     }
     if let Some(max) = args.max_attempts {
         config.broker.max_attempts = max;
+    }
+    if args.allow_anonymous {
+        config.auth.allow_anonymous = true;
     }
     if args.rules.is_some() {
         config.rules_file = args.rules;
@@ -406,6 +459,7 @@ async fn connect(args: &ConnectArgs) -> Result<Client> {
     };
     let mut options = ClientOptions::new(args.addr, trust);
     options.server_name = args.server_name.clone();
+    options.token = args.token.clone();
     Client::connect(&options)
         .await
         .with_context(|| format!("connecting to {}", args.addr))

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::broker::{BrokerConfig, MIN_MSG_TIMEOUT};
 use crate::message::MAX_BODY_LEN;
 use crate::plugin::PluginLimits;
@@ -28,6 +29,8 @@ pub struct Config {
     pub nsq: NsqConfig,
     /// Limits for every plugin instance and where compiles are cached. Fixed at start.
     pub plugins: PluginsConfig,
+    /// How callers authenticate (`[auth]`). What they may do is granted in the rules file.
+    pub auth: AuthConfig,
     /// A rules file (see `rules::file`). Relative to the working directory.
     pub rules_file: Option<PathBuf>,
     /// Rules inline, with the rules file's tables under `[rules]`: `[[rules.topic]]`,
@@ -50,6 +53,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             nsq: NsqConfig::default(),
             plugins: PluginsConfig::default(),
+            auth: AuthConfig::default(),
             rules_file: None,
             rules: None,
             file: None,
@@ -387,6 +391,17 @@ pub enum ConfigError {
     },
     #[error("config field `{field}`: {why}")]
     Invalid { field: String, why: String },
+    #[error(
+        "refusing to serve {listener} on {addr} without authentication: anyone who can reach \
+         it could publish, consume and delete topics. Configure authentication ([[auth.token]] \
+         entries made with `quiver auth token NAME`, [auth] auth_http_address, or \
+         tls.client_ca) with [[grant]] tables in the rules file, listen on a loopback address, \
+         or set [auth] allow_anonymous = true (--allow-anonymous) to accept the risk"
+    )]
+    Insecure {
+        listener: &'static str,
+        addr: SocketAddr,
+    },
 }
 
 impl Config {
@@ -414,6 +429,29 @@ impl Config {
             (Some(_), Some(file)) => Some(RulesSource::Inline(file.clone())),
             _ => None,
         }
+    }
+
+    /// Whether callers authenticate: tokens, an auth server, or client certificates.
+    pub fn authenticates(&self) -> bool {
+        self.auth.is_configured(self.tls.client_ca.is_some())
+    }
+
+    /// The listeners bound to a non-loopback address while no authentication is
+    /// configured: anyone on the network could use them.
+    pub fn exposed_without_auth(&self) -> Vec<(&'static str, SocketAddr)> {
+        if self.authenticates() {
+            return Vec::new();
+        }
+        let listeners = [
+            ("the QUIC listener", Some(self.listen.quic)),
+            ("the HTTP API", Some(self.listen.http)),
+            ("the NSQ TCP listener", self.nsq.tcp),
+            ("the nsqd HTTP API", self.nsq.http),
+        ];
+        listeners
+            .into_iter()
+            .filter_map(|(name, addr)| addr.filter(|a| !a.ip().is_loopback()).map(|a| (name, a)))
+            .collect()
     }
 
     /// Checks every field once; the broker trusts the config after this.
@@ -470,6 +508,17 @@ impl Config {
         self.plugins
             .validate()
             .map_err(|(field, why)| ConfigError::Invalid { field, why })?;
+        self.auth
+            .validate()
+            .map_err(|(field, why)| ConfigError::Invalid { field, why })?;
+        if let Some((listener, addr)) = self.exposed_without_auth().first() {
+            if !self.auth.allow_anonymous {
+                return Err(ConfigError::Insecure {
+                    listener,
+                    addr: *addr,
+                });
+            }
+        }
         self.nsq
             .validate(&self.broker)
             .map_err(|(field, why)| ConfigError::Invalid { field, why })?;

@@ -4,12 +4,16 @@
 //! - [`message`]: names, ids, headers and messages, validated once and shared by every layer.
 //! - [`protocol`]: the pure wire codec (frames, commands, replies, wire errors).
 //! - [`storage`]: the segmented log per topic and each channel's durable state.
-//! - [`broker`]: topics, channels and delivery, over storage.
+//! - [`broker`]: topics, channels and delivery, over storage; who may do what is asked of
+//!   its access hook, the one front door every entry point goes through.
+//! - [`auth`]: authentication (tokens, client certificates, nsqd's auth server protocol)
+//!   and the grants of the rules file.
 //! - [`plugin`]: the WebAssembly plugin host (the only module that names wasmtime).
 //! - [`rules`]: the rules file, bound plugins behind the broker's hooks, and hot reload.
 //! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`](mod@bench): the surfaces.
 //! - [`to_http`]: `quiver to-http`, the HTTP push bridge (nsq_to_http over QUIC).
 //! - [`authoring`]: `quiver plugin new|build|test`, for writing plugins without a broker.
+pub mod auth;
 pub mod authoring;
 pub mod bench;
 pub mod broker;

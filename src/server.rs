@@ -14,11 +14,12 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::broker::BrokerError;
 use crate::config::{Config, ConfigError};
 use crate::plugin::{PluginError, PluginHost};
-use crate::rules::{Reloader, RulesError};
+use crate::rules::{NoGrants, Reloader, RulesError};
 use crate::storage::{FileStorage, StorageError};
 use crate::transport::tls::{self, TlsError};
 
@@ -122,6 +123,11 @@ impl Server {
             }
             None => None,
         };
+        let auth = Arc::new(Authenticator::new(
+            &config.auth,
+            config.tls.client_ca.is_some(),
+        ));
+        install_access(&config, &broker, rules.as_ref());
         broker.recover()?;
         let tasks = TaskTracker::new();
         if let Some(reloader) = &rules {
@@ -137,10 +143,16 @@ impl Server {
         tasks.spawn(accept(
             endpoint.clone(),
             broker.clone(),
+            Arc::clone(&auth),
             config.limits.max_connections,
             tasks.clone(),
         ));
-        tasks.spawn(crate::http::serve(http, broker.clone(), rules));
+        tasks.spawn(crate::http::serve(
+            http,
+            broker.clone(),
+            rules,
+            Arc::clone(&auth),
+        ));
         let nsq_tcp_addr = nsq_tcp.as_ref().map(|(_, addr)| *addr);
         let nsq_http_addr = nsq_http.as_ref().map(|(_, addr)| *addr);
         if let Some((listener, _)) = nsq_tcp {
@@ -151,6 +163,7 @@ impl Server {
                     config.tls.client_ca.as_deref(),
                 )?),
                 max_connections: config.limits.max_connections,
+                auth: Arc::clone(&auth),
             };
             tasks.spawn(crate::nsq::tcp::serve(
                 listener,
@@ -165,6 +178,7 @@ impl Server {
                 broker.clone(),
                 config.nsq.clone(),
                 nsq_tcp_addr,
+                Arc::clone(&auth),
             ));
         }
         tracing::info!(%quic_addr, %http_addr, fingerprint = %identity.fingerprint, "quiver is serving");
@@ -256,8 +270,33 @@ async fn bind_tcp(
     Ok((listener, local))
 }
 
+/// Installs the broker's access hook when callers authenticate: the rules' grants, or none
+/// (then only an auth server's answers grant anything). Warns about what is exposed.
+fn install_access(config: &Config, broker: &Broker, rules: Option<&Reloader>) {
+    if !config.authenticates() {
+        for (listener, addr) in config.exposed_without_auth() {
+            tracing::warn!(%addr, "{listener} accepts anyone without authentication (allow_anonymous = true)");
+        }
+        return;
+    }
+    let grants = rules.map(|r| r.rules().current().spec().acl.clone());
+    match rules {
+        Some(reloader) => broker.set_access(reloader.rules()),
+        None => broker.set_access(Arc::new(NoGrants)),
+    };
+    if grants.is_none_or(|acl| acl.is_empty()) && config.auth.auth_http_address.is_empty() {
+        tracing::warn!("authentication is configured but the rules grant nothing: every operation will be refused; add [[grant]] tables to the rules file");
+    }
+}
+
 /// Accepts connections until shutdown, at most `max` at once.
-async fn accept(endpoint: quinn::Endpoint, broker: Broker, max: usize, tasks: TaskTracker) {
+async fn accept(
+    endpoint: quinn::Endpoint,
+    broker: Broker,
+    auth: Arc<Authenticator>,
+    max: usize,
+    tasks: TaskTracker,
+) {
     let permits = Arc::new(Semaphore::new(max));
     loop {
         let incoming = tokio::select! {
@@ -270,10 +309,10 @@ async fn accept(endpoint: quinn::Endpoint, broker: Broker, max: usize, tasks: Ta
             incoming.refuse();
             continue;
         };
-        let broker = broker.clone();
+        let (broker, auth) = (broker.clone(), Arc::clone(&auth));
         tasks.spawn(async move {
             match incoming.await {
-                Ok(conn) => crate::session::run_connection(conn, broker).await,
+                Ok(conn) => crate::session::run_connection(conn, broker, auth).await,
                 Err(e) => tracing::debug!(error = %e, "handshake failed"),
             }
             drop(permit);

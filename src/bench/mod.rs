@@ -107,9 +107,16 @@ pub struct BenchArgs {
     #[arg(long)]
     pub fsync: Option<crate::storage::FsyncPolicy>,
     /// Rules file for the broker the bench starts (routers, filters, samplers on the bench
-    /// topic and channel). Ignored with --addr.
+    /// topic and channel; grants). Ignored with --addr.
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Config file for the broker the bench starts (for example `[auth]` tokens). Ignored
+    /// with --addr.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Token the bench's QUIC clients authenticate with (AUTH after connecting).
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// A header every message carries, as NAME=VALUE; repeatable. For benchmarking filters.
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
@@ -143,6 +150,8 @@ impl Default for BenchArgs {
             broker_exe: None,
             fsync: None,
             rules: None,
+            config: None,
+            token: None,
             headers: Vec::new(),
             nsq: false,
         }
@@ -295,6 +304,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
             if let Some(rules) = &args.rules {
                 extra.extend(["--rules".to_string(), rules.display().to_string()]);
             }
+            if let Some(config) = &args.config {
+                extra.extend(["--config".to_string(), config.display().to_string()]);
+            }
             let child = child::ChildBroker::start(&exe, &extra).await?;
             let target = match (args.nsq, child.nsq_addr()) {
                 (false, _) => {
@@ -313,7 +325,11 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         }
     };
     let result = match target {
-        Target::Quic(addr, trust) => load(&args, &plan, &ClientOptions::new(addr, trust)).await,
+        Target::Quic(addr, trust) => {
+            let mut options = ClientOptions::new(addr, trust);
+            options.token = args.token.clone();
+            load(&args, &plan, &options).await
+        }
         Target::Nsq(addr) => nsq::load(&args, &plan, addr).await,
     };
     let peak_rss = broker.as_ref().and_then(|b| b.peak_rss_bytes());

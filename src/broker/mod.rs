@@ -10,6 +10,7 @@
 //! `topics` → a topic's `channels` → a channel's `state` → the topic log's own lock. Locks are
 //! `std::sync::Mutex`/`RwLock`, never held across `.await`.
 
+mod access;
 pub mod delivery;
 pub mod hooks;
 mod lookahead;
@@ -18,13 +19,15 @@ mod stats;
 mod subscription;
 mod topic;
 
+pub use access::{Access, AuthMethod, Grants, Operation, Permission, Principal, ANONYMOUS};
 pub use delivery::{ConsumerId, DeadReason, Now};
 pub use hooks::{Admission, Gate, Hooks, MessageRef, Router, Routing};
 pub use published::Published;
-pub use stats::{BrokerStats, ChannelStats, ConsumerStats, TopicStats};
+pub use stats::{AccessStats, BrokerStats, ChannelStats, ConsumerStats, TopicStats};
 pub use subscription::Subscription;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -90,7 +93,8 @@ impl Default for BrokerConfig {
     }
 }
 
-/// Why the broker refused a call.
+/// Why the broker refused a call. Entry points map it to their own codes by
+/// [`BrokerError::kind`], never by its text.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("topic {0} does not exist")]
@@ -106,9 +110,9 @@ pub enum BrokerError {
         #[source]
         source: StorageError,
     },
-    #[error("{what} of {value:?} is out of range ({min:?} to {max:?})")]
+    #[error("{limit} of {value:?} is out of range ({min:?} to {max:?})")]
     OutOfRange {
-        what: &'static str,
+        limit: Limit,
         value: Duration,
         min: Duration,
         max: Duration,
@@ -117,7 +121,7 @@ pub enum BrokerError {
     RdyTooHigh { rdy: u32, max: u32 },
     #[error("{op} {id}: {source}")]
     Settle {
-        op: &'static str,
+        op: SettleOp,
         id: MessageId,
         #[source]
         source: delivery::SettleError,
@@ -128,6 +132,101 @@ pub enum BrokerError {
     ShuttingDown,
     #[error("publish to {topic} refused: {reason}")]
     Unrouted { topic: TopicName, reason: String },
+    #[error("{identity} may not {operation}{}", if *anonymous { " (no credentials were presented)" } else { "" })]
+    Denied {
+        identity: String,
+        operation: String,
+        /// The caller presented no credentials: asking again with some may succeed.
+        anonymous: bool,
+    },
+}
+
+/// A bounded duration a caller chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    DpubDelay,
+    ReqDelay,
+    MsgTimeout,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Limit::DpubDelay => "DPUB delay",
+            Limit::ReqDelay => "REQ delay",
+            Limit::MsgTimeout => "message timeout",
+        })
+    }
+}
+
+/// The consumer command that settles (or touches) a message in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleOp {
+    Fin,
+    Req,
+    Touch,
+}
+
+impl fmt::Display for SettleOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SettleOp::Fin => "FIN",
+            SettleOp::Req => "REQ",
+            SettleOp::Touch => "TOUCH",
+        })
+    }
+}
+
+/// What kind of refusal a [`BrokerError`] is: the one thing entry points map from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The topic or channel named does not exist (or was deleted).
+    NotFound,
+    /// The storage is out of space; retrying later can succeed.
+    DiskFull,
+    /// The storage failed otherwise.
+    StorageFailed,
+    /// A value out of range (RDY, DPUB delay, message timeout).
+    Invalid,
+    /// A REQ that failed: not in flight, or its delay out of range.
+    ReqFailed,
+    FinFailed,
+    TouchFailed,
+    ShuttingDown,
+    /// The topic's router refused the publish.
+    Unrouted,
+    /// No credentials were presented and the anonymous identity lacks the permission.
+    Unauthenticated,
+    /// The authenticated identity lacks the permission.
+    Denied,
+}
+
+impl BrokerError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BrokerError::TopicNotFound(_)
+            | BrokerError::ChannelNotFound { .. }
+            | BrokerError::Deleted => ErrorKind::NotFound,
+            BrokerError::Storage { source, .. } if source.is_disk_full() => ErrorKind::DiskFull,
+            BrokerError::Storage { .. } => ErrorKind::StorageFailed,
+            BrokerError::OutOfRange {
+                limit: Limit::ReqDelay,
+                ..
+            } => ErrorKind::ReqFailed,
+            BrokerError::OutOfRange { .. } | BrokerError::RdyTooHigh { .. } => ErrorKind::Invalid,
+            BrokerError::Settle { op, .. } => match op {
+                SettleOp::Fin => ErrorKind::FinFailed,
+                SettleOp::Req => ErrorKind::ReqFailed,
+                SettleOp::Touch => ErrorKind::TouchFailed,
+            },
+            BrokerError::ShuttingDown => ErrorKind::ShuttingDown,
+            BrokerError::Unrouted { .. } => ErrorKind::Unrouted,
+            BrokerError::Denied {
+                anonymous: true, ..
+            } => ErrorKind::Unauthenticated,
+            BrokerError::Denied { .. } => ErrorKind::Denied,
+        }
+    }
 }
 
 /// The broker: a cheap, cloneable handle.
@@ -147,6 +246,11 @@ struct Shared {
     started: Instant,
     /// Routers, filters and samplers; none until [`Broker::set_hooks`].
     hooks: std::sync::OnceLock<Arc<dyn Hooks>>,
+    /// Who may do what; none (everything allowed) until [`Broker::set_access`].
+    access: std::sync::OnceLock<Arc<dyn Access>>,
+    /// Open subscriptions and their principals, re-checked when the grants change.
+    subscribers: Mutex<HashMap<ConsumerId, subscription::Revocable>>,
+    access_stats: stats::AccessCounters,
 }
 
 impl Broker {
@@ -163,6 +267,9 @@ impl Broker {
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
                 hooks: std::sync::OnceLock::new(),
+                access: std::sync::OnceLock::new(),
+                subscribers: Mutex::new(HashMap::new()),
+                access_stats: stats::AccessCounters::default(),
             }),
         };
         broker.spawn(trim_periodically(broker.clone()));
@@ -183,15 +290,98 @@ impl Broker {
         self.shared.hooks.get().map(|h| &**h)
     }
 
+    /// Installs the access hook: from then on every operation of a principal that is not
+    /// [`Principal::internal`] needs a grant. Once per broker, before serving. Returns false
+    /// if one was already set.
+    pub fn set_access(&self, access: Arc<dyn Access>) -> bool {
+        self.shared.access.set(access).is_ok()
+    }
+
+    /// Whether an access hook is installed (authentication is configured).
+    pub fn checks_access(&self) -> bool {
+        self.shared.access.get().is_some()
+    }
+
+    /// The one place where operations are allowed or refused. A refusal is logged once on
+    /// the `quiver::audit` target and counted.
+    pub fn authorize(&self, who: &Principal, op: Operation<'_>) -> Result<(), BrokerError> {
+        let Some(access) = self.shared.access.get() else {
+            return Ok(());
+        };
+        if who.allowed(&**access, &op) {
+            return Ok(());
+        }
+        self.shared.access_stats.denied(op.permission());
+        tracing::warn!(target: "quiver::audit", principal = who.identity(), method = who.method().as_str(), remote = who.remote(), operation = %op, "denied");
+        Err(BrokerError::Denied {
+            identity: who.identity().to_owned(),
+            operation: op.to_string(),
+            anonymous: who.is_anonymous(),
+        })
+    }
+
+    /// Authorizes an administrative operation and records it in the audit log.
+    pub fn administer(
+        &self,
+        who: &Principal,
+        op: Operation<'_>,
+        action: &str,
+    ) -> Result<(), BrokerError> {
+        self.authorize(who, op)?;
+        if who.method() != AuthMethod::Internal {
+            tracing::info!(target: "quiver::audit", principal = who.identity(), method = who.method().as_str(), remote = who.remote(), action, target = %op, "admin");
+        }
+        Ok(())
+    }
+
+    /// Counts a failed authentication (a wrong token, a refused secret) for the stats.
+    pub fn count_auth_failure(&self) {
+        self.shared.access_stats.auth_failure();
+    }
+
+    /// Re-checks every open subscription against the grants in force, and ends the ones
+    /// that lost their permission with [`BrokerError::Denied`]. Call after the grants change.
+    pub fn recheck_access(&self) -> usize {
+        let Some(access) = self.shared.access.get() else {
+            return 0;
+        };
+        let subscribers = self.subscribers();
+        let mut revoked = 0;
+        for sub in subscribers.values() {
+            let op = Operation::Subscribe(&sub.topic, &sub.channel);
+            if sub.principal.allowed(&**access, &op) {
+                continue;
+            }
+            revoked += 1;
+            self.shared.access_stats.denied(op.permission());
+            tracing::warn!(target: "quiver::audit", principal = sub.principal.identity(), remote = sub.principal.remote(), operation = %op, "permission revoked; subscription closed");
+            sub.revoke(BrokerError::Denied {
+                identity: sub.principal.identity().to_owned(),
+                operation: op.to_string(),
+                anonymous: sub.principal.is_anonymous(),
+            });
+        }
+        revoked
+    }
+
+    fn subscribers(&self) -> MutexGuard<'_, HashMap<ConsumerId, subscription::Revocable>> {
+        // Every critical section is an insert, a remove or a walk that only cancels tokens.
+        self.shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Stores `messages` on `topic` (created on first use), atomically, and resolves once
     /// they are as durable as the storage promises. A non-zero `delay` is a DPUB.
     pub async fn publish(
         &self,
+        who: &Principal,
         topic: &TopicName,
         messages: Vec<NewMessage>,
         delay: Duration,
     ) -> Result<Range<u64>, BrokerError> {
-        self.append(topic, messages, delay)?.confirmed().await
+        self.append(who, topic, messages, delay)?.confirmed().await
     }
 
     /// The first half of [`Broker::publish`]: appends at once, in call order, and returns
@@ -199,6 +389,7 @@ impl Broker {
     /// pipelined publishes share one fsync.
     pub fn append(
         &self,
+        who: &Principal,
         topic: &TopicName,
         messages: Vec<NewMessage>,
         delay: Duration,
@@ -206,7 +397,13 @@ impl Broker {
         if self.shared.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
-        check_range("DPUB delay", delay, Duration::ZERO, self.config().max_defer)?;
+        self.authorize(who, Operation::Publish(topic))?;
+        check_range(
+            Limit::DpubDelay,
+            delay,
+            Duration::ZERO,
+            self.config().max_defer,
+        )?;
         let topic = self.topic(topic)?;
         let mut confirms = Vec::new();
         let range = self.route_and_append(
@@ -340,18 +537,19 @@ impl Broker {
     /// Adds a consumer to `channel` of `topic`, creating both if needed. Credit starts at 0.
     pub fn subscribe(
         &self,
+        who: &Arc<Principal>,
         topic: &TopicName,
         channel: &ChannelName,
         msg_timeout: Option<Duration>,
-        remote: String,
     ) -> Result<Subscription, BrokerError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
+        self.authorize(who, Operation::Subscribe(topic, channel))?;
         let config = self.config();
         if let Some(timeout) = msg_timeout {
             check_range(
-                "message timeout",
+                Limit::MsgTimeout,
                 timeout,
                 MIN_MSG_TIMEOUT,
                 config.max_msg_timeout,
@@ -359,8 +557,14 @@ impl Broker {
         }
         let topic = self.topic(topic)?;
         let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
-        let channel = topic.join(channel, id, msg_timeout, remote, self)?;
-        Ok(Subscription::new(self.clone(), topic, channel, id))
+        let labels = (who.remote().to_owned(), who.identity().to_owned());
+        let channel = topic.join(channel, id, msg_timeout, labels, self)?;
+        let sub = Subscription::new(self.clone(), topic, channel, id);
+        if self.checks_access() {
+            self.subscribers()
+                .insert(id, sub.revocable(Arc::clone(who)));
+        }
+        Ok(sub)
     }
 
     /// The topic, created if it doesn't exist.
@@ -431,12 +635,14 @@ impl Broker {
         self.shared.topics.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn create_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
+    pub fn create_topic(&self, who: &Principal, name: &TopicName) -> Result<(), BrokerError> {
+        self.administer(who, Operation::Admin(name, None), "create topic")?;
         self.topic(name).map(drop)
     }
 
     /// Deletes a topic with all its channels and messages. Its consumers' streams end.
-    pub fn delete_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
+    pub fn delete_topic(&self, who: &Principal, name: &TopicName) -> Result<(), BrokerError> {
+        self.administer(who, Operation::Admin(name, None), "delete topic")?;
         let topic = self
             .topics()
             .remove(name)
@@ -453,22 +659,40 @@ impl Broker {
         Ok(())
     }
 
-    pub fn pause_topic(&self, name: &TopicName, paused: bool) -> Result<(), BrokerError> {
+    pub fn pause_topic(
+        &self,
+        who: &Principal,
+        name: &TopicName,
+        paused: bool,
+    ) -> Result<(), BrokerError> {
+        let action = if paused {
+            "pause topic"
+        } else {
+            "unpause topic"
+        };
+        self.administer(who, Operation::Admin(name, None), action)?;
         self.existing_topic(name)?.set_paused(paused)
     }
 
     /// Drops every message of the topic that no consumer holds in flight, on every channel.
-    pub fn empty_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
+    pub fn empty_topic(&self, who: &Principal, name: &TopicName) -> Result<(), BrokerError> {
+        self.administer(who, Operation::Admin(name, None), "empty topic")?;
         self.existing_topic(name)?.empty();
         Ok(())
     }
 
     pub fn create_channel(
         &self,
+        who: &Principal,
         topic: &TopicName,
         channel: &ChannelName,
         max_attempts: Option<u16>,
     ) -> Result<(), BrokerError> {
+        self.administer(
+            who,
+            Operation::Admin(topic, Some(channel)),
+            "create channel",
+        )?;
         let topic = self.topic(topic)?;
         let channel = topic.channel(channel, self)?;
         if let Some(max) = max_attempts {
@@ -492,7 +716,7 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         if let Some(timeout) = settings.msg_timeout {
             check_range(
-                "message timeout",
+                Limit::MsgTimeout,
                 timeout,
                 MIN_MSG_TIMEOUT,
                 self.config().max_msg_timeout,
@@ -516,9 +740,15 @@ impl Broker {
 
     pub fn delete_channel(
         &self,
+        who: &Principal,
         topic: &TopicName,
         channel: &ChannelName,
     ) -> Result<(), BrokerError> {
+        self.administer(
+            who,
+            Operation::Admin(topic, Some(channel)),
+            "delete channel",
+        )?;
         let t = self.existing_topic(topic)?;
         t.remove_channel(channel)
             .ok_or_else(|| BrokerError::ChannelNotFound {
@@ -531,10 +761,17 @@ impl Broker {
 
     pub fn pause_channel(
         &self,
+        who: &Principal,
         topic: &TopicName,
         channel: &ChannelName,
         paused: bool,
     ) -> Result<(), BrokerError> {
+        let action = if paused {
+            "pause channel"
+        } else {
+            "unpause channel"
+        };
+        self.administer(who, Operation::Admin(topic, Some(channel)), action)?;
         let channel = self.existing_channel(topic, channel)?;
         {
             let mut state = channel.state();
@@ -549,9 +786,11 @@ impl Broker {
 
     pub fn empty_channel(
         &self,
+        who: &Principal,
         topic: &TopicName,
         channel: &ChannelName,
     ) -> Result<(), BrokerError> {
+        self.administer(who, Operation::Admin(topic, Some(channel)), "empty channel")?;
         let t = self.existing_topic(topic)?;
         let channel = self.existing_channel(topic, channel)?;
         channel.state().empty(t.log.end());
@@ -657,7 +896,15 @@ impl Broker {
     }
 
     /// Statistics for one topic or all of them, sorted by name.
-    pub fn stats(&self, topic: Option<&TopicName>) -> Result<BrokerStats, BrokerError> {
+    pub fn stats(
+        &self,
+        who: &Principal,
+        topic: Option<&TopicName>,
+    ) -> Result<BrokerStats, BrokerError> {
+        match topic {
+            Some(name) => self.authorize(who, Operation::Admin(name, None))?,
+            None => self.authorize(who, Operation::AdminAll)?,
+        }
         let topics: Vec<Arc<Topic>> = match topic {
             Some(name) => vec![self.existing_topic(name)?],
             None => self.topics().values().cloned().collect(),
@@ -667,6 +914,7 @@ impl Broker {
         Ok(BrokerStats {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.shared.started.elapsed().as_secs(),
+            access: self.shared.access_stats.snapshot(),
             topics,
         })
     }
@@ -721,14 +969,14 @@ async fn trim_periodically(broker: Broker) {
 mod tests;
 
 fn check_range(
-    what: &'static str,
+    limit: Limit,
     value: Duration,
     min: Duration,
     max: Duration,
 ) -> Result<(), BrokerError> {
     if value < min || value > max {
         return Err(BrokerError::OutOfRange {
-            what,
+            limit,
             value,
             min,
             max,

@@ -1,12 +1,56 @@
 //! Statistics, shared by `quiver stats`, `GET /stats` and `GET /metrics`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
+
+use super::Permission;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerStats {
     pub version: String,
     pub uptime_secs: u64,
+    /// Authentication failures and refused operations since the broker started.
+    #[serde(default)]
+    pub access: AccessStats,
     pub topics: Vec<TopicStats>,
+}
+
+/// Counts of refused callers: credentials that did not authenticate, and operations that
+/// were not granted, by permission.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessStats {
+    pub auth_failures: u64,
+    pub denied_publish: u64,
+    pub denied_subscribe: u64,
+    pub denied_admin: u64,
+}
+
+/// The live counters behind [`AccessStats`].
+#[derive(Debug, Default)]
+pub(super) struct AccessCounters {
+    auth_failures: AtomicU64,
+    denied: [AtomicU64; 3],
+}
+
+impl AccessCounters {
+    pub(super) fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn denied(&self, permission: Permission) {
+        self.denied[permission as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn snapshot(&self) -> AccessStats {
+        let denied = |p: Permission| self.denied[p as usize].load(Ordering::Relaxed);
+        AccessStats {
+            auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            denied_publish: denied(Permission::Publish),
+            denied_subscribe: denied(Permission::Subscribe),
+            denied_admin: denied(Permission::Admin),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +124,9 @@ pub struct ChannelStats {
 pub struct ConsumerStats {
     pub id: u64,
     pub remote: String,
+    /// Who the consumer authenticated as (`anonymous` when nothing was presented).
+    #[serde(default)]
+    pub principal: String,
     pub rdy: u32,
     pub in_flight: u32,
     pub delivered: u64,

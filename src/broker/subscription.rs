@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::delivery::{ConsumerId, SettleError, Taken, Verdict};
 use super::hooks::{Admission, MessageRef};
 use super::topic::{read_dead, Channel, Topic};
-use super::{check_range, Broker, BrokerError, Now};
+use super::{check_range, Broker, BrokerError, Limit, Now, Principal, SettleOp};
 use crate::message::{ChannelName, MessageId, StoredMessage, TopicName};
 
 /// One consumer of one channel. Dropping it is the disconnect: everything in flight to it is
@@ -21,6 +22,27 @@ pub struct Subscription {
     channel: Arc<Channel>,
     id: ConsumerId,
     waker: Arc<Notify>,
+    /// Cancelled when the consumer's permission is revoked; the reason is in `revoked_for`.
+    revoked: CancellationToken,
+    revoked_for: Arc<std::sync::Mutex<Option<BrokerError>>>,
+}
+
+/// What the broker keeps of an open subscription to end it when its permission is revoked.
+#[derive(Debug)]
+pub(super) struct Revocable {
+    pub(super) principal: Arc<Principal>,
+    pub(super) topic: TopicName,
+    pub(super) channel: ChannelName,
+    token: CancellationToken,
+    reason: Arc<std::sync::Mutex<Option<BrokerError>>>,
+}
+
+impl Revocable {
+    pub(super) fn revoke(&self, why: BrokerError) {
+        let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        reason.get_or_insert(why);
+        self.token.cancel();
+    }
 }
 
 impl Subscription {
@@ -38,6 +60,20 @@ impl Subscription {
             channel,
             id,
             waker,
+            revoked: CancellationToken::new(),
+            revoked_for: Arc::default(),
+        }
+    }
+
+    /// The handle the broker keeps to end this subscription if `principal` loses its
+    /// permission.
+    pub(super) fn revocable(&self, principal: Arc<Principal>) -> Revocable {
+        Revocable {
+            principal,
+            topic: self.topic.name.clone(),
+            channel: self.channel.name.clone(),
+            token: self.revoked.clone(),
+            reason: Arc::clone(&self.revoked_for),
         }
     }
 
@@ -161,12 +197,12 @@ impl Subscription {
     }
 
     pub fn fin(&self, id: MessageId) -> Result<(), BrokerError> {
-        let offset = self.offset(id, "FIN")?;
+        let offset = self.offset(id, SettleOp::Fin)?;
         let was_full = self
             .channel
             .state()
             .fin(self.id, offset)
-            .map_err(|source| settle("FIN", id, source))?;
+            .map_err(|source| settle(SettleOp::Fin, id, source))?;
         if was_full {
             self.waker.notify_one();
         }
@@ -175,17 +211,17 @@ impl Subscription {
 
     pub fn req(&self, id: MessageId, delay: Duration) -> Result<(), BrokerError> {
         check_range(
-            "REQ delay",
+            Limit::ReqDelay,
             delay,
             Duration::ZERO,
             self.broker.config().max_req_delay,
         )?;
-        let offset = self.offset(id, "REQ")?;
+        let offset = self.offset(id, SettleOp::Req)?;
         let dead = {
             let mut state = self.channel.state();
             let dead = state
                 .req(self.id, offset, delay, Now::current())
-                .map_err(|source| settle("REQ", id, source))?;
+                .map_err(|source| settle(SettleOp::Req, id, source))?;
             self.channel.rearm_if_needed(&state);
             read_dead(&*self.topic.log, dead.into_iter().collect())
         };
@@ -196,11 +232,11 @@ impl Subscription {
     }
 
     pub fn touch(&self, id: MessageId) -> Result<(), BrokerError> {
-        let offset = self.offset(id, "TOUCH")?;
+        let offset = self.offset(id, SettleOp::Touch)?;
         self.channel
             .state()
             .touch(self.id, offset, Now::current())
-            .map_err(|source| settle("TOUCH", id, source))
+            .map_err(|source| settle(SettleOp::Touch, id, source))
     }
 
     /// Sets this consumer's credit (RDY).
@@ -229,13 +265,25 @@ impl Subscription {
         self.waker.notified().await
     }
 
-    /// Resolves when the channel or topic is deleted or the broker shuts down.
+    /// Resolves when the channel or topic is deleted, the broker shuts down, or the
+    /// consumer's permission to subscribe is revoked.
     pub async fn ended(&self) {
-        self.channel.deleted.cancelled().await
+        tokio::select! {
+            _ = self.channel.deleted.cancelled() => {}
+            _ = self.revoked.cancelled() => {}
+        }
     }
 
     /// Why [`Subscription::ended`] fired.
     pub fn end_reason(&self) -> BrokerError {
+        let revoked = self
+            .revoked_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(reason) = revoked {
+            return reason;
+        }
         if self.broker.is_shutting_down() {
             BrokerError::ShuttingDown
         } else {
@@ -243,7 +291,7 @@ impl Subscription {
         }
     }
 
-    fn offset(&self, id: MessageId, op: &'static str) -> Result<u64, BrokerError> {
+    fn offset(&self, id: MessageId, op: SettleOp) -> Result<u64, BrokerError> {
         if id.incarnation() != self.topic.incarnation {
             return Err(settle(op, id, SettleError::NotInFlight));
         }
@@ -251,12 +299,15 @@ impl Subscription {
     }
 }
 
-fn settle(op: &'static str, id: MessageId, source: SettleError) -> BrokerError {
+fn settle(op: SettleOp, id: MessageId, source: SettleError) -> BrokerError {
     BrokerError::Settle { op, id, source }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if self.broker.checks_access() {
+            self.broker.subscribers().remove(&self.id);
+        }
         let dead = {
             let mut state = self.channel.state();
             let dead = state.remove_consumer(self.id, Now::current());

@@ -115,7 +115,12 @@ fn msg(to: &str, body: &str) -> NewMessage {
 /// Subscribes with plenty of credit and returns the bodies it can take now.
 fn drain(broker: &Broker, t: &str, c: &str) -> Vec<(MessageId, String)> {
     let sub = broker
-        .subscribe(&topic(t), &channel(c), None, "test".into())
+        .subscribe(
+            &std::sync::Arc::new(crate::broker::Principal::internal()),
+            &topic(t),
+            &channel(c),
+            None,
+        )
         .unwrap();
     sub.set_rdy(1000).unwrap();
     let mut out = Vec::new();
@@ -137,19 +142,31 @@ fn bodies(taken: Vec<(MessageId, String)>) -> Vec<String> {
 async fn routed_messages_reach_only_their_channels_and_routers_see_their_ids() {
     let (broker, hooks) = broker_on(Arc::new(MemoryStorage));
     let t = topic("routed");
-    broker.create_channel(&t, &channel("a"), None).unwrap();
-    broker.create_channel(&t, &channel("b"), None).unwrap();
+    broker
+        .create_channel(&Principal::internal(), &t, &channel("a"), None)
+        .unwrap();
+    broker
+        .create_channel(&Principal::internal(), &t, &channel("b"), None)
+        .unwrap();
     let batch = vec![
         msg("a", "1"),
         msg("b", "2"),
         msg("a,b", "3"),
         msg("all", "4"),
     ];
-    let range = broker.publish(&t, batch, Duration::ZERO).await.unwrap();
+    let range = broker
+        .publish(&Principal::internal(), &t, batch, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(range, 0..4);
     // "c" did not exist: the router's answer created it, so it has message 5.
     broker
-        .publish(&t, vec![msg("c", "5")], Duration::ZERO)
+        .publish(
+            &Principal::internal(),
+            &t,
+            vec![msg("c", "5")],
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     let a = drain(&broker, "routed", "a");
@@ -159,7 +176,11 @@ async fn routed_messages_reach_only_their_channels_and_routers_see_their_ids() {
     let seen = hooks.router.seen.lock().unwrap().clone();
     assert_eq!(seen[0], a[0].0, "the router saw the id the message got");
     assert_eq!(seen[2], a[1].0);
-    let stats = broker.stats(Some(&t)).unwrap().topics.remove(0);
+    let stats = broker
+        .stats(&Principal::internal(), Some(&t))
+        .unwrap()
+        .topics
+        .remove(0);
     let skipped: Vec<u64> = stats.channels.iter().map(|c| c.skipped).collect();
     assert_eq!(
         skipped,
@@ -172,9 +193,12 @@ async fn routed_messages_reach_only_their_channels_and_routers_see_their_ids() {
 async fn drop_dead_letter_and_reject_follow_the_routers_answer() {
     let (broker, _) = broker_on(Arc::new(MemoryStorage));
     let t = topic("routed");
-    broker.create_channel(&t, &channel("a"), None).unwrap();
+    broker
+        .create_channel(&Principal::internal(), &t, &channel("a"), None)
+        .unwrap();
     let range = broker
         .publish(
+            &Principal::internal(),
             &t,
             vec![msg("drop", "d"), msg("dead", "x"), msg("a", "kept")],
             Duration::ZERO,
@@ -187,6 +211,7 @@ async fn drop_dead_letter_and_reject_follow_the_routers_answer() {
     // A rejected message refuses the whole publish: the kept one with it is not stored.
     let err = broker
         .publish(
+            &Principal::internal(),
             &t,
             vec![msg("a", "not stored"), msg("reject", "r")],
             Duration::ZERO,
@@ -196,7 +221,11 @@ async fn drop_dead_letter_and_reject_follow_the_routers_answer() {
     assert!(matches!(err, BrokerError::Unrouted { .. }), "{err}");
     assert!(err.to_string().contains("nowhere to go"), "{err}");
     assert_eq!(bodies(drain(&broker, "routed", "a")), ["kept"]);
-    let stats = broker.stats(Some(&t)).unwrap().topics.remove(0);
+    let stats = broker
+        .stats(&Principal::internal(), Some(&t))
+        .unwrap()
+        .topics
+        .remove(0);
     assert_eq!(
         (
             stats.router_dropped,
@@ -211,15 +240,27 @@ async fn drop_dead_letter_and_reject_follow_the_routers_answer() {
 async fn forwards_are_routed_by_the_target_and_never_loop() {
     let (broker, _) = broker_on(Arc::new(MemoryStorage));
     broker
-        .create_channel(&topic("plain"), &channel("c"), None)
+        .create_channel(&Principal::internal(), &topic("plain"), &channel("c"), None)
         .unwrap();
     broker
-        .create_channel(&topic("routed-2"), &channel("c"), None)
+        .create_channel(
+            &Principal::internal(),
+            &topic("routed-2"),
+            &channel("c"),
+            None,
+        )
         .unwrap();
     let t = topic("routed");
-    broker.create_channel(&t, &channel("c"), None).unwrap();
     broker
-        .publish(&t, vec![msg("fwd:plain", "f")], Duration::ZERO)
+        .create_channel(&Principal::internal(), &t, &channel("c"), None)
+        .unwrap();
+    broker
+        .publish(
+            &Principal::internal(),
+            &t,
+            vec![msg("fwd:plain", "f")],
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     assert_eq!(bodies(drain(&broker, "plain", "c")), ["f"]);
@@ -227,11 +268,16 @@ async fn forwards_are_routed_by_the_target_and_never_loop() {
     // The copy in routed-2 still says `to: fwd:routed-2`, so routed-2's router forwards it
     // to itself: refused as a loop, and routed-2 keeps nothing.
     broker
-        .publish(&t, vec![msg("fwd:routed-2", "loop")], Duration::ZERO)
+        .publish(
+            &Principal::internal(),
+            &t,
+            vec![msg("fwd:routed-2", "loop")],
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     assert!(drain(&broker, "routed-2", "c").is_empty());
-    let stats = broker.stats(None).unwrap();
+    let stats = broker.stats(&Principal::internal(), None).unwrap();
     let by_name = |n: &str| stats.topics.iter().find(|t| t.name == n).unwrap().clone();
     assert_eq!(by_name("routed").forwarded, 2);
     assert_eq!(by_name("routed-2").forward_loops, 1);
@@ -242,14 +288,21 @@ async fn forwards_are_routed_by_the_target_and_never_loop() {
 async fn gates_skip_and_dead_letter_at_the_cursor_to_the_channels_dead_letter_topic() {
     let (broker, _) = broker_on(Arc::new(MemoryStorage));
     let t = topic("plain");
-    broker.create_channel(&t, &channel("gated"), None).unwrap();
-    broker.create_channel(&t, &channel("open"), None).unwrap();
+    broker
+        .create_channel(&Principal::internal(), &t, &channel("gated"), None)
+        .unwrap();
+    broker
+        .create_channel(&Principal::internal(), &t, &channel("open"), None)
+        .unwrap();
     let batch = vec![
         msg("all", "keep-1"),
         msg("all", "skip-2"),
         msg("all", "dead-3"),
     ];
-    broker.publish(&t, batch, Duration::ZERO).await.unwrap();
+    broker
+        .publish(&Principal::internal(), &t, batch, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(bodies(drain(&broker, "plain", "gated")), ["keep-1"]);
     assert_eq!(
         bodies(drain(&broker, "plain", "open")),
@@ -257,7 +310,12 @@ async fn gates_skip_and_dead_letter_at_the_cursor_to_the_channels_dead_letter_to
     );
     // The dead-letter copy is stored by the time the take returns (interval fsync here).
     let sub = broker
-        .subscribe(&topic("gated-dead"), &channel("x"), None, "test".into())
+        .subscribe(
+            &std::sync::Arc::new(crate::broker::Principal::internal()),
+            &topic("gated-dead"),
+            &channel("x"),
+            None,
+        )
         .unwrap();
     sub.set_rdy(10).unwrap();
     let mut out = Vec::new();
@@ -266,7 +324,11 @@ async fn gates_skip_and_dead_letter_at_the_cursor_to_the_channels_dead_letter_to
     let headers = &out[0].message.headers;
     assert_eq!(headers.get("quiver-dead-reason"), Some("filter-fault"));
     assert_eq!(headers.get("quiver-dead-channel"), Some("gated"));
-    let stats = broker.stats(Some(&t)).unwrap().topics.remove(0);
+    let stats = broker
+        .stats(&Principal::internal(), Some(&t))
+        .unwrap()
+        .topics
+        .remove(0);
     let gated = stats.channels.iter().find(|c| c.name == "gated").unwrap();
     assert_eq!((gated.skipped, gated.dead_lettered), (1, 1));
 }
@@ -278,10 +340,19 @@ async fn the_routing_decision_survives_a_restart() {
     {
         let storage = FileStorage::open(dir.path(), StorageConfig::default()).unwrap();
         let (broker, _) = broker_on(Arc::new(storage));
-        broker.create_channel(&t, &channel("a"), None).unwrap();
-        broker.create_channel(&t, &channel("b"), None).unwrap();
         broker
-            .publish(&t, vec![msg("a", "1"), msg("b", "2")], Duration::ZERO)
+            .create_channel(&Principal::internal(), &t, &channel("a"), None)
+            .unwrap();
+        broker
+            .create_channel(&Principal::internal(), &t, &channel("b"), None)
+            .unwrap();
+        broker
+            .publish(
+                &Principal::internal(),
+                &t,
+                vec![msg("a", "1"), msg("b", "2")],
+                Duration::ZERO,
+            )
             .await
             .unwrap();
         broker.shutdown();

@@ -174,7 +174,7 @@ impl Topic {
         name: &ChannelName,
         id: ConsumerId,
         timeout: Option<Duration>,
-        remote: String,
+        who: (String, String),
         broker: &Broker,
     ) -> Result<Arc<Channel>, BrokerError> {
         if self.deleted.is_cancelled() {
@@ -192,7 +192,7 @@ impl Topic {
         }
         channel
             .senders()
-            .insert(id, (Arc::new(Notify::new()), remote));
+            .insert(id, (Arc::new(Notify::new()), who.0, who.1));
         Ok(channel)
     }
 
@@ -376,6 +376,9 @@ impl Topic {
     }
 }
 
+/// A consumer's waker, remote address and principal.
+type Sender = (Arc<Notify>, String, String);
+
 /// One channel: its delivery state and where it is saved, its consumers' wakers, and its
 /// timer.
 #[derive(Debug)]
@@ -383,8 +386,9 @@ pub(super) struct Channel {
     pub(super) name: ChannelName,
     state: Mutex<ChannelState>,
     store: Arc<dyn ChannelStore>,
-    /// Per consumer: the waker of its sending loop, and its remote address for stats.
-    senders: Mutex<HashMap<ConsumerId, (Arc<Notify>, String)>>,
+    /// Per consumer: the waker of its sending loop, and its remote address and principal
+    /// for stats.
+    senders: Mutex<HashMap<ConsumerId, Sender>>,
     timer: Notify,
     pub(super) deleted: CancellationToken,
     /// Verdicts of the channel's plugins on its next messages (see `lookahead.rs`).
@@ -410,16 +414,16 @@ impl Channel {
         self.lookahead.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn senders(&self) -> MutexGuard<'_, HashMap<ConsumerId, (Arc<Notify>, String)>> {
+    pub(super) fn senders(&self) -> MutexGuard<'_, HashMap<ConsumerId, Sender>> {
         self.senders.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn waker(&self, id: ConsumerId) -> Option<Arc<Notify>> {
-        self.senders().get(&id).map(|(n, _)| n.clone())
+        self.senders().get(&id).map(|(n, ..)| n.clone())
     }
 
     pub(super) fn wake_all(&self) {
-        self.senders().values().for_each(|(n, _)| n.notify_one());
+        self.senders().values().for_each(|(n, ..)| n.notify_one());
     }
 
     /// Wakes the timer if a deadline earlier than the one it sleeps until appeared.
@@ -437,7 +441,8 @@ impl Channel {
             .consumers()
             .map(|(id, c)| ConsumerStats {
                 id,
-                remote: senders.get(&id).map(|(_, r)| r.clone()).unwrap_or_default(),
+                remote: senders.get(&id).map(|s| s.1.clone()).unwrap_or_default(),
+                principal: senders.get(&id).map(|s| s.2.clone()).unwrap_or_default(),
                 rdy: c.rdy,
                 in_flight: c.in_flight,
                 delivered: c.delivered,

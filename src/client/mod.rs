@@ -46,6 +46,8 @@ pub struct ClientOptions {
     pub trust: Trust,
     /// Certificate and key for mTLS.
     pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// A token (or an auth server's secret) sent with AUTH right after connecting.
+    pub token: Option<String>,
 }
 
 impl ClientOptions {
@@ -55,6 +57,7 @@ impl ClientOptions {
             server_name: "localhost".into(),
             trust,
             client_identity: None,
+            token: None,
         }
     }
 }
@@ -126,7 +129,35 @@ impl Client {
             .connect(options.addr, &options.server_name)
             .map_err(connect)?
             .await?;
-        Ok(Client { endpoint, conn })
+        let client = Client { endpoint, conn };
+        if let Some(token) = &options.token {
+            client.authenticate(token).await?;
+        }
+        Ok(client)
+    }
+
+    /// Sends AUTH on a stream of its own and waits for the answer, so that every stream
+    /// opened afterwards acts as the authenticated identity. Returns who the broker says
+    /// the connection now is.
+    pub async fn authenticate(&self, secret: &str) -> Result<String, ClientError> {
+        let (mut send, recv) = self.conn.open_bi().await?;
+        let mut buf = BytesMut::new();
+        Command::Auth {
+            secret: secret.to_owned(),
+        }
+        .encode(&mut buf);
+        send.write_all(&buf).await?;
+        let _ = send.finish();
+        let mut reader = FrameReader::new(recv);
+        let raw = reader.next().await?.ok_or(ClientError::Closed)?;
+        match Reply::decode(raw)? {
+            Reply::AuthOk(json) => {
+                let answer: serde_json::Value = serde_json::from_slice(&json)?;
+                Ok(answer["identity"].as_str().unwrap_or_default().to_owned())
+            }
+            Reply::Error(e) => Err(ClientError::Broker(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     /// Opens a publish stream.

@@ -1,15 +1,18 @@
 //! `GET /stats` and the `/topic/*` and `/channel/*` administration endpoints.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::Serialize;
 
 use super::error::ApiError;
 use super::params::Params;
 use super::{refuse_if_shutting_down, AppState};
-use crate::broker::{Broker, BrokerStats};
+use crate::broker::{Broker, BrokerStats, Operation, Principal};
 use crate::protocol::AdminOp;
 use crate::rules::RulesStatus;
 
@@ -25,21 +28,31 @@ pub(crate) struct Stats {
 /// `GET /stats[?topic=T]`: all topics, or just `T`.
 pub(crate) async fn stats(
     State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
     params: Params,
 ) -> Result<Json<Stats>, ApiError> {
     let topic = params.topic_opt()?;
     Ok(Json(Stats {
-        broker: state.broker.stats(topic.as_ref())?,
+        broker: state.broker.stats(&who, topic.as_ref())?,
         rules: state.rules.as_ref().map(|r| r.status()),
     }))
 }
 
 /// `POST /rules/reload`: 200 with the new status, 422 with the reason the old rules stay.
-pub(crate) async fn reload_rules(State(state): State<AppState>) -> Response {
+pub(crate) async fn reload_rules(
+    State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
+) -> Response {
     let error = |status: StatusCode, code: &str, message: String| {
         let body = serde_json::json!({ "error": message, "code": code });
         (status, Json(body)).into_response()
     };
+    if let Err(e) = state
+        .broker
+        .administer(&who, Operation::AdminAll, "reload rules")
+    {
+        return ApiError::from(e).into_response();
+    }
     let Some(rules) = &state.rules else {
         let why = "no rules are configured (start with --rules FILE)".to_owned();
         return error(StatusCode::NOT_FOUND, "E_NO_RULES", why);
@@ -53,17 +66,18 @@ pub(crate) async fn reload_rules(State(state): State<AppState>) -> Response {
 /// `POST /topic/<op>?topic=T`.
 pub(crate) async fn topic(
     State(broker): State<Broker>,
+    Extension(who): Extension<Arc<Principal>>,
     params: Params,
     op: AdminOp,
 ) -> Result<&'static str, ApiError> {
     let topic = params.topic()?;
     refuse_if_shutting_down(&broker)?;
     match op {
-        AdminOp::Create => broker.create_topic(&topic),
-        AdminOp::Delete => broker.delete_topic(&topic),
-        AdminOp::Pause => broker.pause_topic(&topic, true),
-        AdminOp::Unpause => broker.pause_topic(&topic, false),
-        AdminOp::Empty => broker.empty_topic(&topic),
+        AdminOp::Create => broker.create_topic(&who, &topic),
+        AdminOp::Delete => broker.delete_topic(&who, &topic),
+        AdminOp::Pause => broker.pause_topic(&who, &topic, true),
+        AdminOp::Unpause => broker.pause_topic(&who, &topic, false),
+        AdminOp::Empty => broker.empty_topic(&who, &topic),
     }?;
     Ok("OK")
 }
@@ -71,6 +85,7 @@ pub(crate) async fn topic(
 /// `POST /channel/<op>?topic=T&channel=C[&max_attempts=N]`; `max_attempts` only on create.
 pub(crate) async fn channel(
     State(broker): State<Broker>,
+    Extension(who): Extension<Arc<Principal>>,
     params: Params,
     op: AdminOp,
 ) -> Result<&'static str, ApiError> {
@@ -78,11 +93,11 @@ pub(crate) async fn channel(
     let channel = params.channel()?;
     refuse_if_shutting_down(&broker)?;
     match op {
-        AdminOp::Create => broker.create_channel(&topic, &channel, params.max_attempts()?),
-        AdminOp::Delete => broker.delete_channel(&topic, &channel),
-        AdminOp::Pause => broker.pause_channel(&topic, &channel, true),
-        AdminOp::Unpause => broker.pause_channel(&topic, &channel, false),
-        AdminOp::Empty => broker.empty_channel(&topic, &channel),
+        AdminOp::Create => broker.create_channel(&who, &topic, &channel, params.max_attempts()?),
+        AdminOp::Delete => broker.delete_channel(&who, &topic, &channel),
+        AdminOp::Pause => broker.pause_channel(&who, &topic, &channel, true),
+        AdminOp::Unpause => broker.pause_channel(&who, &topic, &channel, false),
+        AdminOp::Empty => broker.empty_channel(&who, &topic, &channel),
     }?;
     Ok("OK")
 }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, ErrorKind};
 use crate::protocol::ErrorCode;
 
 /// Why a request failed.
@@ -66,7 +66,11 @@ impl ApiError {
             ),
             ApiError::Broker(e) => {
                 let wire = crate::session::broker_error(e, 0);
-                (broker_status(wire.code), wire.code, wire.message)
+                let status = match e.kind() {
+                    ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+                    _ => broker_status(wire.code),
+                };
+                (status, wire.code, wire.message)
             }
             ApiError::NoRoute => (
                 StatusCode::NOT_FOUND,
@@ -84,6 +88,7 @@ fn broker_status(code: ErrorCode) -> StatusCode {
         ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::Unrouted => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Unauthorized => StatusCode::FORBIDDEN,
         ErrorCode::PubFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }

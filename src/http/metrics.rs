@@ -1,14 +1,16 @@
 //! `GET /metrics`: [`BrokerStats`] in the Prometheus text exposition format, version 0.0.4.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use axum::Extension;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::broker::{BrokerStats, ChannelStats, TopicStats};
+use crate::broker::{BrokerStats, ChannelStats, Principal, TopicStats};
 use crate::rules::{BindingStatus, RulesStatus};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -190,8 +192,11 @@ const CHANNEL_METRICS: [ChannelMetric; 11] = [
     ),
 ];
 
-pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let stats = state.broker.stats(None)?;
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let stats = state.broker.stats(&who, None)?;
     let mut text = render(&stats);
     if let Some(rules) = &state.rules {
         render_rules(&mut text, &rules.status());

@@ -32,6 +32,7 @@
 mod admin;
 mod body;
 mod error;
+pub(crate) mod guard;
 mod metrics;
 mod params;
 mod publish;
@@ -42,11 +43,15 @@ mod test_client;
 #[allow(clippy::unwrap_used)]
 mod tests;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use axum::extract::{FromRef, State};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 
-use crate::broker::{Broker, BrokerError};
+use crate::auth::Authenticator;
+use crate::broker::{Broker, BrokerError, Principal};
 use crate::protocol::AdminOp;
 use crate::rules::Reloader;
 use error::ApiError;
@@ -68,26 +73,44 @@ impl FromRef<AppState> for Broker {
 /// Serves the HTTP API on `listener` until [`Broker::shutting_down`] fires, then stops accepting
 /// and returns once the open requests are answered. With `rules`, `/stats` and `/metrics`
 /// report on them and `POST /rules/reload` reloads them.
-pub async fn serve(listener: tokio::net::TcpListener, broker: Broker, rules: Option<Reloader>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Broker,
+    rules: Option<Reloader>,
+    auth: Arc<Authenticator>,
+) {
     if let Ok(addr) = listener.local_addr() {
         tracing::debug!(%addr, "HTTP API listening");
     }
     let stop = broker.clone();
-    let result = axum::serve(listener, router_with_rules(broker, rules))
-        .with_graceful_shutdown(async move { stop.shutting_down().await })
-        .await;
+    let app = router_with_rules(broker, rules, auth);
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.shutting_down().await })
+    .await;
     if let Err(error) = result {
         tracing::error!(%error, "HTTP API stopped");
     }
 }
 
-/// The HTTP API's routes over `broker`, without rules.
+/// The HTTP API's routes over `broker`, without rules or authentication.
 pub fn router(broker: Broker) -> Router {
-    router_with_rules(broker, None)
+    router_with_rules(broker, None, Arc::new(Authenticator::disabled()))
 }
 
-/// The HTTP API's routes over `broker` and its `rules`.
-pub fn router_with_rules(broker: Broker, rules: Option<Reloader>) -> Router {
+/// The HTTP API's routes over `broker` and its `rules`, behind the [`guard`].
+pub fn router_with_rules(
+    broker: Broker,
+    rules: Option<Reloader>,
+    auth: Arc<Authenticator>,
+) -> Router {
+    let guard = guard::Guard {
+        auth,
+        broker: broker.clone(),
+        render: guard::render_admin,
+    };
     let mut router = Router::new()
         .route("/ping", get(ping))
         .route("/stats", get(admin::stats))
@@ -99,17 +122,25 @@ pub fn router_with_rules(broker: Broker, rules: Option<Reloader>) -> Router {
         router = router
             .route(
                 &format!("/topic/{name}"),
-                post(move |state: State<Broker>, params: Params| admin::topic(state, params, op)),
+                post(move |state: State<Broker>, who: Who, params: Params| {
+                    admin::topic(state, who, params, op)
+                }),
             )
             .route(
                 &format!("/channel/{name}"),
-                post(move |state: State<Broker>, params: Params| admin::channel(state, params, op)),
+                post(move |state: State<Broker>, who: Who, params: Params| {
+                    admin::channel(state, who, params, op)
+                }),
             );
     }
     router
         .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(AppState { broker, rules })
 }
+
+/// The caller, as the [`guard`] authenticated it.
+type Who = Extension<Arc<Principal>>;
 
 /// Administrative operations by their path segment.
 const OPS: [(&str, AdminOp); 5] = [

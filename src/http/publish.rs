@@ -1,16 +1,19 @@
 //! `POST /pub` and `POST /mpub`: messages from request bodies, headers from
 //! `X-Quiver-Header-<name>` request headers.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::Extension;
 use bytes::Bytes;
 
 use super::body::read_limited;
 use super::error::ApiError;
 use super::params::Params;
 use super::refuse_if_shutting_down;
-use crate::broker::Broker;
+use crate::broker::{Broker, Principal};
 use crate::message::{Headers, NewMessage, MAX_BODY_LEN};
 
 /// Request headers with this prefix become message headers (`http` lowercases names).
@@ -21,6 +24,7 @@ const MAX_MPUB_LEN: usize = 5 << 20;
 /// `POST /pub?topic=T[&defer=MS]`: the body is one message.
 pub(crate) async fn publish(
     State(broker): State<Broker>,
+    Extension(who): Extension<Arc<Principal>>,
     params: Params,
     request_headers: HeaderMap,
     body: Body,
@@ -31,7 +35,7 @@ pub(crate) async fn publish(
     refuse_if_shutting_down(&broker)?;
     let body = read_limited(&request_headers, body, MAX_BODY_LEN).await?;
     broker
-        .publish(&topic, vec![NewMessage { headers, body }], delay)
+        .publish(&who, &topic, vec![NewMessage { headers, body }], delay)
         .await?;
     Ok("OK")
 }
@@ -40,6 +44,7 @@ pub(crate) async fn publish(
 /// stored or none.
 pub(crate) async fn multi_publish(
     State(broker): State<Broker>,
+    Extension(who): Extension<Arc<Principal>>,
     params: Params,
     request_headers: HeaderMap,
     body: Body,
@@ -50,7 +55,7 @@ pub(crate) async fn multi_publish(
     refuse_if_shutting_down(&broker)?;
     let body = read_limited(&request_headers, body, MAX_MPUB_LEN).await?;
     let messages = split_lines(&body, &headers)?;
-    broker.publish(&topic, messages, delay).await?;
+    broker.publish(&who, &topic, messages, delay).await?;
     Ok("OK")
 }
 

@@ -78,7 +78,7 @@ pub(super) async fn request(
     body: &[u8],
 ) -> Response {
     let mut req = format!(
-        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (name, value) in headers {

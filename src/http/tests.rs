@@ -55,7 +55,12 @@ async fn quiver_headers_become_message_headers() {
     let topic = TopicName::new("t").unwrap();
     let channel = ChannelName::new("c").unwrap();
     let sub = broker
-        .subscribe(&topic, &channel, None, "test".into())
+        .subscribe(
+            &std::sync::Arc::new(crate::broker::Principal::internal()),
+            &topic,
+            &channel,
+            None,
+        )
         .unwrap();
     sub.set_rdy(1).unwrap();
     let mut taken = Vec::new();
@@ -70,7 +75,8 @@ async fn quiver_headers_become_message_headers() {
 #[tokio::test]
 async fn header_values_must_be_utf8() {
     let (_broker, addr) = start().await;
-    let mut req = b"POST /pub?topic=t HTTP/1.1\r\nHost: test\r\nConnection: close\r\n".to_vec();
+    let mut req =
+        b"POST /pub?topic=t HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n".to_vec();
     req.extend_from_slice(b"Content-Length: 1\r\nX-Quiver-Header-Bad: \xff\xfe\r\n\r\nx");
     let response = raw(addr, &req).await;
     assert_eq!(response.status, 400, "{response:?}");
@@ -79,7 +85,7 @@ async fn header_values_must_be_utf8() {
         "{response:?}"
     );
 
-    let utf8 = "POST /pub?topic=t HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+    let utf8 = "POST /pub?topic=t HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
                 Content-Length: 1\r\nX-Quiver-Header-City: Zürich\r\n\r\nx";
     assert_ok(&raw(addr, utf8.as_bytes()).await);
 }
@@ -158,7 +164,7 @@ async fn oversized_bodies_are_refused_and_not_stored() {
     let (_broker, addr) = start().await;
     // Declared too large: refused before any of the body is sent.
     let head = format!(
-        "POST /pub?topic=big HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "POST /pub?topic=big HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         MAX_BODY_LEN + 1
     );
     let declared = raw(addr, head.as_bytes()).await;
@@ -169,7 +175,7 @@ async fn oversized_bodies_are_refused_and_not_stored() {
 
     // Chunked, so only the streamed length gives it away.
     let mut chunked =
-        b"POST /pub?topic=big HTTP/1.1\r\nHost: test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /pub?topic=big HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
             .to_vec();
     for _ in 0..(MAX_BODY_LEN / 65536 + 1) {
         chunked.extend_from_slice(b"10000\r\n");
@@ -317,7 +323,12 @@ async fn serve_returns_after_broker_shutdown() {
     let broker = Broker::new(BrokerConfig::default(), Arc::new(MemoryStorage));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(serve(listener, broker.clone(), None));
+    let server = tokio::spawn(serve(
+        listener,
+        broker.clone(),
+        None,
+        std::sync::Arc::new(crate::auth::Authenticator::disabled()),
+    ));
     assert_ok(&get(addr, "/ping").await);
 
     broker.shutdown();

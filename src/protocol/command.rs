@@ -19,6 +19,7 @@ pub(super) const TOUCH: u8 = 0x14;
 pub(super) const CLS: u8 = 0x15;
 pub(super) const NOP: u8 = 0x16;
 pub(super) const ADMIN: u8 = 0x20;
+pub(super) const AUTH: u8 = 0x30;
 
 /// A client command, parsed and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,12 @@ pub enum Command {
     /// Does nothing; keeps a stream busy.
     Nop,
     Admin(AdminRequest),
+    /// Authenticate the whole connection with a token or an auth server's secret. Sent on
+    /// a stream of its own, answered with AUTH_OK or a fatal `E_AUTH_FAILED`; streams opened
+    /// after the answer act as the authenticated identity.
+    Auth {
+        secret: String,
+    },
 }
 
 /// An admin request. Each one travels on a stream of its own.
@@ -183,6 +190,11 @@ impl Command {
             Command::Cls => wire::empty(dst, CLS),
             Command::Nop => wire::empty(dst, NOP),
             Command::Admin(request) => request.encode(dst),
+            Command::Auth { secret } => {
+                let start = wire::begin(dst, AUTH);
+                wire::put_str16(dst, secret);
+                wire::finish(dst, start);
+            }
         }
     }
 
@@ -241,6 +253,9 @@ impl Command {
             CLS => Command::Cls,
             NOP => Command::Nop,
             ADMIN => Command::Admin(AdminRequest::decode(&mut r)?),
+            AUTH => Command::Auth {
+                secret: r.str16("AUTH secret")?,
+            },
             kind => return Err(FrameError::UnknownType { kind }),
         };
         r.end()?;

@@ -77,6 +77,13 @@ pub enum ErrorCode {
     /// A topic's router routed a message nowhere and its `unrouted` policy is `reject`:
     /// nothing of the publish was kept.
     Unrouted = 16,
+    /// The caller may not do this: no grant gives its identity the permission (or it
+    /// presented no credentials and the anonymous identity has none). Not fatal: the stream
+    /// goes on; a refused SUB ends its stream.
+    Unauthorized = 17,
+    /// AUTH with a token or secret that was not accepted, or an auth server that could not be
+    /// asked. Fatal for the stream it came on.
+    AuthFailed = 18,
 }
 
 impl ErrorCode {
@@ -99,6 +106,8 @@ impl ErrorCode {
             14 => Internal,
             15 => DiskFull,
             16 => Unrouted,
+            17 => Unauthorized,
+            18 => AuthFailed,
             _ => return None,
         })
     }
@@ -112,6 +121,7 @@ impl ErrorCode {
                 | ErrorCode::FrameTooLarge
                 | ErrorCode::UnknownFrame
                 | ErrorCode::ShuttingDown
+                | ErrorCode::AuthFailed
         )
     }
 
@@ -134,6 +144,8 @@ impl ErrorCode {
             Internal => "E_INTERNAL",
             DiskFull => "E_DISK_FULL",
             Unrouted => "E_UNROUTED",
+            Unauthorized => "E_UNAUTHORIZED",
+            AuthFailed => "E_AUTH_FAILED",
         }
     }
 }

@@ -11,6 +11,7 @@ pub(super) const SUB_OK: u8 = 0x82;
 pub(super) const CLOSE_OK: u8 = 0x83;
 pub(super) const MESSAGE: u8 = 0x84;
 pub(super) const ADMIN_OK: u8 = 0x85;
+pub(super) const AUTH_OK: u8 = 0x86;
 pub(super) const ERROR: u8 = 0xff;
 
 /// A frame from the broker.
@@ -27,6 +28,9 @@ pub enum Reply {
     Message(Delivery),
     /// The answer to an admin request: a JSON document.
     AdminOk(Bytes),
+    /// AUTH was accepted: a JSON document with `identity`, `method`, `identity_url` and
+    /// `permission_count`.
+    AuthOk(Bytes),
     Error(WireError),
 }
 
@@ -45,6 +49,11 @@ impl Reply {
             }
             Reply::AdminOk(json) => {
                 let start = wire::begin(dst, ADMIN_OK);
+                dst.put_slice(json);
+                wire::finish(dst, start);
+            }
+            Reply::AuthOk(json) => {
+                let start = wire::begin(dst, AUTH_OK);
                 dst.put_slice(json);
                 wire::finish(dst, start);
             }
@@ -76,6 +85,7 @@ impl Reply {
                 body: r.body()?,
             }),
             ADMIN_OK => return Ok(Reply::AdminOk(r.rest())),
+            AUTH_OK => return Ok(Reply::AuthOk(r.rest())),
             ERROR => {
                 let raw = r.u16("error code")?;
                 let code = ErrorCode::from_u16(raw).ok_or(FrameError::OutOfRange {

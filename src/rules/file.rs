@@ -5,12 +5,13 @@
 //! it is about. Plugin paths are resolved against the directory of the file they are written
 //! in (the rules file, or the config file for inline rules).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::acl::{Acl, RawGrant};
 use crate::broker::MIN_MSG_TIMEOUT;
 use crate::config::parse_duration;
 use crate::message::{ChannelName, TopicName};
@@ -99,6 +100,8 @@ impl RulesError {
 pub struct RulesSpec {
     pub topics: Vec<TopicSpec>,
     pub channels: Vec<ChannelSpec>,
+    /// The grants (`[[grant]]`, `[groups]`).
+    pub acl: Acl,
 }
 
 /// A `[[topic]]` table.
@@ -190,6 +193,12 @@ pub(crate) struct RawRules {
     topic: Vec<RawTopic>,
     #[serde(default)]
     channel: Vec<RawChannel>,
+    /// Who may publish, subscribe and administer what.
+    #[serde(default)]
+    grant: Vec<RawGrant>,
+    /// Group name → member identities, for grants to `group:NAME`.
+    #[serde(default)]
+    groups: HashMap<String, Vec<String>>,
 }
 
 /// A config file, of which only `[rules]` is read here.
@@ -285,6 +294,10 @@ impl RawRules {
                 problems.add(&at, "this channel is listed more than once");
             }
             spec.channels.extend(raw.validate(base, &at, &mut problems));
+        }
+        match Acl::new(&self.grant, &self.groups) {
+            Ok(acl) => spec.acl = acl,
+            Err(list) => problems.0.extend(list),
         }
         if problems.0.is_empty() {
             Ok(spec)

@@ -17,7 +17,7 @@ use std::path::Path;
 
 pub use file::{OnFailure, RulesError, RulesSource, RulesSpec, Unrouted};
 pub use reload::{ReloadFailure, Reloader, RulesStatus};
-pub use set::{BindingStatus, RuleSet, Rules};
+pub use set::{BindingStatus, NoGrants, RuleSet, Rules};
 
 use crate::plugin::{PluginHost, PluginLimits};
 

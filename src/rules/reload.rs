@@ -171,6 +171,13 @@ impl Reloader {
         match loaded {
             Ok(set) => {
                 inner.rules.swap(Arc::new(set));
+                let revoked = inner.broker.recheck_access();
+                if revoked > 0 {
+                    tracing::info!(
+                        revoked,
+                        "subscriptions closed: their permission was revoked"
+                    );
+                }
                 let mut record = self.record();
                 record.version += 1;
                 record.reloads += 1;

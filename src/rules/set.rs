@@ -16,7 +16,10 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::file::{OnFailure, PluginSpec, RulesError, RulesSpec, Unrouted};
-use crate::broker::{Admission, Broker, ChannelSettings, Gate, Hooks, MessageRef, Router, Routing};
+use crate::broker::{
+    Access, Admission, Broker, ChannelSettings, Gate, Hooks, MessageRef, Operation, Principal,
+    Router, Routing,
+};
 use crate::message::{ChannelName, TopicName};
 use crate::plugin::{Binding, BindingStats, MessageView, Plugin, PluginHost, PluginKind, Route};
 
@@ -321,7 +324,9 @@ impl RuleSet {
     pub fn apply(&self, broker: &Broker) -> Result<(), RulesError> {
         let failed = |e: crate::broker::BrokerError| RulesError::Apply(e.to_string());
         for topic in &self.spec.topics {
-            broker.create_topic(&topic.name).map_err(failed)?;
+            broker
+                .create_topic(&Principal::internal(), &topic.name)
+                .map_err(failed)?;
         }
         for channel in &self.spec.channels {
             let settings = ChannelSettings {
@@ -413,12 +418,15 @@ impl Builder<'_> {
 #[derive(Debug)]
 pub struct Rules {
     current: ArcSwap<RuleSet>,
+    /// Bumped by every swap, so that cached access decisions are made again.
+    generation: AtomicU64,
 }
 
 impl Rules {
     pub fn new(set: RuleSet) -> Rules {
         Rules {
             current: ArcSwap::from_pointee(set),
+            generation: AtomicU64::new(1),
         }
     }
 
@@ -430,6 +438,33 @@ impl Rules {
     /// Puts `set` in force for every later lookup.
     pub fn swap(&self, set: Arc<RuleSet>) {
         self.current.store(set);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The grants of the set in force decide who may do what.
+impl Access for Rules {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn allows(&self, principal: &Principal, op: &Operation<'_>) -> bool {
+        self.current.load().spec.acl.allows(principal, op)
+    }
+}
+
+/// The access hook when authentication is configured without a rules file: no grants, so
+/// only what an auth server grants with its answers is allowed.
+#[derive(Debug, Default)]
+pub struct NoGrants;
+
+impl Access for NoGrants {
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    fn allows(&self, _: &Principal, _: &Operation<'_>) -> bool {
+        false
     }
 }
 

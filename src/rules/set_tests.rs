@@ -303,7 +303,7 @@ async fn a_failed_reload_keeps_the_old_set_and_version() {
     reloader.apply().await.unwrap();
     assert_eq!(reloader.status().version, 1);
     assert!(broker
-        .stats(None)
+        .stats(&crate::broker::Principal::internal(), None)
         .unwrap()
         .topic("t")
         .unwrap()

@@ -8,11 +8,15 @@ mod admin;
 mod publish;
 mod subscribe;
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use quinn::{Connection, SendStream};
+use rustls::pki_types::CertificateDer;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{Broker, BrokerError};
+use crate::auth::{self, certificate_identity, Authenticator, Credentials};
+use crate::broker::{Broker, BrokerError, ErrorKind, Principal};
 use crate::protocol::{Command, ErrorCode, Reply, WireError};
 use crate::transport::{FrameReader, ReadError};
 
@@ -21,10 +25,43 @@ pub const CLOSE_NORMAL: u32 = 0;
 /// QUIC application error code when the broker shuts down.
 pub const CLOSE_SHUTDOWN: u32 = 1;
 
+/// The connection's credentials, shared by its streams: who it is, from its client
+/// certificate or its last AUTH.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(Arc<tokio::sync::Mutex<Credentials>>);
+
+impl Caller {
+    /// The principal in force; an auth server is asked again once its answer expired.
+    pub(crate) async fn principal(&self) -> Result<Arc<Principal>, WireError> {
+        let mut credentials = self.0.lock().await;
+        credentials.current().await.map_err(|e| {
+            WireError::new(
+                ErrorCode::AuthFailed,
+                0,
+                format!("authentication failed: {e}"),
+            )
+        })
+    }
+}
+
 /// Serves one connection until the peer closes it or the broker shuts down.
-pub async fn run_connection(conn: Connection, broker: Broker) {
-    let remote = conn.remote_address().to_string();
+pub async fn run_connection(conn: Connection, broker: Broker, auth: Arc<Authenticator>) {
+    let remote_addr = conn.remote_address();
+    let remote = remote_addr.to_string();
     tracing::debug!(%remote, "connection open");
+    let certificate = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().and_then(|c| certificate_identity(c)));
+    let credentials = Credentials::new(
+        auth,
+        auth::Connection {
+            remote: remote_addr,
+            tls: true,
+            certificate,
+        },
+    );
+    let caller = Caller(Arc::new(tokio::sync::Mutex::new(credentials)));
     let streams = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -34,8 +71,8 @@ pub async fn run_connection(conn: Connection, broker: Broker) {
         match accepted {
             Ok((send, recv)) => {
                 let broker = broker.clone();
-                let remote = remote.clone();
-                streams.spawn(run_stream(send, FrameReader::new(recv), broker, remote));
+                let caller = caller.clone();
+                streams.spawn(run_stream(send, FrameReader::new(recv), broker, caller));
             }
             Err(e) => {
                 tracing::debug!(%remote, reason = %e, "connection closed");
@@ -49,7 +86,7 @@ pub async fn run_connection(conn: Connection, broker: Broker) {
     conn.close(CLOSE_SHUTDOWN.into(), b"shutting down");
 }
 
-async fn run_stream(mut send: SendStream, mut reader: FrameReader, broker: Broker, remote: String) {
+async fn run_stream(mut send: SendStream, mut reader: FrameReader, broker: Broker, caller: Caller) {
     let first = match reader.next().await {
         Ok(Some(raw)) => Command::decode(raw).map_err(|e| e.to_wire(0)),
         Ok(None) => return,
@@ -57,17 +94,24 @@ async fn run_stream(mut send: SendStream, mut reader: FrameReader, broker: Broke
     };
     let result = match first {
         Ok(cmd @ (Command::Pub { .. } | Command::Mpub { .. } | Command::Dpub { .. })) => {
-            publish::run(cmd, reader, &mut send, &broker).await
+            publish::run(cmd, reader, &mut send, &broker, &caller).await
         }
         Ok(Command::Sub {
             topic,
             channel,
             msg_timeout,
-        }) => {
-            let sub = broker.subscribe(&topic, &channel, msg_timeout, remote);
-            subscribe::run(sub, reader, &mut send).await
-        }
-        Ok(Command::Admin(request)) => admin::run(request, &mut send, &broker).await,
+        }) => match caller.principal().await {
+            Ok(who) => {
+                let sub = broker.subscribe(&who, &topic, &channel, msg_timeout);
+                subscribe::run(sub, reader, &mut send).await
+            }
+            Err(e) => Err(e.fatal()),
+        },
+        Ok(Command::Admin(request)) => match caller.principal().await {
+            Ok(who) => admin::run(request, &mut send, &broker, &who).await,
+            Err(e) => Err(e.fatal()),
+        },
+        Ok(Command::Auth { secret }) => authenticate(secret, &mut send, &broker, &caller).await,
         Ok(other) => Err(WireError::new(
             ErrorCode::Invalid,
             0,
@@ -85,6 +129,40 @@ async fn run_stream(mut send: SendStream, mut reader: FrameReader, broker: Broke
     let _ = send.stopped().await;
 }
 
+/// AUTH: the secret is checked and, if accepted, becomes the connection's identity.
+async fn authenticate(
+    secret: String,
+    send: &mut SendStream,
+    broker: &Broker,
+    caller: &Caller,
+) -> Result<(), WireError> {
+    let mut credentials = caller.0.lock().await;
+    let result = credentials.authenticate(secret).await;
+    let logged_in = match result {
+        Ok(logged_in) => logged_in,
+        Err(e) => {
+            broker.count_auth_failure();
+            let remote = credentials.connection().remote;
+            tracing::warn!(target: "quiver::audit", %remote, error = %e, "QUIC AUTH failed");
+            let delay = credentials.authenticator().throttle().delay(remote.ip());
+            drop(credentials);
+            tokio::time::sleep(delay).await;
+            let message = format!("authentication failed: {e}");
+            return Err(WireError::new(ErrorCode::AuthFailed, 0, message));
+        }
+    };
+    let json = serde_json::json!({
+        "identity": logged_in.principal.identity(),
+        "method": logged_in.principal.method().as_str(),
+        "identity_url": logged_in.identity_url,
+        "permission_count": logged_in.permission_count,
+    });
+    drop(credentials);
+    let reply = Reply::AuthOk(json.to_string().into_bytes().into());
+    let _ = write_reply(send, &reply).await;
+    Ok(())
+}
+
 /// Maps a read failure to the error frame a peer gets, when it can still get one.
 fn read_error(e: &ReadError) -> WireError {
     match e {
@@ -93,20 +171,20 @@ fn read_error(e: &ReadError) -> WireError {
     }
 }
 
-/// Maps a broker refusal to the error a client gets, over QUIC or HTTP.
+/// Maps a broker refusal to the error a client gets, over QUIC or HTTP: the one table from
+/// [`ErrorKind`] to wire codes.
 pub fn broker_error(e: &BrokerError, seq: u64) -> WireError {
-    let code = match e {
-        BrokerError::TopicNotFound(_) | BrokerError::ChannelNotFound { .. } => ErrorCode::NotFound,
-        BrokerError::Storage { source, .. } if source.is_disk_full() => ErrorCode::DiskFull,
-        BrokerError::Storage { .. } => ErrorCode::PubFailed,
-        BrokerError::OutOfRange { what, .. } if what.starts_with("REQ") => ErrorCode::ReqFailed,
-        BrokerError::OutOfRange { .. } | BrokerError::RdyTooHigh { .. } => ErrorCode::Invalid,
-        BrokerError::Settle { op: "FIN", .. } => ErrorCode::FinFailed,
-        BrokerError::Settle { op: "REQ", .. } => ErrorCode::ReqFailed,
-        BrokerError::Settle { .. } => ErrorCode::TouchFailed,
-        BrokerError::Deleted => ErrorCode::NotFound,
-        BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
-        BrokerError::Unrouted { .. } => ErrorCode::Unrouted,
+    let code = match e.kind() {
+        ErrorKind::NotFound => ErrorCode::NotFound,
+        ErrorKind::DiskFull => ErrorCode::DiskFull,
+        ErrorKind::StorageFailed => ErrorCode::PubFailed,
+        ErrorKind::Invalid => ErrorCode::Invalid,
+        ErrorKind::ReqFailed => ErrorCode::ReqFailed,
+        ErrorKind::FinFailed => ErrorCode::FinFailed,
+        ErrorKind::TouchFailed => ErrorCode::TouchFailed,
+        ErrorKind::ShuttingDown => ErrorCode::ShuttingDown,
+        ErrorKind::Unrouted => ErrorCode::Unrouted,
+        ErrorKind::Unauthenticated | ErrorKind::Denied => ErrorCode::Unauthorized,
     };
     WireError::new(code, seq, error_chain(e))
 }

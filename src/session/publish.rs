@@ -10,14 +10,14 @@
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quinn::SendStream;
 use tokio::sync::mpsc;
 
-use super::{broker_error, read_error};
-use crate::broker::{Broker, BrokerError, Published};
+use super::{broker_error, read_error, Caller};
+use crate::broker::{Broker, BrokerError, Principal, Published};
 use crate::protocol::{Command, ErrorCode, RawFrame, Reply, WireError};
 use crate::transport::FrameReader;
 
@@ -40,9 +40,10 @@ pub(super) async fn run(
     reader: FrameReader,
     send: &mut SendStream,
     broker: &Broker,
+    caller: &Caller,
 ) -> Result<(), WireError> {
     let (tx, rx) = mpsc::channel(MAX_UNANSWERED);
-    let read = pin!(read_half(first, reader, broker, tx));
+    let read = pin!(read_half(first, reader, broker, caller, tx));
     let mut write = pin!(write_half(rx, send));
     tokio::select! {
         // The reading half ended (cleanly or with a fatal error): answer everything it
@@ -60,9 +61,11 @@ async fn read_half(
     first: Command,
     mut reader: FrameReader,
     broker: &Broker,
+    caller: &Caller,
     tx: mpsc::Sender<Answer>,
 ) -> Result<(), WireError> {
-    handle(first, broker, &tx).await?;
+    let mut who = caller.principal().await?;
+    handle(first, broker, &who, &tx).await?;
     loop {
         let read = tokio::select! {
             _ = broker.shutting_down() => {
@@ -70,8 +73,12 @@ async fn read_half(
             }
             read = reader.next() => read,
         };
+        // An auth server's answer holds for its TTL; then the secret is checked again.
+        if who.expires().is_some_and(|at| at <= Instant::now()) {
+            who = caller.principal().await?;
+        }
         match read {
-            Ok(Some(raw)) => handle_raw(raw, broker, &tx).await?,
+            Ok(Some(raw)) => handle_raw(raw, broker, &who, &tx).await?,
             Ok(None) => return Ok(()),
             Err(e) => return Err(read_error(&e)),
         }
@@ -81,11 +88,12 @@ async fn read_half(
 async fn handle_raw(
     raw: RawFrame,
     broker: &Broker,
+    who: &Principal,
     tx: &mpsc::Sender<Answer>,
 ) -> Result<(), WireError> {
     let seq = raw.publish_seq();
     match Command::decode(raw) {
-        Ok(cmd) => handle(cmd, broker, tx).await,
+        Ok(cmd) => handle(cmd, broker, who, tx).await,
         Err(e) => {
             let e = e.to_wire(seq);
             if e.fatal {
@@ -96,19 +104,26 @@ async fn handle_raw(
     }
 }
 
-async fn handle(cmd: Command, broker: &Broker, tx: &mpsc::Sender<Answer>) -> Result<(), WireError> {
+async fn handle(
+    cmd: Command,
+    broker: &Broker,
+    who: &Principal,
+    tx: &mpsc::Sender<Answer>,
+) -> Result<(), WireError> {
     let seq = cmd.seq();
     let appended = match cmd {
-        Command::Pub { topic, message, .. } => broker.append(&topic, vec![message], Duration::ZERO),
+        Command::Pub { topic, message, .. } => {
+            broker.append(who, &topic, vec![message], Duration::ZERO)
+        }
         Command::Mpub {
             topic, messages, ..
-        } => broker.append(&topic, messages, Duration::ZERO),
+        } => broker.append(who, &topic, messages, Duration::ZERO),
         Command::Dpub {
             topic,
             delay,
             message,
             ..
-        } => broker.append(&topic, vec![message], delay),
+        } => broker.append(who, &topic, vec![message], delay),
         Command::Nop => return Ok(()),
         other => {
             let e = WireError::new(

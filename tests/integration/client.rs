@@ -53,7 +53,9 @@ async fn consumer_retries_failures_with_backoff_then_finishes() {
     });
     let core = broker.broker().clone();
     eventually("all finished", || {
-        let stats = core.stats(None).unwrap();
+        let stats = core
+            .stats(&quiver::broker::Principal::internal(), None)
+            .unwrap();
         let c = stats.topic("work").and_then(|t| t.channel("c"));
         c.is_some_and(|c| c.finished == 20)
     })
@@ -145,7 +147,10 @@ async fn consumer_close_requeues_what_it_did_not_start() {
     let summary = run.await.unwrap().unwrap();
     assert!(summary.finished >= 1);
     assert_eq!(summary.finished + summary.requeued, 10, "{summary:?}");
-    let stats = broker.broker().stats(None).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     let c = stats.topic("slow").unwrap().channel("c").unwrap();
     assert_eq!(
         (c.in_flight, c.depth, c.finished),

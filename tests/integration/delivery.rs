@@ -67,7 +67,10 @@ async fn three_consumers_share_ten_thousand_messages_without_duplicates() {
         }
     }
     assert_eq!(all.len(), 10_000);
-    let stats = broker.broker().stats(None).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     let c = stats.topic("share").unwrap().channel("c").unwrap();
     assert_eq!(
         (c.finished, c.requeued, c.timed_out, c.depth, c.in_flight),
@@ -108,7 +111,10 @@ async fn message_past_its_deadline_is_redelivered() {
     let again = next_message(&mut sub, SOON).await;
     assert!(delivered_at.elapsed() >= Duration::from_millis(950));
     assert_eq!((again.id, again.attempts), (first.id, 2));
-    let stats = broker.broker().stats(None).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     assert_eq!(
         stats
             .topic("deadline")
@@ -136,7 +142,10 @@ async fn touch_keeps_a_message_past_its_original_deadline() {
     expect_silence(&mut sub, Duration::from_millis(300)).await;
     sub.fin(d.id).await.unwrap();
     expect_silence(&mut sub, Duration::from_millis(1200)).await;
-    let stats = broker.broker().stats(None).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     let c = stats.topic("touch").unwrap().channel("c").unwrap();
     assert_eq!((c.finished, c.timed_out), (1, 0));
 }
@@ -180,7 +189,10 @@ async fn rdy_zero_stops_delivery_and_rdy_n_caps_in_flight() {
         held.push(next_message(&mut sub, SOON).await);
     }
     expect_silence(&mut sub, Duration::from_millis(300)).await;
-    let stats = broker.broker().stats(None).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     assert_eq!(
         stats.topic("rdy").unwrap().channel("c").unwrap().in_flight,
         3
@@ -200,7 +212,12 @@ async fn message_past_max_attempts_moves_to_the_dead_letter_topic_with_reasons()
     let broker = TestBroker::start().await;
     broker
         .broker()
-        .create_channel(&topic("orders"), &channel("c"), Some(2))
+        .create_channel(
+            &quiver::broker::Principal::internal(),
+            &topic("orders"),
+            &channel("c"),
+            Some(2),
+        )
         .unwrap();
     let client = broker.client().await;
     let mut dead = subscribe(&client, "orders.dead", "inspect", None).await;
@@ -228,7 +245,10 @@ async fn message_past_max_attempts_moves_to_the_dead_letter_topic_with_reasons()
     assert_eq!(d.headers.get("quiver-dead-channel"), Some("c"));
     assert_eq!(d.headers.get("quiver-dead-topic"), Some("orders"));
     assert_eq!(d.headers.get("quiver-dead-attempts"), Some("2"));
-    let stats = broker.broker().stats(None).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     assert_eq!(
         stats
             .topic("orders")
@@ -277,7 +297,10 @@ async fn ephemeral_channel_is_gone_after_its_last_consumer_leaves() {
     let a = subscribe(&client, "eph", "tail#ephemeral", None).await;
     let b = subscribe(&client, "eph", "tail#ephemeral", None).await;
     let has_channel = || {
-        let stats = broker.broker().stats(None).unwrap();
+        let stats = broker
+            .broker()
+            .stats(&quiver::broker::Principal::internal(), None)
+            .unwrap();
         stats
             .topic("eph")
             .is_some_and(|t| t.channel("tail#ephemeral").is_some())
@@ -304,7 +327,10 @@ async fn cls_drains_in_flight_messages_then_closes() {
     expect_silence(&mut sub, Duration::from_millis(200)).await;
     sub.fin(b.id).await.unwrap();
     assert_eq!(next_event(&mut sub, SOON).await, Some(SubEvent::Closed));
-    let stats = broker.broker().stats(None).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     assert_eq!(stats.topic("cls").unwrap().channel("c").unwrap().depth, 3);
 }
 
@@ -324,7 +350,9 @@ async fn graceful_shutdown_requeues_what_is_in_flight() {
         Some(SubEvent::Error(e)) => assert_eq!((e.code, e.fatal), (ErrorCode::ShuttingDown, true)),
         other => panic!("expected E_SHUTTING_DOWN, got {other:?}"),
     }
-    let stats = core.stats(None).unwrap();
+    let stats = core
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     let c = stats.topic("bye").unwrap().channel("c").unwrap();
     assert_eq!(
         (c.in_flight, c.depth),

@@ -50,12 +50,28 @@ async fn a_restart_keeps_channels_acks_deferred_due_times_and_attempts() {
     let mut sub = subscribe(&client, "keep", "work", None).await;
     publish(&client, "keep", bodies(0..6)).await;
     let b = broker.broker();
-    b.create_channel(&topic("keep"), &channel("slow"), Some(7))
+    b.create_channel(
+        &quiver::broker::Principal::internal(),
+        &topic("keep"),
+        &channel("slow"),
+        Some(7),
+    )
+    .unwrap();
+    b.pause_channel(
+        &quiver::broker::Principal::internal(),
+        &topic("keep"),
+        &channel("slow"),
+        true,
+    )
+    .unwrap();
+    b.create_topic(&quiver::broker::Principal::internal(), &topic("other"))
         .unwrap();
-    b.pause_channel(&topic("keep"), &channel("slow"), true)
-        .unwrap();
-    b.create_topic(&topic("other")).unwrap();
-    b.pause_topic(&topic("other"), true).unwrap();
+    b.pause_topic(
+        &quiver::broker::Principal::internal(),
+        &topic("other"),
+        true,
+    )
+    .unwrap();
 
     sub.rdy(10).await.unwrap();
     let mut held = std::collections::HashMap::new();

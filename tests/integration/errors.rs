@@ -152,7 +152,10 @@ async fn refused_publishes_are_answered_by_seq_and_the_stream_goes_on() {
         ]
     );
     assert_eq!(replies[4], Reply::PubOk { seq: 5 });
-    let stats = broker.broker().stats(None).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     assert_eq!(
         stats.topic("good").unwrap().message_count,
         2,

@@ -132,7 +132,8 @@ fn text(m: &NSQMessage) -> String {
 /// Waits until the channel has nothing ready or in flight, and `finished` messages done.
 async fn drained(broker: &Broker, t: &str, finished: u64) {
     eventually("the channel to be drained", || {
-        let Ok(stats) = broker.stats(Some(&topic(t))) else {
+        let Ok(stats) = broker.stats(&quiver::broker::Principal::internal(), Some(&topic(t)))
+        else {
             return false;
         };
         stats.topics[0]

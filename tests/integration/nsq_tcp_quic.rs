@@ -48,10 +48,16 @@ async fn nsq_and_quic_consumers_of_one_channel_get_each_message_once() {
     quic.rdy(5).await.unwrap();
     let mut nsq = consumer(broker.nsq, "split", "c", NSQConfigShared::new());
     eventually("both consumers to have credit", || {
-        broker.broker().stats(Some(&topic("split"))).is_ok_and(|s| {
-            let consumers = &s.topics[0].channels[0].consumers;
-            consumers.len() == 2 && consumers.iter().all(|c| c.rdy > 0)
-        })
+        broker
+            .broker()
+            .stats(
+                &quiver::broker::Principal::internal(),
+                Some(&topic("split")),
+            )
+            .is_ok_and(|s| {
+                let consumers = &s.topics[0].channels[0].consumers;
+                consumers.len() == 2 && consumers.iter().all(|c| c.rdy > 0)
+            })
     })
     .await;
     let mut producer = producer(broker.nsq, NSQConfigShared::new()).await;
@@ -105,7 +111,10 @@ async fn shutdown_closes_nsq_connections_and_requeues_their_messages() {
         assert!(n > 0, "closed before the message arrived");
         seen.extend_from_slice(&chunk[..n]);
     }
-    let stats = broker.broker().stats(Some(&topic("down"))).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), Some(&topic("down")))
+        .unwrap();
     assert_eq!(stats.topics[0].channels[0].in_flight, 1);
     let broker_handle = broker.broker().clone();
     tokio::time::timeout(Duration::from_secs(10), broker.shutdown())
@@ -114,7 +123,9 @@ async fn shutdown_closes_nsq_connections_and_requeues_their_messages() {
     let mut rest = Vec::new();
     let end = tokio::time::timeout(SOON, raw.read_to_end(&mut rest)).await;
     assert!(end.is_ok(), "the NSQ connection is closed at shutdown");
-    let stats = broker_handle.stats(Some(&topic("down"))).unwrap();
+    let stats = broker_handle
+        .stats(&quiver::broker::Principal::internal(), Some(&topic("down")))
+        .unwrap();
     let channel = &stats.topics[0].channels[0];
     assert_eq!((channel.in_flight, channel.depth), (0, 1), "requeued");
 }

@@ -199,7 +199,10 @@ impl Drop for ToHttp {
 }
 
 fn channel_stats(broker: &TestBroker, t: &str, c: &str) -> Option<ChannelStats> {
-    let stats = broker.broker().stats(None).unwrap();
+    let stats = broker
+        .broker()
+        .stats(&quiver::broker::Principal::internal(), None)
+        .unwrap();
     stats.topic(t).and_then(|t| t.channel(c)).cloned()
 }
 

@@ -48,9 +48,14 @@ use axum::Router;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::broker::Broker;
+use crate::auth::Authenticator;
+use crate::broker::{Broker, Principal};
 use crate::config::NsqConfig;
+use crate::http::guard::{self, Guard};
 use reply::{NsqError, Reply};
+
+/// The caller, as the [`guard`] authenticated it.
+pub(crate) type Who = axum::Extension<Arc<Principal>>;
 
 /// What the handlers share: the broker and facts about this node.
 #[derive(Debug, Clone)]
@@ -112,13 +117,15 @@ pub async fn serve(
     broker: Broker,
     config: NsqConfig,
     tcp: Option<SocketAddr>,
+    auth: Arc<Authenticator>,
 ) {
     let addr = listener.local_addr().ok();
     if let Some(addr) = addr {
         tracing::debug!(%addr, "nsqd HTTP API listening");
     }
     let stop = broker.clone();
-    let app = router(broker, Node::new(addr, tcp, config));
+    let app = router(broker, Node::new(addr, tcp, config), auth);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.shutting_down().await })
         .await;
@@ -128,7 +135,12 @@ pub async fn serve(
 }
 
 /// The nsqd HTTP API's routes over `broker`.
-pub(crate) fn router(broker: Broker, node: Node) -> Router {
+pub(crate) fn router(broker: Broker, node: Node, auth: Arc<Authenticator>) -> Router {
+    let guard = Guard {
+        auth,
+        broker: broker.clone(),
+        render: reply::render_refusal,
+    };
     let state = NsqHttp {
         broker,
         node: Arc::new(node),
@@ -151,6 +163,7 @@ pub(crate) fn router(broker: Broker, node: Node) -> Router {
         .route("/channel/unpause", post(admin::unpause_channel))
         .fallback(|| async { NsqError::not_found("NOT_FOUND") })
         .method_not_allowed_fallback(|| async { NsqError::METHOD_NOT_ALLOWED })
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(state)
 }
 

@@ -6,12 +6,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::Extension;
 use bytes::Bytes;
 
 use super::body::{declared_len, read_at_most};
 use super::params::Params;
 use super::reply::{NsqError, Reply};
-use super::NsqHttp;
+use super::{NsqHttp, Who};
 use crate::message::NewMessage;
 
 const MSG_TOO_BIG: NsqError = NsqError::too_large("MSG_TOO_BIG");
@@ -25,6 +26,7 @@ const INVALID_DEFER: NsqError = NsqError::bad_request("INVALID_DEFER");
 /// before the parameters.
 pub(super) async fn publish(
     State(state): State<NsqHttp>,
+    Extension(who): Who,
     params: Result<Params, NsqError>,
     headers: HeaderMap,
     body: Body,
@@ -45,7 +47,7 @@ pub(super) async fn publish(
     let delay = defer(&params, state.broker.config().max_defer)?;
     state
         .broker
-        .publish(&topic, vec![NewMessage::new(body)], delay)
+        .publish(&who, &topic, vec![NewMessage::new(body)], delay)
         .await?;
     Ok(Reply::ok())
 }
@@ -55,6 +57,7 @@ pub(super) async fn publish(
 /// nsqd.
 pub(super) async fn multi_publish(
     State(state): State<NsqHttp>,
+    Extension(who): Who,
     params: Result<Params, NsqError>,
     headers: HeaderMap,
     body: Body,
@@ -82,7 +85,7 @@ pub(super) async fn multi_publish(
     let messages = bodies.into_iter().map(NewMessage::new).collect();
     state
         .broker
-        .publish(&topic, messages, Duration::ZERO)
+        .publish(&who, &topic, messages, Duration::ZERO)
         .await?;
     Ok(Reply::ok())
 }

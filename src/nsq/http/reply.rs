@@ -6,7 +6,8 @@ use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, ErrorKind};
+use crate::http::guard::Refusal;
 
 const X_NSQ_CONTENT_TYPE: HeaderName = HeaderName::from_static("x-nsq-content-type");
 const NSQ_V1: HeaderValue = HeaderValue::from_static("nsq; version=1.0");
@@ -46,19 +47,26 @@ impl NsqError {
 
     /// A broker refusal in nsqd's terms, logged with its cause (nsqd's codes carry none).
     pub(crate) fn broker(error: BrokerError) -> NsqError {
-        let (status, code) = match &error {
-            BrokerError::TopicNotFound(_) | BrokerError::Deleted => {
-                (StatusCode::NOT_FOUND, "TOPIC_NOT_FOUND")
-            }
-            BrokerError::ChannelNotFound { .. } => (StatusCode::NOT_FOUND, "CHANNEL_NOT_FOUND"),
-            BrokerError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "EXITING"),
+        let (status, code) = match error.kind() {
+            ErrorKind::NotFound => match &error {
+                BrokerError::ChannelNotFound { .. } => (StatusCode::NOT_FOUND, "CHANNEL_NOT_FOUND"),
+                _ => (StatusCode::NOT_FOUND, "TOPIC_NOT_FOUND"),
+            },
+            ErrorKind::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "EXITING"),
             // nsqd answers 503 whenever a publish cannot be stored.
-            BrokerError::Storage { .. } => (StatusCode::SERVICE_UNAVAILABLE, "PUB_FAILED"),
-            BrokerError::Unrouted { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "UNROUTED"),
-            BrokerError::OutOfRange { .. } => (StatusCode::BAD_REQUEST, "INVALID_DEFER"),
-            BrokerError::RdyTooHigh { .. } | BrokerError::Settle { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR")
+            ErrorKind::DiskFull | ErrorKind::StorageFailed => {
+                (StatusCode::SERVICE_UNAVAILABLE, "PUB_FAILED")
             }
+            ErrorKind::Unrouted => (StatusCode::UNPROCESSABLE_ENTITY, "UNROUTED"),
+            ErrorKind::Invalid if matches!(error, BrokerError::OutOfRange { .. }) => {
+                (StatusCode::BAD_REQUEST, "INVALID_DEFER")
+            }
+            ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "AUTH_REQUIRED"),
+            ErrorKind::Denied => (StatusCode::FORBIDDEN, "UNAUTHORIZED"),
+            ErrorKind::Invalid
+            | ErrorKind::ReqFailed
+            | ErrorKind::FinFailed
+            | ErrorKind::TouchFailed => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(%status, code, %error, "nsqd HTTP request failed");
@@ -81,6 +89,16 @@ impl IntoResponse for NsqError {
         let headers = [(CONTENT_TYPE, JSON), (X_NSQ_CONTENT_TYPE, NSQ_V1)];
         (self.status, headers, body).into_response()
     }
+}
+
+/// A request the guard refused, as nsqd frames errors: `{"message":"FORBIDDEN"}` for a
+/// cross-site request (403), `{"message":"AUTH_FAILED"}` for bad credentials (401).
+pub(crate) fn render_refusal(refusal: &Refusal) -> Response {
+    let code = match refusal {
+        Refusal::CrossSite(_) => "FORBIDDEN",
+        Refusal::BadCredentials(_) => "AUTH_FAILED",
+    };
+    NsqError::new(refusal.status(), code).into_response()
 }
 
 /// A successful response.

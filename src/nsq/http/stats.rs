@@ -20,12 +20,15 @@
 //! no such topic): both decode to an empty list in nsqd's own tools.
 
 use axum::extract::State;
+use axum::Extension;
 use serde::Serialize;
 
 use super::params::Params;
 use super::reply::{NsqError, Reply};
-use super::{health, text, version, NsqHttp};
-use crate::broker::{Broker, BrokerError, BrokerStats, ChannelStats, ConsumerStats, TopicStats};
+use super::{health, text, version, NsqHttp, Who};
+use crate::broker::{
+    Broker, BrokerError, BrokerStats, ChannelStats, ConsumerStats, Principal, TopicStats,
+};
 use crate::message::TopicName;
 
 /// nsqd's client state `stateSubscribed`.
@@ -120,12 +123,16 @@ pub(crate) struct Memory {
 
 /// `GET /stats?format=json|text&topic=&channel=&include_clients=&include_mem=`. An unknown
 /// topic or channel filters everything out; it is not an error.
-pub(super) async fn stats(State(state): State<NsqHttp>, params: Params) -> Result<Reply, NsqError> {
+pub(super) async fn stats(
+    State(state): State<NsqHttp>,
+    Extension(who): Who,
+    params: Params,
+) -> Result<Reply, NsqError> {
     let topic = params.get("topic").unwrap_or("");
     let channel = params.get("channel").unwrap_or("");
     let include_clients = params.bool("include_clients").unwrap_or(true);
     let include_mem = params.bool("include_mem").unwrap_or(true);
-    let broker_stats = select(&state.broker, topic)?;
+    let broker_stats = select(&state.broker, &who, topic)?;
     let document = NsqdStats {
         version: version(),
         health: health(&state.broker).unwrap_or_else(|h| h).to_string(),
@@ -146,14 +153,14 @@ pub(super) async fn stats(State(state): State<NsqHttp>, params: Params) -> Resul
 }
 
 /// All topics' stats, or the one named `topic` (none when there is no such topic).
-fn select(broker: &Broker, topic: &str) -> Result<BrokerStats, NsqError> {
+fn select(broker: &Broker, who: &Principal, topic: &str) -> Result<BrokerStats, NsqError> {
     if topic.is_empty() {
-        return Ok(broker.stats(None)?);
+        return Ok(broker.stats(who, None)?);
     }
     let Ok(name) = TopicName::new(topic) else {
         return Ok(BrokerStats::default());
     };
-    match broker.stats(Some(&name)) {
+    match broker.stats(who, Some(&name)) {
         Err(BrokerError::TopicNotFound(_)) => Ok(BrokerStats::default()),
         other => Ok(other?),
     }
@@ -292,6 +299,7 @@ pub(crate) mod tests {
             finished: 3,
             requeued: 1,
             timed_out: 0,
+            principal: "anonymous".into(),
         };
         let channel = |name: &str| ChannelStats {
             name: name.into(),
@@ -314,6 +322,7 @@ pub(crate) mod tests {
         BrokerStats {
             version: "x".into(),
             uptime_secs: 1,
+            access: Default::default(),
             topics: vec![
                 topic("a", vec![channel("z"), channel("c")]),
                 topic("b#ephemeral", vec![channel("c")]),

@@ -45,7 +45,11 @@ async fn start_with(limits: NsqConfig) -> (Broker, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tcp = SocketAddr::from(([127, 0, 0, 1], 4150));
-    let app = router(broker.clone(), Node::new(Some(addr), Some(tcp), limits));
+    let app = router(
+        broker.clone(),
+        Node::new(Some(addr), Some(tcp), limits),
+        Arc::new(crate::auth::Authenticator::disabled()),
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     (broker, addr)
 }
@@ -53,7 +57,7 @@ async fn start_with(limits: NsqConfig) -> (Broker, SocketAddr) {
 async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let mut request = head.into_bytes();
@@ -131,7 +135,12 @@ async fn published_messages_reach_a_consumer_and_stats() {
 
     let (topic, channel) = (TopicName::new("t").unwrap(), ChannelName::new("c").unwrap());
     let sub = broker
-        .subscribe(&topic, &channel, None, "test".into())
+        .subscribe(
+            &std::sync::Arc::new(crate::broker::Principal::internal()),
+            &topic,
+            &channel,
+            None,
+        )
         .unwrap();
     sub.set_rdy(10).unwrap();
     let mut taken = Vec::new();
@@ -218,7 +227,11 @@ async fn text_mpub_without_messages_is_ok() {
     let response = post(addr, "/mpub?topic=t&binary=false", b"\n\n").await;
     assert_eq!((response.status, response.text()), (200, "OK"));
     assert!(
-        broker.stats(None).unwrap().topics.is_empty(),
+        broker
+            .stats(&crate::broker::Principal::internal(), None)
+            .unwrap()
+            .topics
+            .is_empty(),
         "nothing was published"
     );
 }
@@ -255,7 +268,9 @@ async fn topic_and_channel_administration() {
     ok(post(addr, "/channel/create?topic=t&channel=c", b"").await);
     ok(post(addr, "/topic/pause?topic=t", b"").await);
     ok(post(addr, "/channel/pause?topic=t&channel=c", b"").await);
-    let stats = broker.stats(None).unwrap();
+    let stats = broker
+        .stats(&crate::broker::Principal::internal(), None)
+        .unwrap();
     let topic = stats.topic("t").unwrap();
     assert!(topic.paused && topic.channel("c").unwrap().paused);
     ok(post(addr, "/topic/unpause?topic=t", b"").await);

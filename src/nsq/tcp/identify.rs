@@ -83,6 +83,8 @@ pub struct Identified {
 /// The broker-wide facts the reply reports.
 #[derive(Debug, Clone, Copy)]
 pub struct Offer {
+    /// Tokens or an auth server are configured: clients must AUTH (nsqd's `auth_required`).
+    pub auth_required: bool,
     /// A TLS config is loaded, so `tls_v1` can be granted.
     pub tls: bool,
     /// The default message timeout consumers get.
@@ -148,7 +150,7 @@ pub fn identify(
         max_deflate_level: config.max_deflate_level,
         snappy,
         sample_rate: settings.sample_rate,
-        auth_required: false,
+        auth_required: offer.auth_required,
         output_buffer_size: settings.output_buffer_size,
         output_buffer_timeout: settings.output_buffer_timeout.as_millis() as u64,
     };
@@ -238,6 +240,7 @@ mod tests {
 
     fn offer() -> Offer {
         Offer {
+            auth_required: false,
             tls: true,
             msg_timeout: Duration::from_secs(60),
         }

@@ -87,6 +87,19 @@ impl Link {
         self.tls
     }
 
+    /// The client's verified certificate chain, after a TLS upgrade with mTLS.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        match &self.stream {
+            Stream::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()?
+                .first()
+                .map(|c| c.as_ref()),
+            _ => None,
+        }
+    }
+
     /// Reads once, decoding onto [`Link::input`]. Ok(false) at end of stream. Cancel-safe:
     /// nothing is lost if the future is dropped before it completes.
     pub async fn read(&mut self) -> Result<bool, LinkError> {

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::NsqConfig;
 
@@ -41,6 +42,8 @@ pub struct TcpOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Connections at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Tokens, the auth server, client certificates.
+    pub auth: Arc<Authenticator>,
 }
 
 /// What every connection shares.
@@ -50,6 +53,7 @@ struct Shared {
     config: NsqConfig,
     limits: wire::Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
+    auth: Arc<Authenticator>,
 }
 
 /// Accepts NSQ connections until the broker shuts down. Connections run on `tasks`, so that
@@ -65,6 +69,7 @@ pub async fn serve(listener: TcpListener, broker: Broker, options: TcpOptions, t
         tls: options.tls.filter(|_| config.tls),
         config,
         broker: broker.clone(),
+        auth: options.auth,
     });
     let max = options.max_connections;
     let permits = Arc::new(Semaphore::new(max));

@@ -33,8 +33,9 @@ use super::identify::{self, ClientSettings, Offer};
 use super::link::{Link, LinkError};
 use super::wire::{self, Command, NsqError, NsqId, Verb};
 use super::Shared;
+use crate::auth::{certificate_identity, AuthError, Connection, Credentials};
 use crate::broker::delivery::{SettleError, Taken};
-use crate::broker::{BrokerError, Subscription};
+use crate::broker::{BrokerError, ErrorKind, Principal, Subscription};
 use crate::message::{NewMessage, TopicName};
 
 /// Messages taken from the channel per lock.
@@ -64,6 +65,14 @@ enum PubOp {
 }
 
 impl PubOp {
+    fn verb(self) -> &'static str {
+        match self {
+            PubOp::Pub => "PUB",
+            PubOp::Mpub => "MPUB",
+            PubOp::Dpub => "DPUB",
+        }
+    }
+
     fn failed(self, e: &BrokerError) -> NsqError {
         let (code, verb) = match self {
             PubOp::Pub => ("E_PUB_FAILED", "PUB"),
@@ -138,7 +147,16 @@ pub(super) async fn run(mut stream: TcpStream, remote: SocketAddr, shared: Arc<S
     }
     tracing::debug!(%remote, "NSQ connection open");
     let settings = ClientSettings::new(&shared.config);
+    let credentials = Credentials::new(
+        Arc::clone(&shared.auth),
+        Connection {
+            remote,
+            tls: false,
+            certificate: None,
+        },
+    );
     let mut session = Session {
+        credentials,
         heartbeat: heartbeat(settings.heartbeat),
         settings,
         link,
@@ -158,6 +176,8 @@ pub(super) async fn run(mut stream: TcpStream, remote: SocketAddr, shared: Arc<S
 
 struct Session {
     shared: Arc<Shared>,
+    /// Who the connection is: its certificate after a TLS upgrade, or its AUTH.
+    credentials: Credentials,
     link: Link,
     remote: SocketAddr,
     state: State,
@@ -228,16 +248,17 @@ impl Session {
         match command {
             Command::Nop => {}
             Command::Identify(body) => self.identify(&body).await?,
-            Command::Auth(_) => {
-                return Err(NsqError::fatal("E_AUTH_DISABLED", "AUTH disabled").into());
-            }
+            Command::Auth(secret) => self.auth(&secret).await?,
             Command::Sub { topic, channel } => {
-                let remote = self.remote.to_string();
+                let who = self.principal().await?;
                 let broker = &self.shared.broker;
                 let sub = broker
-                    .subscribe(&topic, &channel, self.settings.msg_timeout, remote)
+                    .subscribe(&who, &topic, &channel, self.settings.msg_timeout)
                     .map_err(|e| {
-                        NsqError::fatal("E_SUB_FAILED", format!("SUB failed {}", error_chain(&e)))
+                        denied("SUB", &topic, channel.as_str(), &e).unwrap_or_else(|| {
+                            let text = format!("SUB failed {}", error_chain(&e));
+                            NsqError::fatal("E_SUB_FAILED", text)
+                        })
                     })?;
                 tracing::debug!(remote = %self.remote, %topic, %channel, consumer = sub.id(), "NSQ consumer subscribed");
                 self.sub = Some(sub);
@@ -256,16 +277,18 @@ impl Session {
                 self.settle("TOUCH", "E_TOUCH_FAILED", id, |sub, id| sub.touch(id))
             }
             Command::Pub { topic, body } => {
-                self.publish(
+                self.publish_checked(
                     PubOp::Pub,
                     &topic,
                     vec![NewMessage::new(body)],
                     Duration::ZERO,
-                )?;
+                )
+                .await?;
             }
             Command::Mpub { topic, bodies } => {
                 let messages = bodies.into_iter().map(NewMessage::new).collect();
-                self.publish(PubOp::Mpub, &topic, messages, Duration::ZERO)?;
+                self.publish_checked(PubOp::Mpub, &topic, messages, Duration::ZERO)
+                    .await?;
             }
             Command::Dpub {
                 topic,
@@ -273,7 +296,8 @@ impl Session {
                 body,
             } => {
                 let delay = Duration::from_millis(delay_ms);
-                self.publish(PubOp::Dpub, &topic, vec![NewMessage::new(body)], delay)?;
+                self.publish_checked(PubOp::Dpub, &topic, vec![NewMessage::new(body)], delay)
+                    .await?;
             }
             Command::Cls => {
                 if let Some(sub) = &self.sub {
@@ -290,6 +314,7 @@ impl Session {
     /// by an `OK` sent over the upgraded stream.
     async fn identify(&mut self, body: &[u8]) -> Result<(), Stop> {
         let offer = Offer {
+            auth_required: self.shared.auth.takes_secrets(),
             tls: self.shared.tls.is_some(),
             msg_timeout: self.shared.broker.config().msg_timeout,
         };
@@ -307,6 +332,16 @@ impl Session {
         let upgrades = identified.upgrades;
         if let (true, Some(config)) = (upgrades.tls, &self.shared.tls) {
             self.link.upgrade_tls(config.clone()).await?;
+            // The identity of a verified client certificate, until an AUTH replaces it.
+            let certificate = self.link.peer_certificate().and_then(certificate_identity);
+            self.credentials = Credentials::new(
+                Arc::clone(&self.shared.auth),
+                Connection {
+                    remote: self.remote,
+                    tls: true,
+                    certificate,
+                },
+            );
             self.upgraded().await?;
         }
         if upgrades.snappy {
@@ -380,9 +415,70 @@ impl Session {
         }
     }
 
+    /// AUTH, as nsqd: once, before SUB, only with authentication that takes secrets. A
+    /// refused secret is answered after the address's throttle delay, and closes the
+    /// connection.
+    async fn auth(&mut self, secret: &[u8]) -> Result<(), Stop> {
+        if self.credentials.has_secret() {
+            return Err(NsqError::fatal("E_INVALID", "AUTH already set").into());
+        }
+        if !self.shared.auth.takes_secrets() {
+            return Err(NsqError::fatal("E_AUTH_DISABLED", "AUTH disabled").into());
+        }
+        let secret = String::from_utf8_lossy(secret).into_owned();
+        match self.credentials.authenticate(secret).await {
+            Ok(logged_in) => {
+                let reply = serde_json::json!({
+                    "identity": logged_in.principal.identity(),
+                    "identity_url": logged_in.identity_url,
+                    "permission_count": logged_in.permission_count,
+                });
+                let body = Bytes::from(reply.to_string());
+                self.reply(Reply::Response(body));
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.broker.count_auth_failure();
+                tracing::warn!(target: "quiver::audit", remote = %self.remote, error = %e, "NSQ AUTH failed");
+                let delay = self.shared.auth.throttle().delay(self.remote.ip());
+                tokio::time::sleep(delay).await;
+                // As nsqd, errors contacting the auth server are not told to the client.
+                let e = match e {
+                    AuthError::NoAuthorizations => {
+                        NsqError::fatal("E_UNAUTHORIZED", "AUTH no authorizations found")
+                    }
+                    _ => NsqError::fatal("E_AUTH_FAILED", "AUTH failed"),
+                };
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The connection's principal, asking the auth server again if its answer expired.
+    async fn principal(&mut self) -> Result<Arc<Principal>, NsqError> {
+        self.credentials.current().await.map_err(|e| {
+            self.shared.broker.count_auth_failure();
+            tracing::warn!(target: "quiver::audit", remote = %self.remote, error = %e, "NSQ auth refresh failed");
+            NsqError::fatal("E_AUTH_FAILED", "AUTH failed")
+        })
+    }
+
+    /// A publish with the connection's current principal.
+    async fn publish_checked(
+        &mut self,
+        op: PubOp,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+        delay: Duration,
+    ) -> Result<(), NsqError> {
+        let who = self.principal().await?;
+        self.publish(&who, op, topic, messages, delay)
+    }
+
     /// Appends at once, in arrival order; the reply waits for the confirmation.
     fn publish(
         &mut self,
+        who: &Principal,
         op: PubOp,
         topic: &TopicName,
         messages: Vec<NewMessage>,
@@ -391,8 +487,8 @@ impl Session {
         let published = self
             .shared
             .broker
-            .append(topic, messages, delay)
-            .map_err(|e| op.failed(&e))?;
+            .append(who, topic, messages, delay)
+            .map_err(|e| denied(op.verb(), topic, "", &e).unwrap_or_else(|| op.failed(&e)))?;
         let mut confirm: Confirmation = Box::pin(published.confirmed());
         // Under most fsync policies the confirmation is ready already: answer now.
         if self.replies.is_empty() {
@@ -537,6 +633,22 @@ impl Gate {
             return invalid("cannot SUB with heartbeats disabled".into());
         }
         Ok(())
+    }
+}
+
+/// nsqd's answers to an operation that is not allowed: `E_AUTH_FIRST` when nothing was
+/// presented, `E_UNAUTHORIZED` otherwise; both fatal. None for other errors.
+fn denied(verb: &str, topic: &TopicName, channel: &str, e: &BrokerError) -> Option<NsqError> {
+    match e.kind() {
+        ErrorKind::Unauthenticated => Some(NsqError::fatal(
+            "E_AUTH_FIRST",
+            format!("AUTH required before {verb}"),
+        )),
+        ErrorKind::Denied => Some(NsqError::fatal(
+            "E_UNAUTHORIZED",
+            format!("AUTH failed for {verb} on {:?} {channel:?}", topic.as_str()),
+        )),
+        _ => None,
     }
 }
 

@@ -244,6 +244,8 @@ fn error_codes_keep_their_numbers_names_and_fatality() {
         (14, "E_INTERNAL", false),
         (15, "E_DISK_FULL", false),
         (16, "E_UNROUTED", false),
+        (17, "E_UNAUTHORIZED", false),
+        (18, "E_AUTH_FAILED", true),
     ];
     for (code, (number, name, fatal)) in ALL_CODES.iter().zip(table) {
         assert_eq!(*code as u16, number);
@@ -253,7 +255,7 @@ fn error_codes_keep_their_numbers_names_and_fatality() {
         assert_eq!(WireError::new(*code, 3, "m").fatal, fatal);
     }
     assert_eq!(ErrorCode::from_u16(0), None);
-    assert_eq!(ErrorCode::from_u16(17), None);
+    assert_eq!(ErrorCode::from_u16(19), None);
 }
 
 #[test]

@@ -22,7 +22,7 @@ mod strategies;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const ALL_CODES: [ErrorCode; 16] = [
+const ALL_CODES: [ErrorCode; 18] = [
     ErrorCode::BadFrame,
     ErrorCode::FrameTooLarge,
     ErrorCode::UnknownFrame,
@@ -39,6 +39,8 @@ const ALL_CODES: [ErrorCode; 16] = [
     ErrorCode::Internal,
     ErrorCode::DiskFull,
     ErrorCode::Unrouted,
+    ErrorCode::Unauthorized,
+    ErrorCode::AuthFailed,
 ];
 
 const ALL_OPS: [AdminOp; 5] = [

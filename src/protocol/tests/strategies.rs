@@ -128,6 +128,7 @@ pub(super) fn command() -> impl Strategy<Value = Command> {
         Just(Command::Cls),
         Just(Command::Nop),
         admin_request().prop_map(Command::Admin),
+        unicode(0, 64).prop_map(|secret| Command::Auth { secret }),
     ]
 }
 
@@ -170,6 +171,7 @@ pub(super) fn reply() -> impl Strategy<Value = Reply> {
         Just(Reply::CloseOk),
         delivery().prop_map(Reply::Message),
         body(512).prop_map(Reply::AdminOk),
+        body(512).prop_map(Reply::AuthOk),
         wire_error().prop_map(Reply::Error),
     ]
 }
