@@ -10,7 +10,7 @@ use axum::Extension;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::broker::{BrokerStats, ChannelStats, Principal, TopicStats};
+use crate::broker::{AccessStats, BrokerStats, ChannelStats, Principal, TopicStats};
 use crate::rules::{BindingStatus, RulesStatus};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -288,6 +288,7 @@ pub(crate) fn render(stats: &BrokerStats) -> String {
         "Seconds since the broker started.",
     );
     sample(&mut out, "quiver_uptime_seconds", &[], stats.uptime_secs);
+    render_access(&mut out, &stats.access);
     for (name, kind, help, read) in TOPIC_METRICS {
         family(&mut out, name, kind, help);
         for topic in &stats.topics {
@@ -304,6 +305,33 @@ pub(crate) fn render(stats: &BrokerStats) -> String {
         }
     }
     out
+}
+
+/// Refused callers: failed authentications (and cross-site HTTP requests), and operations
+/// denied by permission.
+fn render_access(out: &mut String, access: &AccessStats) {
+    let failures = "quiver_auth_failures_total";
+    family(
+        out,
+        failures,
+        Kind::Counter,
+        "Credentials refused (wrong token or secret, auth server down) and cross-site HTTP requests refused.",
+    );
+    sample(out, failures, &[], access.auth_failures);
+    let denied = "quiver_denied_total";
+    family(
+        out,
+        denied,
+        Kind::Counter,
+        "Operations refused because no grant gives the caller the permission, by operation.",
+    );
+    for (operation, count) in [
+        ("publish", access.denied_publish),
+        ("subscribe", access.denied_subscribe),
+        ("admin", access.denied_admin),
+    ] {
+        sample(out, denied, &[("operation", operation)], count);
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: Kind, help: &str) {

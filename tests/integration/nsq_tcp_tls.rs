@@ -80,7 +80,16 @@ async fn tls_upgrade_checks_client_certificates_against_the_client_ca() {
     client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
 
-    let broker = NsqBroker::start_with(|c| c.tls.client_ca = Some(ca_path.clone())).await;
+    // With mTLS on, the certificate is the identity, and it needs a grant.
+    let rules = dir.path().join("rules.toml");
+    let grant =
+        "[[grant]]\nto = [\"client\"]\ntopics = [\"secure\"]\npermissions = [\"publish\"]\n";
+    std::fs::write(&rules, grant).unwrap();
+    let broker = NsqBroker::start_with(|c| {
+        c.tls.client_ca = Some(ca_path.clone());
+        c.rules_file = Some(rules.clone());
+    })
+    .await;
     let builder = || {
         rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()

@@ -13,6 +13,10 @@ pub struct TestBroker {
     server: Option<Server>,
     broker: Broker,
     pub options: ClientOptions,
+    /// The admin HTTP API, the NSQ TCP listener and the nsqd HTTP API.
+    pub http: std::net::SocketAddr,
+    pub nsq_tcp: Option<std::net::SocketAddr>,
+    pub nsq_http: Option<std::net::SocketAddr>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -49,6 +53,9 @@ impl TestBroker {
             Trust::CaFile(server.cert_path().to_owned()),
         );
         TestBroker {
+            http: server.http_addr(),
+            nsq_tcp: server.nsq_tcp_addr(),
+            nsq_http: server.nsq_http_addr(),
             broker: server.broker().clone(),
             server: Some(server),
             options,
