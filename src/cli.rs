@@ -685,6 +685,27 @@ async fn stats(args: StatsArgs) -> Result<()> {
             t.retention_dropped_messages,
             t.corrupt_records,
         );
+        for c in &t.channels {
+            for consumer in &c.consumers {
+                println!(
+                    "  {}/{} consumer {}: {} from {}, RDY {}, in flight {}",
+                    t.name,
+                    c.name,
+                    consumer.id,
+                    consumer.principal,
+                    consumer.remote,
+                    consumer.rdy,
+                    consumer.in_flight
+                );
+            }
+        }
+    }
+    let a = &stats.access;
+    if a.auth_failures + a.denied_publish + a.denied_subscribe + a.denied_admin > 0 {
+        println!(
+            "access: {} authentication failures; denied {} publishes, {} subscribes, {} admin requests",
+            a.auth_failures, a.denied_publish, a.denied_subscribe, a.denied_admin
+        );
     }
     Ok(())
 }

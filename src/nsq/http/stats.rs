@@ -27,7 +27,7 @@ use super::params::Params;
 use super::reply::{NsqError, Reply};
 use super::{health, text, version, NsqHttp, Who};
 use crate::broker::{
-    Broker, BrokerError, BrokerStats, ChannelStats, ConsumerStats, Principal, TopicStats,
+    Broker, BrokerError, BrokerStats, ChannelStats, ConsumerStats, Principal, TopicStats, ANONYMOUS,
 };
 use crate::message::TopicName;
 
@@ -98,6 +98,10 @@ pub(crate) struct Client {
     pub(crate) tls_version: String,
     pub(crate) tls_negotiated_protocol: String,
     pub(crate) tls_negotiated_protocol_is_mutual: bool,
+    /// Whether the consumer authenticated, and as whom (nsqd's AUTH fields).
+    pub(crate) authed: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub(crate) auth_identity: String,
 }
 
 /// nsqd's `quantile.Result` when end-to-end latency is not measured.
@@ -228,6 +232,12 @@ fn nsq_channel(channel: ChannelStats, on_disk: bool, include_clients: bool) -> C
 }
 
 fn nsq_client(consumer: ConsumerStats) -> Client {
+    let authed = !consumer.principal.is_empty() && consumer.principal != ANONYMOUS;
+    let auth_identity = if authed {
+        consumer.principal.clone()
+    } else {
+        String::new()
+    };
     let hostname = match consumer.remote.parse::<std::net::SocketAddr>() {
         Ok(addr) => addr.ip().to_string(),
         Err(_) => consumer.remote.clone(),
@@ -253,6 +263,8 @@ fn nsq_client(consumer: ConsumerStats) -> Client {
         tls_version: String::new(),
         tls_negotiated_protocol: String::new(),
         tls_negotiated_protocol_is_mutual: false,
+        authed,
+        auth_identity,
     }
 }
 
