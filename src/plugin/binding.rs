@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Instance, MessageView, Plugin, PluginError, PluginFault, Route};
+use super::{Instance, MessageView, Plugin, PluginError, PluginFault, Route, TimeoutKind};
 
 /// The first backoff after a fault.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -38,8 +38,8 @@ const PROBATION: u64 = 1024;
 /// One plugin instance behind a mutex, restarted after faults. Calls from several threads are
 /// serialized: one decision at a time, which a stateful sampler needs.
 ///
-/// A call holds the mutex for at most the call timeout, or, when it restarts the instance,
-/// the init timeout: other callers wait that long.
+/// A call holds the mutex for at most the call's wall-clock backstop, or, when it restarts
+/// the instance, the init timeout's: other callers wait that long.
 #[derive(Debug)]
 pub struct Binding {
     plugin: Arc<Plugin>,
@@ -74,8 +74,12 @@ pub struct BindingStats {
     pub routed: u64,
     /// Router decisions with neither.
     pub unrouted: u64,
-    /// Calls interrupted at their deadline.
-    pub timeouts: u64,
+    /// Calls stopped because they used their CPU budget (`call_timeout`): the plugin's
+    /// doing.
+    pub cpu_timeouts: u64,
+    /// Calls stopped at the wall-clock backstop (`wall_timeout`) with CPU budget left: the
+    /// machine's doing (the calling thread got too little CPU), not the plugin's.
+    pub wall_timeouts: u64,
     /// Calls that ran out of memory.
     pub out_of_memory: u64,
     /// Calls that trapped.
@@ -105,7 +109,8 @@ struct Counters {
     skipped: AtomicU64,
     routed: AtomicU64,
     unrouted: AtomicU64,
-    timeouts: AtomicU64,
+    cpu_timeouts: AtomicU64,
+    wall_timeouts: AtomicU64,
     out_of_memory: AtomicU64,
     traps: AtomicU64,
     too_large: AtomicU64,
@@ -264,7 +269,8 @@ impl Binding {
             skipped: read(&c.skipped),
             routed: read(&c.routed),
             unrouted: read(&c.unrouted),
-            timeouts: read(&c.timeouts),
+            cpu_timeouts: read(&c.cpu_timeouts),
+            wall_timeouts: read(&c.wall_timeouts),
             out_of_memory: read(&c.out_of_memory),
             traps: read(&c.traps),
             too_large: read(&c.too_large),
@@ -358,7 +364,8 @@ impl Binding {
     fn count(&self, fault: &PluginFault) {
         let c = &self.counters;
         bump(match fault {
-            PluginFault::Timeout => &c.timeouts,
+            PluginFault::Timeout(TimeoutKind::Cpu) => &c.cpu_timeouts,
+            PluginFault::Timeout(TimeoutKind::Wall) => &c.wall_timeouts,
             PluginFault::OutOfMemory => &c.out_of_memory,
             PluginFault::Trap(_) => &c.traps,
             PluginFault::TooLarge { .. } => &c.too_large,

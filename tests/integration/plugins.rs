@@ -443,7 +443,7 @@ async fn hostile_plugins_are_isolated_and_their_messages_follow_the_failure_poli
             .map(|b| b["stats"][counter].as_u64().unwrap())
             .unwrap()
     };
-    assert!(faults("spin", "timeouts") >= 1, "{bindings:#?}");
+    assert!(faults("spin", "cpu_timeouts") >= 1, "{bindings:#?}");
     assert!(faults("hog", "out_of_memory") >= 1, "{bindings:#?}");
     assert!(faults("trap", "traps") >= 1, "{bindings:#?}");
     assert_eq!(faults("good", "calls"), n as u64);

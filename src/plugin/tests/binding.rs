@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::{host, load, params, TestMessage};
 use crate::plugin::{
     Binding, BindingStats, PluginError, PluginFault, PluginHost, PluginKind, PluginLimits,
+    TimeoutKind,
 };
 
 fn binding(host: &PluginHost, name: &str, kind: PluginKind, pairs: &[(&str, &str)]) -> Binding {
@@ -75,18 +76,34 @@ fn binding_counts_timeouts_and_out_of_memory() {
     };
     let roomy = PluginHost::new(limits, None).unwrap();
     let hog = binding(&roomy, "hog", PluginKind::Filter, &[]);
-    let spin = binding(&host(), "spin", PluginKind::Filter, &[]);
+    // Only its CPU budget may stop the spin: the backstop is far away.
+    let budgeted = PluginHost::new(
+        PluginLimits {
+            wall_timeout: Some(Duration::from_secs(60)),
+            ..PluginLimits::default()
+        },
+        None,
+    )
+    .unwrap();
+    let spin = binding(&budgeted, "spin", PluginKind::Filter, &[]);
     let msg = TestMessage::new(b"x");
 
     assert_eq!(hog.keep(&msg.view()), Err(PluginFault::OutOfMemory));
-    assert_eq!(spin.keep(&msg.view()), Err(PluginFault::Timeout));
+    assert_eq!(
+        spin.keep(&msg.view()),
+        Err(PluginFault::Timeout(TimeoutKind::Cpu))
+    );
     let unavailable = spin.keep(&msg.view()).unwrap_err();
     wait_out(&unavailable);
-    assert_eq!(spin.keep(&msg.view()), Err(PluginFault::Timeout));
+    assert_eq!(
+        spin.keep(&msg.view()),
+        Err(PluginFault::Timeout(TimeoutKind::Cpu))
+    );
 
     assert_eq!(hog.stats().out_of_memory, 1);
     let spin = spin.stats();
-    assert_eq!((spin.timeouts, spin.unavailable), (2, 1));
+    assert_eq!((spin.cpu_timeouts, spin.unavailable), (2, 1));
+    assert_eq!(spin.wall_timeouts, 0);
     assert_eq!(spin.reinstantiations, 1);
 }
 
