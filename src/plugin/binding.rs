@@ -2,6 +2,8 @@
 //!
 //! After a fault the instance is dropped (its store is poisoned) and a new one is started on
 //! the next call after a backoff: 10 ms, doubling to 5 s, reset by the next successful call.
+//! Faults that are not the plugin's doing (a body over the memory cap, a call stopped by the
+//! wall-clock backstop because the machine starved it) restart it at once instead.
 //! During the backoff calls fail at once with [`PluginFault::Unavailable`], without running
 //! guest code. The binding only reports faults; the caller applies the failure policy
 //! (deliver, skip or dead-letter) to the message.
@@ -324,8 +326,12 @@ impl Binding {
                 self.count(&fault);
                 if fault.poisons_instance() {
                     state.instance = None;
-                    // Not the plugin's doing: start over at once, without growing the backoff.
-                    let wait = !matches!(fault, PluginFault::TooLarge { .. });
+                    // Not the plugin's doing (a body over the cap, a machine too busy to give
+                    // the call its CPU): start over at once, without growing the backoff.
+                    let wait = !matches!(
+                        fault,
+                        PluginFault::TooLarge { .. } | PluginFault::Timeout(TimeoutKind::Wall)
+                    );
                     state.went_down(fault.to_string(), wait);
                     tracing::warn!(plugin = self.plugin.name(), %fault, retry_in = ?state.backoff, "plugin faulted; it will be restarted");
                 }

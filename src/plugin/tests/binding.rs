@@ -108,6 +108,31 @@ fn binding_counts_timeouts_and_out_of_memory() {
 }
 
 #[test]
+fn binding_restarts_at_once_after_a_wall_clock_timeout() {
+    // A budget the spin cannot use up before the backstop: what a starved call looks like.
+    let limits = PluginLimits {
+        call_timeout: Duration::from_secs(30),
+        wall_timeout: Some(Duration::from_millis(20)),
+        ..PluginLimits::default()
+    };
+    let host = PluginHost::new(limits, None).unwrap();
+    let spin = binding(&host, "spin", PluginKind::Filter, &[]);
+    let msg = TestMessage::new(b"x");
+
+    let wall = Err(PluginFault::Timeout(TimeoutKind::Wall));
+    assert_eq!(spin.keep(&msg.view()), wall);
+    assert_eq!(
+        spin.keep(&msg.view()),
+        wall,
+        "no backoff: not the plugin's doing"
+    );
+
+    let stats = spin.stats();
+    assert_eq!((stats.wall_timeouts, stats.cpu_timeouts), (2, 0));
+    assert_eq!((stats.unavailable, stats.reinstantiations), (0, 1));
+}
+
+#[test]
 fn binding_restarts_at_once_after_a_body_too_large() {
     let limits = PluginLimits {
         memory_bytes: 4 << 20,
