@@ -11,8 +11,10 @@
 //! Filters and samplers are also called a batch at a time ([`Binding::keep_batch`]). A batch
 //! that faults says nothing of which message did it, so its messages are decided again one
 //! call each on a new instance, started at once, and the binding keeps to one call per
-//! message for the next [`PROBATION`] messages. One call per message is then what counts,
-//! as without batches; the failed batch call is counted only in `batch_faults`.
+//! message for the next [`PROBATION`] messages (only for the batch's own messages when the
+//! batch was stopped by the wall-clock backstop, which blames no message). One call per
+//! message is then what counts, as without batches; the failed batch call is counted only in
+//! `batch_faults`.
 //!
 //! # Invariants
 //! - `calls` equals the sum of every outcome counter in [`BindingStats`] except
@@ -180,7 +182,12 @@ impl Binding {
                     Err(fault) => {
                         bump(&self.counters.batch_faults);
                         tracing::warn!(plugin = self.plugin.name(), %fault, "a batch call faulted; deciding its messages one call each");
-                        state.probation = PROBATION;
+                        // A batch the machine starved names no guilty message: only its own
+                        // messages are decided one call each.
+                        state.probation = match fault {
+                            PluginFault::Timeout(TimeoutKind::Wall) => chunk.len() as u64,
+                            _ => PROBATION,
+                        };
                     }
                 }
             }

@@ -133,6 +133,30 @@ fn binding_restarts_at_once_after_a_wall_clock_timeout() {
 }
 
 #[test]
+fn batch_stopped_by_the_wall_clock_backstop_is_decided_again_without_backoff() {
+    let limits = PluginLimits {
+        call_timeout: Duration::from_secs(30),
+        wall_timeout: Some(Duration::from_millis(20)),
+        ..PluginLimits::default()
+    };
+    let host = PluginHost::new(limits, None).unwrap();
+    let spin = binding(&host, "spin", PluginKind::Filter, &[]);
+    let msgs = [TestMessage::new(b"a"), TestMessage::new(b"b")];
+    let views: Vec<_> = msgs.iter().map(TestMessage::view).collect();
+
+    let wall = Err(PluginFault::Timeout(TimeoutKind::Wall));
+    assert_eq!(spin.keep_batch(&views), [wall.clone(), wall.clone()]);
+    assert_eq!(spin.keep_batch(&views), [wall.clone(), wall]);
+
+    // The first batch call, then each message alone; the instance was down when the second
+    // batch came, so its messages went one call each at once.
+    let stats = spin.stats();
+    assert_eq!(stats.batch_faults, 1);
+    assert_eq!((stats.wall_timeouts, stats.cpu_timeouts), (4, 0));
+    assert_eq!(stats.unavailable, 0, "never waited out a backoff");
+}
+
+#[test]
 fn binding_restarts_at_once_after_a_body_too_large() {
     let limits = PluginLimits {
         memory_bytes: 4 << 20,
