@@ -76,9 +76,19 @@ impl Eq for InlineRules {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginsConfig {
-    /// Longest one decision may run.
+    /// Most CPU time one decision may use (the calling thread's, so a busy machine does not
+    /// time a plugin out).
     #[serde(with = "duration")]
     pub call_timeout: Duration,
+    /// Longest one decision may take in wall-clock time, however little CPU the machine gave
+    /// it: the backstop that keeps a starved call from holding a message. Default 10 ×
+    /// `call_timeout`.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub wall_timeout: Option<Duration>,
     /// Most linear memory one instance may have: bytes, or a string like `"16MiB"`.
     #[serde(with = "byte_size")]
     pub memory: u64,
@@ -94,6 +104,7 @@ impl Default for PluginsConfig {
         let limits = PluginLimits::default();
         PluginsConfig {
             call_timeout: limits.call_timeout,
+            wall_timeout: limits.wall_timeout,
             memory: limits.memory_bytes,
             init_timeout: limits.init_timeout,
             cache_dir: None,
@@ -105,6 +116,7 @@ impl PluginsConfig {
     pub fn limits(&self) -> PluginLimits {
         PluginLimits {
             call_timeout: self.call_timeout,
+            wall_timeout: self.wall_timeout,
             memory_bytes: self.memory,
             init_timeout: self.init_timeout,
         }
@@ -121,6 +133,12 @@ impl PluginsConfig {
         let invalid = |field: &str, why: &str| Err((format!("plugins.{field}"), why.to_owned()));
         if self.call_timeout.is_zero() {
             return invalid("call_timeout", "must be more than 0");
+        }
+        if self
+            .wall_timeout
+            .is_some_and(|wall| wall < self.call_timeout)
+        {
+            return invalid("wall_timeout", "must be at least plugins.call_timeout");
         }
         if self.init_timeout.is_zero() {
             return invalid("init_timeout", "must be more than 0");
@@ -702,6 +720,8 @@ mod tests {
         assert_eq!(limits.call_timeout, Duration::from_millis(20));
         assert_eq!(limits.memory_bytes, 32 << 20);
         assert_eq!(limits.init_timeout, Duration::from_secs(2));
+        assert_eq!(limits.wall_timeout, None);
+        assert_eq!(limits.call_wall_timeout(), Duration::from_millis(200));
         let config: Config = toml::from_str("[plugins]\nmemory = 2097152\n").unwrap();
         assert_eq!(config.plugins.memory, 2 << 20);
         assert!(toml::from_str::<Config>("[plugins]\nmemory = \"2MB\"\n").is_err());
@@ -713,6 +733,23 @@ mod tests {
             Config::default().plugins.cache_dir(Path::new("d")),
             Path::new("d/plugin-cache")
         );
+    }
+
+    #[test]
+    fn plugin_wall_timeout_is_a_backstop_at_least_the_cpu_budget() {
+        let config: Config =
+            toml::from_str("[plugins]\ncall_timeout = \"5ms\"\nwall_timeout = \"1s\"\n").unwrap();
+        config.validate().unwrap();
+        let limits = config.plugins.limits();
+        assert_eq!(limits.wall_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(limits.call_wall_timeout(), Duration::from_secs(1));
+        let config: Config =
+            toml::from_str("[plugins]\ncall_timeout = \"50ms\"\nwall_timeout = \"10ms\"\n")
+                .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("plugins.wall_timeout"), "{err}");
+        let text = serde_json::to_string(&Config::default().plugins).unwrap();
+        assert!(!text.contains("wall_timeout"), "unset, so derived: {text}");
     }
 
     #[test]

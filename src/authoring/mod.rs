@@ -84,7 +84,8 @@ pub struct TestArgs {
     /// Run each message N times and print the median nanoseconds per call.
     #[arg(long, value_name = "N")]
     pub bench: Option<u64>,
-    /// Longest one decision may run, instead of the broker's default (10ms), e.g. 1s.
+    /// Most CPU time one decision may use, instead of the broker's default (10ms), e.g. 1s;
+    /// its wall-clock backstop is 10 times that.
     #[arg(long, value_parser = crate::config::parse_duration)]
     pub call_timeout: Option<std::time::Duration>,
     /// One JSON object per message instead of text.

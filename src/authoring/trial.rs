@@ -1,13 +1,14 @@
 //! `quiver plugin test`: a plugin run on sample messages exactly as the broker runs it (the
-//! same host, the default limits: 10 ms per call, 16 MiB, 1 s to start), without a broker.
+//! same host, the default limits: 10 ms of CPU per call, 16 MiB, 1 s to start), without a
+//! broker.
 //!
 //! Output, one line per message: `keep` or `skip` for filters and samplers; for routers
 //! `channels=a,b forward=t` (each part only when not empty) or `unrouted`; after a fault,
 //! `fault: <why>`, and the next message gets a fresh instance (as the broker would after its
-//! backoff; a sampler's state starts again). `--call-timeout` lifts the 10 ms bound, for
-//! slow debug builds of a plugin or a loaded machine. With `--bench N` each line adds the median
-//! nanoseconds per call over [`BENCH_ROUNDS`] rounds of N / 5 calls; with `--json` each line
-//! is a JSON object instead.
+//! backoff; a sampler's state starts again). `--call-timeout` lifts the 10 ms bound (and
+//! the wall-clock backstop with it), for slow debug builds of a plugin. With `--bench N`
+//! each line adds the median nanoseconds per call over [`BENCH_ROUNDS`] rounds of N / 5
+//! calls; with `--json` each line is a JSON object instead.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -284,8 +285,11 @@ mod tests {
         );
         assert_eq!(text_line(&route(&[], &["t"]), None), "forward=t");
         assert_eq!(
-            text_line(&Decision::Fault(PluginFault::Timeout), None),
-            "fault: plugin call timed out"
+            text_line(
+                &Decision::Fault(PluginFault::Timeout(crate::plugin::TimeoutKind::Cpu)),
+                None
+            ),
+            "fault: plugin call timed out: it used its CPU budget"
         );
     }
 

@@ -207,14 +207,19 @@ pub(crate) async fn metrics(
 /// A per-binding metric.
 type BindingMetric = (&'static str, &'static str, fn(&BindingStatus) -> u64);
 
-const BINDING_METRICS: [BindingMetric; 6] = [
+const BINDING_METRICS: [BindingMetric; 7] = [
     ("quiver_plugin_calls_total", "Calls into the plugin.", |b| {
         b.stats.calls
     }),
     (
-        "quiver_plugin_timeouts_total",
-        "Plugin calls interrupted at their deadline.",
-        |b| b.stats.timeouts,
+        "quiver_plugin_cpu_timeouts_total",
+        "Plugin calls stopped because they used their CPU budget (the plugin's doing).",
+        |b| b.stats.cpu_timeouts,
+    ),
+    (
+        "quiver_plugin_wall_timeouts_total",
+        "Plugin calls stopped at the wall-clock backstop with CPU budget left (the machine's doing).",
+        |b| b.stats.wall_timeouts,
     ),
     (
         "quiver_plugin_traps_total",

@@ -2,6 +2,8 @@
 //!
 //! After a fault the instance is dropped (its store is poisoned) and a new one is started on
 //! the next call after a backoff: 10 ms, doubling to 5 s, reset by the next successful call.
+//! Faults that are not the plugin's doing (a body over the memory cap, a call stopped by the
+//! wall-clock backstop because the machine starved it) restart it at once instead.
 //! During the backoff calls fail at once with [`PluginFault::Unavailable`], without running
 //! guest code. The binding only reports faults; the caller applies the failure policy
 //! (deliver, skip or dead-letter) to the message.
@@ -9,8 +11,10 @@
 //! Filters and samplers are also called a batch at a time ([`Binding::keep_batch`]). A batch
 //! that faults says nothing of which message did it, so its messages are decided again one
 //! call each on a new instance, started at once, and the binding keeps to one call per
-//! message for the next [`PROBATION`] messages. One call per message is then what counts,
-//! as without batches; the failed batch call is counted only in `batch_faults`.
+//! message for the next [`PROBATION`] messages (only for the batch's own messages when the
+//! batch was stopped by the wall-clock backstop, which blames no message). One call per
+//! message is then what counts, as without batches; the failed batch call is counted only in
+//! `batch_faults`.
 //!
 //! # Invariants
 //! - `calls` equals the sum of every outcome counter in [`BindingStats`] except
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Instance, MessageView, Plugin, PluginError, PluginFault, Route};
+use super::{Instance, MessageView, Plugin, PluginError, PluginFault, Route, TimeoutKind};
 
 /// The first backoff after a fault.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -38,8 +42,8 @@ const PROBATION: u64 = 1024;
 /// One plugin instance behind a mutex, restarted after faults. Calls from several threads are
 /// serialized: one decision at a time, which a stateful sampler needs.
 ///
-/// A call holds the mutex for at most the call timeout, or, when it restarts the instance,
-/// the init timeout: other callers wait that long.
+/// A call holds the mutex for at most the call's wall-clock backstop, or, when it restarts
+/// the instance, the init timeout's: other callers wait that long.
 #[derive(Debug)]
 pub struct Binding {
     plugin: Arc<Plugin>,
@@ -74,8 +78,12 @@ pub struct BindingStats {
     pub routed: u64,
     /// Router decisions with neither.
     pub unrouted: u64,
-    /// Calls interrupted at their deadline.
-    pub timeouts: u64,
+    /// Calls stopped because they used their CPU budget (`call_timeout`): the plugin's
+    /// doing.
+    pub cpu_timeouts: u64,
+    /// Calls stopped at the wall-clock backstop (`wall_timeout`) with CPU budget left: the
+    /// machine's doing (the calling thread got too little CPU), not the plugin's.
+    pub wall_timeouts: u64,
     /// Calls that ran out of memory.
     pub out_of_memory: u64,
     /// Calls that trapped.
@@ -105,7 +113,8 @@ struct Counters {
     skipped: AtomicU64,
     routed: AtomicU64,
     unrouted: AtomicU64,
-    timeouts: AtomicU64,
+    cpu_timeouts: AtomicU64,
+    wall_timeouts: AtomicU64,
     out_of_memory: AtomicU64,
     traps: AtomicU64,
     too_large: AtomicU64,
@@ -173,7 +182,12 @@ impl Binding {
                     Err(fault) => {
                         bump(&self.counters.batch_faults);
                         tracing::warn!(plugin = self.plugin.name(), %fault, "a batch call faulted; deciding its messages one call each");
-                        state.probation = PROBATION;
+                        // A batch the machine starved names no guilty message: only its own
+                        // messages are decided one call each.
+                        state.probation = match fault {
+                            PluginFault::Timeout(TimeoutKind::Wall) => chunk.len() as u64,
+                            _ => PROBATION,
+                        };
                     }
                 }
             }
@@ -264,7 +278,8 @@ impl Binding {
             skipped: read(&c.skipped),
             routed: read(&c.routed),
             unrouted: read(&c.unrouted),
-            timeouts: read(&c.timeouts),
+            cpu_timeouts: read(&c.cpu_timeouts),
+            wall_timeouts: read(&c.wall_timeouts),
             out_of_memory: read(&c.out_of_memory),
             traps: read(&c.traps),
             too_large: read(&c.too_large),
@@ -318,8 +333,12 @@ impl Binding {
                 self.count(&fault);
                 if fault.poisons_instance() {
                     state.instance = None;
-                    // Not the plugin's doing: start over at once, without growing the backoff.
-                    let wait = !matches!(fault, PluginFault::TooLarge { .. });
+                    // Not the plugin's doing (a body over the cap, a machine too busy to give
+                    // the call its CPU): start over at once, without growing the backoff.
+                    let wait = !matches!(
+                        fault,
+                        PluginFault::TooLarge { .. } | PluginFault::Timeout(TimeoutKind::Wall)
+                    );
                     state.went_down(fault.to_string(), wait);
                     tracing::warn!(plugin = self.plugin.name(), %fault, retry_in = ?state.backoff, "plugin faulted; it will be restarted");
                 }
@@ -358,7 +377,8 @@ impl Binding {
     fn count(&self, fault: &PluginFault) {
         let c = &self.counters;
         bump(match fault {
-            PluginFault::Timeout => &c.timeouts,
+            PluginFault::Timeout(TimeoutKind::Cpu) => &c.cpu_timeouts,
+            PluginFault::Timeout(TimeoutKind::Wall) => &c.wall_timeouts,
             PluginFault::OutOfMemory => &c.out_of_memory,
             PluginFault::Trap(_) => &c.traps,
             PluginFault::TooLarge { .. } => &c.too_large,

@@ -13,7 +13,7 @@ use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::Store;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::limits::{LogBudget, MemoryCap};
+use super::limits::{CallBudget, CallClock, LogBudget, MemoryCap};
 use super::MessageView;
 
 pub(super) mod router {
@@ -70,6 +70,8 @@ pub(super) struct HostState {
     plugin: Arc<str>,
     message: MessageSlot,
     pub(super) memory: MemoryCap,
+    /// The current call's CPU budget and wall-clock backstop, checked at epoch deadlines.
+    pub(super) clock: CallClock,
     log: LogBudget,
     /// The last error-level line the guest logged during the current call: a panicking Rust
     /// guest logs its panic message there just before it traps.
@@ -79,7 +81,7 @@ pub(super) struct HostState {
 }
 
 impl HostState {
-    pub(super) fn new(plugin: Arc<str>, memory_bytes: u64) -> Self {
+    pub(super) fn new(plugin: Arc<str>, memory_bytes: u64, budget: CallBudget) -> Self {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
@@ -89,6 +91,7 @@ impl HostState {
             plugin,
             message: MessageSlot(None),
             memory: MemoryCap::new(memory_bytes),
+            clock: CallClock::new(budget),
             log: LogBudget::new(Instant::now()),
             last_error: None,
             wasi,
@@ -96,8 +99,10 @@ impl HostState {
         }
     }
 
-    /// Clears what describes the previous call's fault.
-    pub(super) fn start_call(&mut self) {
+    /// Clears what describes the previous call's fault, and starts the call's clock under
+    /// `budget`.
+    pub(super) fn start_call(&mut self, budget: CallBudget) {
+        self.clock.start(budget);
         self.memory.reset_denied();
         self.last_error = None;
     }

@@ -3,6 +3,7 @@
 //! Errors from wasmtime are rendered to text with their whole chain (`detail`), so that the
 //! broker can log or report them without naming wasmtime.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,9 +51,10 @@ pub enum PluginError {
 /// (deliver, skip or dead-letter) to the message; the plugin's instance is replaced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PluginFault {
-    /// The call ran past its deadline and was interrupted.
-    #[error("plugin call timed out")]
-    Timeout,
+    /// The call was interrupted: it used its CPU budget (the plugin's doing), or passed the
+    /// wall-clock backstop first (the machine's: its thread got too little CPU).
+    #[error("plugin call timed out: {0}")]
+    Timeout(TimeoutKind),
     /// The plugin needed more memory than its cap allows.
     #[error("plugin ran out of memory (its memory cap refused to grow)")]
     OutOfMemory,
@@ -79,11 +81,32 @@ impl PluginFault {
     pub fn poisons_instance(&self) -> bool {
         matches!(
             self,
-            PluginFault::Timeout
+            PluginFault::Timeout(_)
                 | PluginFault::OutOfMemory
                 | PluginFault::Trap(_)
                 | PluginFault::TooLarge { .. }
         )
+    }
+}
+
+/// Which bound stopped a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeoutKind {
+    /// It used its CPU budget (`call_timeout`): the plugin did too much work, or loops.
+    Cpu,
+    /// Its CPU budget was not spent, but the wall-clock backstop (`wall_timeout`) passed:
+    /// the machine gave the calling thread too little CPU.
+    Wall,
+}
+
+impl fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Cpu => "it used its CPU budget",
+            TimeoutKind::Wall => {
+                "it passed the wall-clock backstop with CPU budget left (the machine is overloaded)"
+            }
+        })
     }
 }
 

@@ -1,11 +1,16 @@
 //! One running plugin: a store with its limits and the instantiated component, and the calls
 //! into it, each bounded and with its failure classified as a [`PluginFault`].
+//!
+//! Every call starts with an epoch deadline one tick away; the store's deadline callback then
+//! runs the call's [`CallClock`](super::limits::CallClock), which extends the deadline while
+//! the CPU budget and the wall-clock backstop last, and interrupts the call when one is used
+//! up (see `plugin::limits`).
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{
     batch_handle, filter::Filter, lend_messages, message_handle, router::Router,
@@ -13,8 +18,10 @@ use super::bindings::{
 use super::bindings::{sampler::Sampler, BodyTooLarge, HostState};
 use super::engine::Pre;
 use super::error::detail;
-use super::limits::deadline_ticks;
-use super::{MessageView, Plugin, PluginError, PluginFault, Route};
+use super::limits::{thread_cpu_time, CallBudget, Check, FIRST_CHECK_TICKS};
+use super::{
+    MessageView, Plugin, PluginError, PluginFault, Route, TimeoutKind, WALL_BACKSTOP_FACTOR,
+};
 
 /// A plugin instance with its own store, memory cap and state (a sampler's counters live
 /// here). Calls take `&mut self`: one call at a time.
@@ -26,7 +33,7 @@ pub struct Instance {
     plugin: Arc<Plugin>,
     store: Store<HostState>,
     exports: Exports,
-    call_ticks: u64,
+    call_budget: CallBudget,
     /// The fault that poisoned the store.
     poisoned: Option<PluginFault>,
 }
@@ -38,22 +45,39 @@ enum Exports {
 }
 
 impl Instance {
-    /// Instantiates `plugin` in a new store and runs its `init` with `params`, both under the
-    /// host's `init_timeout` (the deadline is set before instantiating, which runs guest code).
+    /// Instantiates `plugin` in a new store and runs its `init` with `params`, each under the
+    /// host's `init_timeout` of CPU time (the deadline is set before instantiating, which runs
+    /// guest code).
     pub(super) fn start(
         plugin: &Arc<Plugin>,
         params: &[(String, String)],
     ) -> Result<Instance, PluginError> {
         let shared = &plugin.shared;
         let limits = shared.limits;
-        let state = HostState::new(plugin.name_arc(), limits.memory_bytes);
+        let init_budget = CallBudget {
+            cpu: limits.init_timeout,
+            wall: limits.init_timeout.saturating_mul(WALL_BACKSTOP_FACTOR),
+        };
+        let call_budget = CallBudget {
+            cpu: limits.call_timeout,
+            wall: limits.call_wall_timeout(),
+        };
+        let state = HostState::new(plugin.name_arc(), limits.memory_bytes, init_budget);
         let mut store = Store::new(&shared.engine, state);
         store.limiter(|state| &mut state.memory);
-        store.epoch_deadline_trap();
-        let init_ticks = deadline_ticks(limits.init_timeout);
+        store.epoch_deadline_callback(|mut store| {
+            let check = store
+                .data_mut()
+                .clock
+                .check(Instant::now(), thread_cpu_time());
+            Ok(match check {
+                Check::Continue(ticks) => UpdateDeadline::Continue(ticks),
+                Check::Stop(_) => UpdateDeadline::Interrupt,
+            })
+        });
 
-        store.set_epoch_deadline(init_ticks);
-        store.data_mut().start_call();
+        store.set_epoch_deadline(FIRST_CHECK_TICKS);
+        store.data_mut().start_call(init_budget);
         let exports = match &plugin.pre {
             Pre::Router(pre) => pre.instantiate(&mut store).map(Exports::Router),
             Pre::Filter(pre) => pre.instantiate(&mut store).map(Exports::Filter),
@@ -63,8 +87,8 @@ impl Instance {
 
         // The generated `init` takes the WIT `params` type, a `Vec`.
         let params = params.to_vec();
-        store.set_epoch_deadline(init_ticks);
-        store.data_mut().start_call();
+        store.set_epoch_deadline(FIRST_CHECK_TICKS);
+        store.data_mut().start_call(init_budget);
         let init = match &exports {
             Exports::Router(e) => e.call_init(&mut store, &params),
             Exports::Filter(e) => e.call_init(&mut store, &params),
@@ -75,7 +99,7 @@ impl Instance {
                 plugin: Arc::clone(plugin),
                 store,
                 exports,
-                call_ticks: deadline_ticks(limits.call_timeout),
+                call_budget,
                 poisoned: None,
             }),
             Ok(Err(message)) => Err(PluginError::Init {
@@ -124,7 +148,7 @@ impl Instance {
 
     /// A filter's or sampler's decisions on several messages in one call (`keep-batch`), one
     /// per message, in order; at most [`MAX_BATCH`](super::MAX_BATCH) of them. The call
-    /// deadline is the same as for one message. An answer of the wrong length is a fault.
+    /// budget is the same as for one message. An answer of the wrong length is a fault.
     pub fn keep_batch(&mut self, msgs: &[MessageView<'_>]) -> Result<Vec<bool>, PluginFault> {
         debug_assert!(msgs.len() <= super::MAX_BATCH);
         let keeps = self.call(msgs, "keep-batch", |exports, store| match exports {
@@ -160,8 +184,8 @@ impl Instance {
             });
         }
         let store = &mut self.store;
-        store.set_epoch_deadline(self.call_ticks);
-        store.data_mut().start_call();
+        store.set_epoch_deadline(FIRST_CHECK_TICKS);
+        store.data_mut().start_call(self.call_budget);
         let exports = &self.exports;
         match lend_messages(store, msgs, |store| decide(exports, store)) {
             Some(Ok(decision)) => Ok(decision),
@@ -206,7 +230,7 @@ fn start_error(plugin: &Plugin, store: &Store<HostState>, err: wasmtime::Error) 
 /// Says what went wrong in a call that failed after guest code ran.
 ///
 /// - the `body` accessor refused a body over the memory cap: [`PluginFault::TooLarge`];
-/// - the epoch deadline interrupted it: [`PluginFault::Timeout`];
+/// - the call clock interrupted it: [`PluginFault::Timeout`], saying which bound it hit;
 /// - the memory cap refused a growth during the call: [`PluginFault::OutOfMemory`] (the trap
 ///   that follows is the guest's allocator giving up);
 /// - anything else is a [`PluginFault::Trap`], with the guest's last error-level log line
@@ -219,7 +243,10 @@ fn classify(err: wasmtime::Error, state: &HostState) -> PluginFault {
         };
     }
     if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
-        return PluginFault::Timeout;
+        // Only the call clock interrupts, and it records why first. Were that ever not so,
+        // nothing would show that the plugin used its budget: do not blame it.
+        let kind = state.clock.stopped().unwrap_or(TimeoutKind::Wall);
+        return PluginFault::Timeout(kind);
     }
     if state.memory.denied() {
         return PluginFault::OutOfMemory;

@@ -1,5 +1,18 @@
-//! The bounds on a plugin instance: its memory cap, the epoch clock that times its calls out,
-//! and the budget that rate-limits its log lines.
+//! The bounds on a plugin instance: its memory cap, the epoch clock and the per-call CPU
+//! budget that time its calls out, and the budget that rate-limits its log lines.
+//!
+//! # How a call is timed
+//! A call's limit is the CPU time of the thread running it, so that time the OS gives to other
+//! threads (a neighbour's build, other plugin calls) never counts against a plugin. The epoch
+//! ticker only says when to look: the first epoch tick during a call reads the thread's CPU
+//! clock and the wall clock ([`CallClock`]); each later check, due when the rest of the budget
+//! could at the earliest be spent, compares them with the call's [`CallBudget`]. A call that
+//! has used its CPU budget stops with [`TimeoutKind::Cpu`]; one whose thread got so little CPU
+//! that the wall-clock backstop passed first stops with [`TimeoutKind::Wall`].
+//!
+//! Calls that end before the next tick (nearly all: they take microseconds) never read a
+//! clock, so the budget costs nothing per call. The price is that CPU used before a call's
+//! first tick is not counted: a call may use up to one tick (1 ms) more than its budget.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -7,18 +20,117 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, ResourceLimiter};
 
+use super::TimeoutKind;
+
 /// How often the epoch ticks: the granularity of every plugin deadline.
 pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The epoch deadline a call starts with: the next tick, where its [`CallClock`] starts.
+pub(super) const FIRST_CHECK_TICKS: u64 = 1;
 
 /// Most elements one table may grow to. Rust guests use a few hundred.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Epoch ticks to allow for `timeout`: rounded up, plus one because the tick in progress when
-/// the deadline is set may end at once.
-pub(super) fn deadline_ticks(timeout: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    let ticks = timeout.as_nanos().div_ceil(tick);
-    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+/// What one guest call may use: `cpu` of its thread's CPU time, and at most `wall` of
+/// wall-clock time whatever its CPU use (the backstop for a starved thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CallBudget {
+    pub(super) cpu: Duration,
+    pub(super) wall: Duration,
+}
+
+/// One call's clock, checked at the epoch deadlines of the call (see the module docs).
+#[derive(Debug)]
+pub(super) struct CallClock {
+    budget: CallBudget,
+    /// Wall time and the thread's CPU time (if the platform has a thread CPU clock) at the
+    /// call's first check; `None` before it.
+    first_check: Option<(Instant, Option<Duration>)>,
+    /// Why the call was stopped, once it was.
+    stopped: Option<TimeoutKind>,
+}
+
+/// What a check decides: go on for this many epoch ticks, or stop the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Check {
+    Continue(u64),
+    Stop(TimeoutKind),
+}
+
+impl CallClock {
+    pub(super) fn new(budget: CallBudget) -> Self {
+        CallClock {
+            budget,
+            first_check: None,
+            stopped: None,
+        }
+    }
+
+    /// Starts timing a new call under `budget`. Reads no clock.
+    pub(super) fn start(&mut self, budget: CallBudget) {
+        *self = CallClock::new(budget);
+    }
+
+    /// Why the current call was stopped, if it was.
+    pub(super) fn stopped(&self) -> Option<TimeoutKind> {
+        self.stopped
+    }
+
+    /// A check at an epoch deadline, at wall time `now` with the thread's CPU clock at
+    /// `cpu_now` (`None` where there is none: then wall time stands in for CPU time).
+    /// The budget is counted from the first check. The next check is due when the rest of
+    /// either bound could at the earliest be used up: CPU time never runs faster than the
+    /// wall clock.
+    pub(super) fn check(&mut self, now: Instant, cpu_now: Option<Duration>) -> Check {
+        let (wall_0, cpu_0) = *self.first_check.get_or_insert((now, cpu_now));
+        let wall = now.saturating_duration_since(wall_0);
+        let cpu = match (cpu_0, cpu_now) {
+            (Some(start), Some(now)) => now.saturating_sub(start),
+            _ => wall,
+        };
+        let stop = if cpu >= self.budget.cpu {
+            Some(TimeoutKind::Cpu)
+        } else if wall >= self.budget.wall {
+            Some(TimeoutKind::Wall)
+        } else {
+            None
+        };
+        if let Some(kind) = stop {
+            self.stopped = Some(kind);
+            return Check::Stop(kind);
+        }
+        let rest = (self.budget.cpu - cpu).min(self.budget.wall - wall);
+        Check::Continue(whole_ticks(rest).max(1))
+    }
+}
+
+/// Ticks in `d`, rounded up.
+fn whole_ticks(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).unwrap_or(u64::MAX)
+}
+
+/// The CPU time the calling thread has used, or `None` where the platform has no per-thread
+/// CPU clock. A system call on Linux (about 0.1-0.5 µs), so it is read only at epoch ticks.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(super) fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec, and clock_gettime writes nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+    Some(Duration::new(secs, nanos))
+}
+
+#[cfg(not(unix))]
+pub(super) fn thread_cpu_time() -> Option<Duration> {
+    None
 }
 
 /// A store's memory cap: all linear memories of the instance together may not pass `limit`
@@ -167,12 +279,76 @@ impl LogBudget {
 mod tests {
     use super::*;
 
+    fn budget(cpu_ms: u64, wall_ms: u64) -> CallBudget {
+        CallBudget {
+            cpu: Duration::from_millis(cpu_ms),
+            wall: Duration::from_millis(wall_ms),
+        }
+    }
+
     #[test]
-    fn deadline_rounds_up_and_adds_a_tick() {
-        assert_eq!(deadline_ticks(Duration::from_millis(10)), 11);
-        assert_eq!(deadline_ticks(Duration::from_micros(10_100)), 12);
-        assert_eq!(deadline_ticks(Duration::ZERO), 1);
-        assert_eq!(deadline_ticks(Duration::MAX), u64::MAX);
+    fn call_clock_counts_cpu_time_from_its_first_check() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut clock = CallClock::new(budget(10, 100));
+        assert_eq!(clock.check(t0, Some(ms(500))), Check::Continue(10));
+        // Preempted: 40 ms passed, 1 ms of it on the CPU.
+        assert_eq!(clock.check(t0 + ms(40), Some(ms(501))), Check::Continue(9));
+        assert_eq!(clock.stopped(), None);
+        assert_eq!(
+            clock.check(t0 + ms(60), Some(ms(510))),
+            Check::Stop(TimeoutKind::Cpu)
+        );
+        assert_eq!(clock.stopped(), Some(TimeoutKind::Cpu));
+    }
+
+    #[test]
+    fn call_clock_stops_a_starved_call_at_its_wall_backstop() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut clock = CallClock::new(budget(10, 100));
+        clock.check(t0, Some(ms(0)));
+        assert_eq!(
+            clock.check(t0 + ms(95), Some(ms(2))),
+            Check::Continue(5),
+            "the backstop is nearer than the rest of the budget"
+        );
+        assert_eq!(
+            clock.check(t0 + ms(100), Some(ms(3))),
+            Check::Stop(TimeoutKind::Wall)
+        );
+        // Both spent: the plugin's own use is what counts.
+        clock.start(budget(10, 100));
+        clock.check(t0, Some(ms(0)));
+        assert_eq!(
+            clock.check(t0 + ms(200), Some(ms(10))),
+            Check::Stop(TimeoutKind::Cpu)
+        );
+    }
+
+    #[test]
+    fn call_clock_without_a_cpu_clock_counts_wall_time() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut clock = CallClock::new(budget(10, 100));
+        assert_eq!(clock.check(t0, None), Check::Continue(10));
+        assert_eq!(
+            clock.check(t0 + ms(10), None),
+            Check::Stop(TimeoutKind::Cpu)
+        );
+    }
+
+    #[test]
+    fn thread_cpu_time_counts_this_threads_work_only() {
+        let Some(before) = thread_cpu_time() else {
+            return;
+        };
+        // A sleeping thread uses no CPU; a spinning one does.
+        std::thread::sleep(Duration::from_millis(20));
+        let slept = thread_cpu_time().unwrap() - before;
+        assert!(slept < Duration::from_millis(10), "{slept:?}");
+        let spin_until = thread_cpu_time().unwrap() + Duration::from_millis(5);
+        while thread_cpu_time().unwrap() < spin_until {}
     }
 
     #[test]

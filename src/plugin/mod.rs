@@ -10,9 +10,13 @@
 //! caller's [`MessageView`] in place: a plugin copies only what it asks for.
 //!
 //! # Invariants
-//! - Every guest call (instantiation, `init`, each decision) runs under an epoch deadline and
-//!   the store's memory cap. A timeout, a trap or a denied allocation comes back as a
-//!   [`PluginFault`]; it never unwinds into the broker.
+//! - Every guest call (instantiation, `init`, each decision) runs under a CPU budget with a
+//!   wall-clock backstop, checked at epoch deadlines, and the store's memory cap. A timeout,
+//!   a trap or a denied allocation comes back as a [`PluginFault`]; it never unwinds into the
+//!   broker.
+//! - A call's outcome depends on the plugin and the message, not on the machine's load,
+//!   unless the machine starves the call past its wall-clock backstop: that timeout says so
+//!   ([`TimeoutKind::Wall`]).
 //! - After any fault the instance's store is unusable (a trap poisons it). [`Instance`] refuses
 //!   further calls with [`PluginFault::Unavailable`]; [`Binding`] drops it and starts a fresh
 //!   one after a backoff.
@@ -42,7 +46,7 @@ pub use binding::{Binding, BindingStats};
 /// The most messages one `keep-batch` call decides.
 pub const MAX_BATCH: usize = 64;
 pub use engine::{Plugin, PluginHost};
-pub use error::{PluginError, PluginFault};
+pub use error::{PluginError, PluginFault, TimeoutKind};
 pub use instance::Instance;
 
 /// Which world a plugin targets, and so which decision it makes.
@@ -92,23 +96,45 @@ impl FromStr for PluginKind {
 }
 
 /// What one plugin instance may use. The defaults suit a per-message filter on the hot path.
+///
+/// Time limits are CPU time of the thread that runs the call, so that a busy machine does not
+/// change a plugin's decisions; each has a wall-clock backstop [`WALL_BACKSTOP_FACTOR`] times
+/// longer (or `wall_timeout`), so that a starved call still ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PluginLimits {
-    /// Longest one decision (`keep`, `route`) may run. Default 10 ms.
+    /// Most CPU time one decision (`keep`, `route`, one `keep-batch`) may use. Default 10 ms.
     pub call_timeout: Duration,
+    /// Longest one decision may take in wall-clock time, however little CPU it got.
+    /// `None`: [`WALL_BACKSTOP_FACTOR`] × `call_timeout` (100 ms). The config refuses one
+    /// shorter than `call_timeout`; tests use that to stand for a starved thread.
+    pub wall_timeout: Option<Duration>,
     /// Most linear memory one instance may have, all memories together. Default 16 MiB.
     pub memory_bytes: u64,
-    /// Longest instantiation plus `init` may run. Default 1 s.
+    /// Most CPU time instantiation plus `init` may use; its wall-clock backstop is
+    /// [`WALL_BACKSTOP_FACTOR`] times longer. Default 1 s.
     pub init_timeout: Duration,
 }
+
+/// The default wall-clock backstop of a call, as a multiple of its CPU budget.
+pub const WALL_BACKSTOP_FACTOR: u32 = 10;
 
 impl Default for PluginLimits {
     fn default() -> Self {
         PluginLimits {
             call_timeout: Duration::from_millis(10),
+            wall_timeout: None,
             memory_bytes: 16 << 20,
             init_timeout: Duration::from_secs(1),
         }
+    }
+}
+
+impl PluginLimits {
+    /// The wall-clock backstop of one decision: `wall_timeout`, or
+    /// [`WALL_BACKSTOP_FACTOR`] × `call_timeout`.
+    pub fn call_wall_timeout(&self) -> Duration {
+        self.wall_timeout
+            .unwrap_or_else(|| self.call_timeout.saturating_mul(WALL_BACKSTOP_FACTOR))
     }
 }
 

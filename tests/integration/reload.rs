@@ -1,14 +1,19 @@
 //! Hot reload under traffic: the rules file and a plugin file are swapped 50 times, broken
 //! versions included, while a producer publishes and consumers drain. Every message must be
 //! delivered exactly once, under a rule set that was active while it was being published.
+//!
+//! Nothing here waits for a quiet window: consumers stop once every confirmed message is
+//! accounted for, and the broker's stats must then show nothing left to deliver. Each wait
+//! has a generous deadline that fails with the counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quiver::client::{Client, SubEvent};
+use quiver::client::{Client, SubEvent, Subscription};
 use quiver::message::NewMessage;
+use tokio::sync::watch;
 
 use crate::process::{http_request, write_atomically, ServeProcess};
 use crate::support::{subscribe, topic};
@@ -62,6 +67,125 @@ struct Sent {
     confirmed: Instant,
 }
 
+/// Longest the consumers may take to account for every confirmed message once publishing is
+/// over, and the broker to show nothing left; reached only when something is lost.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What the consumers received, and, once the producer is done, how many were confirmed.
+#[derive(Debug, Default)]
+struct Tally {
+    received: BTreeMap<&'static str, Vec<u64>>,
+    /// Distinct messages received on `ch-a` or `ch-b`.
+    routed: BTreeSet<u64>,
+    /// Distinct messages received on `filtered`.
+    filtered: BTreeSet<u64>,
+    /// Messages `0..confirmed` were confirmed; `None` while the producer runs.
+    confirmed: Option<u64>,
+}
+
+impl Tally {
+    fn record(&mut self, channel: &'static str, n: u64) {
+        self.received.entry(channel).or_default().push(n);
+        if channel == "filtered" {
+            self.filtered.insert(n);
+        } else {
+            self.routed.insert(n);
+        }
+    }
+
+    /// True once every confirmed message has reached `channel`'s side: each on `ch-a` or
+    /// `ch-b`, each even one on `filtered`.
+    fn accounted_for(&self, channel: &str) -> bool {
+        let Some(confirmed) = self.confirmed else {
+            return false;
+        };
+        if channel == "filtered" {
+            (0..confirmed)
+                .step_by(2)
+                .all(|n| self.filtered.contains(&n))
+        } else {
+            (0..confirmed).all(|n| self.routed.contains(&n))
+        }
+    }
+
+    fn summary(&self) -> String {
+        let evens = self.confirmed.map(|c| c.div_ceil(2));
+        format!(
+            "confirmed {:?}; received on ch-a or ch-b: {} distinct; on filtered: {} distinct of {evens:?} even",
+            self.confirmed,
+            self.routed.len(),
+            self.filtered.len()
+        )
+    }
+}
+
+/// Consumes `channel`, FINs every message and records it, until every confirmed message is
+/// accounted for. Returns the subscription still open, so that anything delivered later
+/// stays visible as in flight.
+async fn consume(
+    client: Client,
+    channel: &'static str,
+    tally: Arc<watch::Sender<Tally>>,
+) -> Subscription {
+    let mut sub = subscribe(&client, "stream", channel, None).await;
+    sub.rdy(500).await.unwrap();
+    let mut changes = tally.subscribe();
+    while !tally.borrow().accounted_for(channel) {
+        let event = tokio::select! {
+            event = sub.next_event() => event,
+            // Another consumer's progress or the producer's end: check again.
+            _ = changes.changed() => continue,
+        };
+        match event {
+            Some(SubEvent::Message(d)) => {
+                let n = std::str::from_utf8(&d.body).unwrap().parse().unwrap();
+                tally.send_modify(|t| t.record(channel, n));
+                sub.fin(d.id).await.unwrap();
+            }
+            Some(SubEvent::Error(e)) => panic!("{channel}: {e}"),
+            Some(SubEvent::Closed) | None => panic!("{channel}: the stream ended"),
+        }
+    }
+    sub
+}
+
+/// Waits until every channel of `stream` has nothing in flight and nothing left to read,
+/// and returns each channel's `finished` count.
+async fn settled_channels(serve: &ServeProcess) -> BTreeMap<String, u64> {
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    loop {
+        let (_, text) =
+            tokio::task::block_in_place(|| http_request(serve.http, "GET", "/stats", ""));
+        let stats: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let topic = stats["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "stream")
+            .unwrap();
+        let channels = topic["channels"].as_array().unwrap();
+        let settled = channels
+            .iter()
+            .all(|c| c["in_flight"] == 0 && c["depth"] == 0);
+        if settled {
+            return channels
+                .iter()
+                .map(|c| {
+                    (
+                        c["name"].as_str().unwrap().to_owned(),
+                        c["finished"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "channels still have messages in flight or to read: {channels:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_swaps_under_traffic_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,24 +200,11 @@ async fn fifty_swaps_under_traffic_lose_and_duplicate_nothing() {
     );
     let client = Client::connect(&serve.options()).await.unwrap();
 
-    let received: Arc<Mutex<BTreeMap<&'static str, Vec<u64>>>> = Arc::default();
-    let mut consumers = Vec::new();
-    for channel in ["ch-a", "ch-b", "filtered"] {
-        let (client, received) = (client.clone(), received.clone());
-        consumers.push(tokio::spawn(async move {
-            let mut sub = subscribe(&client, "stream", channel, None).await;
-            sub.rdy(500).await.unwrap();
-            let quiet = Duration::from_secs(3);
-            // Ends once publishing is over and the channel has been quiet for `quiet`.
-            while let Ok(Some(event)) = tokio::time::timeout(quiet, sub.next_event()).await {
-                if let SubEvent::Message(d) = event {
-                    let n = std::str::from_utf8(&d.body).unwrap().parse().unwrap();
-                    received.lock().unwrap().entry(channel).or_default().push(n);
-                    sub.fin(d.id).await.unwrap();
-                }
-            }
-        }));
-    }
+    let tally = Arc::new(watch::Sender::new(Tally::default()));
+    let consumers: Vec<_> = ["ch-a", "ch-b", "filtered"]
+        .into_iter()
+        .map(|channel| tokio::spawn(consume(client.clone(), channel, tally.clone())))
+        .collect();
 
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = {
@@ -191,11 +302,33 @@ async fn fifty_swaps_under_traffic_lose_and_duplicate_nothing() {
     assert_eq!(status, 200, "{body}");
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = producer.await.unwrap();
-    for consumer in consumers {
-        consumer.await.unwrap();
+    tally.send_modify(|t| t.confirmed = Some(sent.len() as u64));
+    let drained = async {
+        let mut subs = Vec::new();
+        for consumer in consumers {
+            subs.push(consumer.await.unwrap());
+        }
+        subs
+    };
+    let Ok(_subs) = tokio::time::timeout(DRAIN_DEADLINE, drained).await else {
+        panic!(
+            "not every confirmed message arrived within {DRAIN_DEADLINE:?}: {}",
+            tally.borrow().summary()
+        );
+    };
+    // Nothing more is on its way: whatever else the broker delivered would be in flight on
+    // the open subscriptions, and each message it delivered was received and finished.
+    let finished = settled_channels(&serve).await;
+    let tally = tally.borrow();
+    let received = &tally.received;
+    for (channel, list) in received {
+        assert_eq!(
+            finished[*channel],
+            list.len() as u64,
+            "{channel}: finished by the broker vs received"
+        );
     }
 
-    let received = received.lock().unwrap();
     let (a, b) = (&received["ch-a"], &received["ch-b"]);
     let mut seen = BTreeMap::new();
     for (channel, list) in [("ch-a", a), ("ch-b", b)] {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::{host, load, params, TestMessage};
 use crate::plugin::{
     Binding, BindingStats, PluginError, PluginFault, PluginHost, PluginKind, PluginLimits,
+    TimeoutKind,
 };
 
 fn binding(host: &PluginHost, name: &str, kind: PluginKind, pairs: &[(&str, &str)]) -> Binding {
@@ -75,19 +76,84 @@ fn binding_counts_timeouts_and_out_of_memory() {
     };
     let roomy = PluginHost::new(limits, None).unwrap();
     let hog = binding(&roomy, "hog", PluginKind::Filter, &[]);
-    let spin = binding(&host(), "spin", PluginKind::Filter, &[]);
+    // Only its CPU budget may stop the spin: the backstop is far away.
+    let budgeted = PluginHost::new(
+        PluginLimits {
+            wall_timeout: Some(Duration::from_secs(60)),
+            ..PluginLimits::default()
+        },
+        None,
+    )
+    .unwrap();
+    let spin = binding(&budgeted, "spin", PluginKind::Filter, &[]);
     let msg = TestMessage::new(b"x");
 
     assert_eq!(hog.keep(&msg.view()), Err(PluginFault::OutOfMemory));
-    assert_eq!(spin.keep(&msg.view()), Err(PluginFault::Timeout));
+    assert_eq!(
+        spin.keep(&msg.view()),
+        Err(PluginFault::Timeout(TimeoutKind::Cpu))
+    );
     let unavailable = spin.keep(&msg.view()).unwrap_err();
     wait_out(&unavailable);
-    assert_eq!(spin.keep(&msg.view()), Err(PluginFault::Timeout));
+    assert_eq!(
+        spin.keep(&msg.view()),
+        Err(PluginFault::Timeout(TimeoutKind::Cpu))
+    );
 
     assert_eq!(hog.stats().out_of_memory, 1);
     let spin = spin.stats();
-    assert_eq!((spin.timeouts, spin.unavailable), (2, 1));
+    assert_eq!((spin.cpu_timeouts, spin.unavailable), (2, 1));
+    assert_eq!(spin.wall_timeouts, 0);
     assert_eq!(spin.reinstantiations, 1);
+}
+
+#[test]
+fn binding_restarts_at_once_after_a_wall_clock_timeout() {
+    // A budget the spin cannot use up before the backstop: what a starved call looks like.
+    let limits = PluginLimits {
+        call_timeout: Duration::from_secs(30),
+        wall_timeout: Some(Duration::from_millis(20)),
+        ..PluginLimits::default()
+    };
+    let host = PluginHost::new(limits, None).unwrap();
+    let spin = binding(&host, "spin", PluginKind::Filter, &[]);
+    let msg = TestMessage::new(b"x");
+
+    let wall = Err(PluginFault::Timeout(TimeoutKind::Wall));
+    assert_eq!(spin.keep(&msg.view()), wall);
+    assert_eq!(
+        spin.keep(&msg.view()),
+        wall,
+        "no backoff: not the plugin's doing"
+    );
+
+    let stats = spin.stats();
+    assert_eq!((stats.wall_timeouts, stats.cpu_timeouts), (2, 0));
+    assert_eq!((stats.unavailable, stats.reinstantiations), (0, 1));
+}
+
+#[test]
+fn batch_stopped_by_the_wall_clock_backstop_is_decided_again_without_backoff() {
+    let limits = PluginLimits {
+        call_timeout: Duration::from_secs(30),
+        wall_timeout: Some(Duration::from_millis(20)),
+        ..PluginLimits::default()
+    };
+    let host = PluginHost::new(limits, None).unwrap();
+    let spin = binding(&host, "spin", PluginKind::Filter, &[]);
+    let msgs = [TestMessage::new(b"a"), TestMessage::new(b"b")];
+    let views: Vec<_> = msgs.iter().map(TestMessage::view).collect();
+
+    let wall = Err(PluginFault::Timeout(TimeoutKind::Wall));
+    assert_eq!(spin.keep_batch(&views), [wall.clone(), wall.clone()]);
+    assert_eq!(spin.keep_batch(&views), [wall.clone(), wall]);
+
+    // The first batch call, then each message alone; the instance was down when the second
+    // batch came, so its messages went one call each at once.
+    let stats = spin.stats();
+    assert_eq!(stats.batch_faults, 1);
+    assert_eq!((stats.wall_timeouts, stats.cpu_timeouts), (4, 0));
+    assert_eq!(stats.unavailable, 0, "never waited out a backoff");
 }
 
 #[test]

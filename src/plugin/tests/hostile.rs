@@ -3,24 +3,56 @@
 use std::time::{Duration, Instant};
 
 use super::{guest, host, load, params, TestMessage};
-use crate::plugin::{PluginError, PluginFault, PluginHost, PluginKind, PluginLimits};
+use crate::plugin::limits::thread_cpu_time;
+use crate::plugin::{PluginError, PluginFault, PluginHost, PluginKind, PluginLimits, TimeoutKind};
 
 #[test]
-fn spinning_plugin_times_out_at_its_call_deadline() {
-    let host = host();
+fn spinning_plugin_is_stopped_by_its_cpu_budget() {
+    // The backstop is far away: only the CPU budget can stop the call.
+    let limits = PluginLimits {
+        wall_timeout: Some(Duration::from_secs(60)),
+        ..PluginLimits::default()
+    };
+    let host = PluginHost::new(limits, None).unwrap();
     let plugin = load(&host, "spin", PluginKind::Filter);
     let mut instance = host.instantiate(&plugin, &[]).unwrap();
     let msg = TestMessage::new(b"x");
 
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), thread_cpu_time());
     let fault = instance.keep(&msg.view()).unwrap_err();
+    let (elapsed, cpu_after) = (started.elapsed(), thread_cpu_time());
+
+    assert_eq!(fault, PluginFault::Timeout(TimeoutKind::Cpu));
+    let budget = limits.call_timeout;
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        let used = after - before;
+        assert!(used >= budget, "interrupted early: {used:?} of CPU");
+        // Checks come at epoch ticks, which a loaded machine may delay: bounded, not exact.
+        assert!(used < budget * 20, "interrupted late: {used:?} of CPU");
+    }
+    assert!(elapsed >= budget, "{elapsed:?}");
+}
+
+#[test]
+fn starved_call_is_stopped_at_its_wall_clock_backstop() {
+    // A CPU budget no call here can use: the spin is what a thread that never gets the CPU
+    // looks like from the wall clock's side.
+    let limits = PluginLimits {
+        call_timeout: Duration::from_secs(30),
+        wall_timeout: Some(Duration::from_millis(50)),
+        ..PluginLimits::default()
+    };
+    let host = PluginHost::new(limits, None).unwrap();
+    let plugin = load(&host, "spin", PluginKind::Filter);
+    let mut instance = host.instantiate(&plugin, &[]).unwrap();
+
+    let started = Instant::now();
+    let fault = instance.keep(&TestMessage::new(b"x").view()).unwrap_err();
     let elapsed = started.elapsed();
 
-    assert_eq!(fault, PluginFault::Timeout);
-    let timeout = PluginLimits::default().call_timeout;
-    assert!(elapsed >= timeout, "interrupted early: {elapsed:?}");
-    // Generous: other tests share the machine's two cores.
-    assert!(elapsed < timeout * 20, "interrupted late: {elapsed:?}");
+    assert_eq!(fault, PluginFault::Timeout(TimeoutKind::Wall));
+    assert!(elapsed >= Duration::from_millis(50), "{elapsed:?}");
+    assert!(fault.to_string().contains("wall-clock backstop"), "{fault}");
 }
 
 #[test]

@@ -5,6 +5,8 @@ mod binding;
 mod cache;
 mod decide;
 mod hostile;
+#[cfg(target_os = "linux")]
+mod preemption;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
