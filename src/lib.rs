@@ -6,8 +6,8 @@
 //! - [`storage`]: the segmented log per topic and each channel's durable state.
 //! - [`broker`]: topics, channels and delivery, over storage; who may do what is asked of
 //!   its access hook, the one front door every entry point goes through.
-//! - [`auth`]: authentication (tokens, client certificates, nsqd's auth server protocol)
-//!   and the grants of the rules file.
+//! - [`auth`]: who callers are, from tokens, client certificates or nsqd's auth server
+//!   protocol; and the grants of the rules file.
 //! - [`plugin`]: the WebAssembly plugin host (the only module that names wasmtime).
 //! - [`rules`]: the rules file, bound plugins behind the broker's hooks, and hot reload.
 //! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`](mod@bench): the surfaces.

@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod access;
+mod access_nsq;
+mod auth_server;
 mod authoring;
 mod cli;
 mod client;

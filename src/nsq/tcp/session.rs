@@ -587,6 +587,13 @@ impl Session {
             }
             Stop::Ended(e) => {
                 tracing::debug!(remote = %self.remote, reason = %e, "NSQ subscription ended");
+                // A revoked permission is told, as nsqd tells a refused SUB; a deleted
+                // channel or a shutdown closes bare, as nsqd does.
+                if let Some(sub) = &self.sub {
+                    if let Some(e) = denied("SUB", sub.topic(), sub.channel().as_str(), e) {
+                        self.replies.push_back(Pending::Ready(Reply::Error(e)));
+                    }
+                }
             }
             Stop::Eof | Stop::ShuttingDown => {
                 tracing::debug!(remote = %self.remote, why = ?stop, "NSQ connection closing");
