@@ -407,6 +407,7 @@ mod tests {
         assert!(text.contains("quiver_topic_messages_total{topic=\"t\"} 2\n"));
         assert!(text.contains("quiver_channel_finished_total{topic=\"t\",channel=\"c\"} 1\n"));
         let families = text.lines().filter(|l| l.starts_with("# TYPE")).count();
-        assert_eq!(families, 1 + TOPIC_METRICS.len() + CHANNEL_METRICS.len());
+        // Uptime, authentication failures and denials, then the per-topic and per-channel ones.
+        assert_eq!(families, 3 + TOPIC_METRICS.len() + CHANNEL_METRICS.len());
     }
 }

@@ -78,8 +78,9 @@ proptest! {
         let payload = Bytes::copy_from_slice(&bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + keep]);
         let raw = RawFrame { kind, payload };
         match (&frame, frame.decode_like(raw)) {
-            // ADMIN_OK takes the rest of the frame, so any prefix of it is a valid document.
-            (AnyFrame::Reply(Reply::AdminOk(_)), Ok(_)) => {}
+            // ADMIN_OK and AUTH_OK take the rest of the frame, so any prefix of it is a valid
+            // document.
+            (AnyFrame::Reply(Reply::AdminOk(_) | Reply::AuthOk(_)), Ok(_)) => {}
             (_, result) => prop_assert!(result.is_err(), "{:?}", result),
         }
     }
