@@ -100,7 +100,8 @@ pub fn router(broker: Broker) -> Router {
     router_with_rules(broker, None, Arc::new(Authenticator::disabled()))
 }
 
-/// The HTTP API's routes over `broker` and its `rules`, behind the [`guard`].
+/// The HTTP API's routes over `broker` and its `rules`, behind the guard (`guard.rs`):
+/// cross-site refusals and bearer tokens.
 pub fn router_with_rules(
     broker: Broker,
     rules: Option<Reloader>,

@@ -20,8 +20,9 @@ use crate::support::{channel, next_event, next_message, topic, TestBroker};
 const SOON: Duration = Duration::from_secs(20);
 
 /// Grants: alice publishes and consumes `orders` (channel `billing` only); bob publishes
-/// `other`; the `ops` group (carol) administers everything.
-const RULES: &str = r#"
+/// `other`; the certificate identity `billing` publishes `orders`; the `ops` group (carol)
+/// administers everything. Shared with the NSQ entry points' tests.
+pub(crate) const RULES: &str = r#"
 [groups]
 ops = ["carol"]
 
@@ -37,13 +38,18 @@ topics = ["other"]
 permissions = ["publish"]
 
 [[grant]]
+to = ["billing"]
+topics = ["orders"]
+permissions = ["publish"]
+
+[[grant]]
 to = ["group:ops"]
 topics = ["*"]
 permissions = ["admin"]
 "#;
 
 /// The same, with alice's subscribe permission taken away.
-const REVOKED: &str = r#"
+pub(crate) const REVOKED: &str = r#"
 [groups]
 ops = ["carol"]
 
@@ -58,11 +64,11 @@ topics = ["*"]
 permissions = ["admin"]
 "#;
 
-fn secret(name: &str) -> String {
+pub(crate) fn secret(name: &str) -> String {
     format!("secret-of-{name}-0123456789")
 }
 
-fn tokens(names: &[&str]) -> Vec<TokenConfig> {
+pub(crate) fn tokens(names: &[&str]) -> Vec<TokenConfig> {
     names
         .iter()
         .map(|n| TokenConfig {

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_nsq::{NSQConfigShared, NSQConsumer, NSQEvent, NSQProducer, NSQProducerConfig};
 
+use crate::access::{secret, tokens, REVOKED, RULES};
 use crate::auth_server::{grant, AuthServer};
 use crate::nsq_tcp::{consumer, nsq_topic};
 use crate::process::write_atomically;
@@ -29,35 +30,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const RESPONSE: i32 = 0;
 const ERROR: i32 = 1;
 const MESSAGE: i32 = 2;
-
-/// alice publishes and consumes `orders` (channel `billing` only), bob publishes `other`,
-/// the certificate identity `billing` publishes `orders`, carol administers everything.
-const RULES: &str = r#"
-[[grant]]
-to = ["alice"]
-topics = ["orders"]
-channels = ["billing"]
-permissions = ["publish", "subscribe"]
-
-[[grant]]
-to = ["bob"]
-topics = ["other"]
-permissions = ["publish"]
-
-[[grant]]
-to = ["billing"]
-topics = ["orders"]
-permissions = ["publish"]
-
-[[grant]]
-to = ["carol"]
-topics = ["*"]
-permissions = ["admin"]
-"#;
-
-fn secret(name: &str) -> String {
-    format!("nsq-secret-of-{name}-42")
-}
 
 /// A [`TestBroker`] with tokens for alice, bob and carol and [`RULES`] in a rules file;
 /// `configure` may change any of it.
@@ -77,13 +49,7 @@ impl Secured {
         let path = rules.clone();
         let test = TestBroker::start_with(move |config| {
             config.rules_file = Some(path);
-            config.auth.token = ["alice", "bob", "carol"]
-                .iter()
-                .map(|name| quiver::auth::TokenConfig {
-                    name: name.to_string(),
-                    sha256: quiver::auth::hash_token(&secret(name)),
-                })
-                .collect();
+            config.auth.token = tokens(&["alice", "bob", "carol"]);
             configure(config);
         })
         .await;
@@ -413,19 +379,6 @@ async fn tokio_nsq_with_a_token_publishes_consumes_and_is_refused_elsewhere() {
     assert_eq!((access.denied_publish, access.denied_subscribe), (2, 2));
     assert_eq!(access.auth_failures, 1);
 }
-
-/// alice's grants without `subscribe`.
-const REVOKED: &str = r#"
-[[grant]]
-to = ["alice"]
-topics = ["orders"]
-permissions = ["publish"]
-
-[[grant]]
-to = ["carol"]
-topics = ["*"]
-permissions = ["admin"]
-"#;
 
 #[tokio::test]
 async fn revoking_subscribe_in_a_rules_reload_closes_the_open_nsq_subscription() {
