@@ -303,6 +303,8 @@ async fn stats_json_has_nsqd_1_3_shape() {
             ("tls_version", string),
             ("tls_negotiated_protocol", string),
             ("tls_negotiated_protocol_is_mutual", boolean),
+            // nsqd's AUTH fields: `auth_identity` only when authenticated.
+            ("authed", boolean),
         ],
     );
     assert_eq!(
