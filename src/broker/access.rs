@@ -19,6 +19,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use std::collections::HashMap;
+use std::sync::MutexGuard;
+
+use super::{subscription, Broker, BrokerError, ConsumerId};
 use crate::message::{ChannelName, TopicName};
 
 /// The identity every unauthenticated caller has. Grants may name it.
@@ -270,6 +274,92 @@ impl fmt::Debug for Principal {
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.identity, self.method.as_str())
+    }
+}
+
+impl Broker {
+    /// Installs the access hook: from then on every operation of a principal that is not
+    /// [`Principal::internal`] needs a grant. Once per broker, before serving. Returns false
+    /// if one was already set.
+    pub fn set_access(&self, access: Arc<dyn Access>) -> bool {
+        self.shared.access.set(access).is_ok()
+    }
+
+    /// Whether an access hook is installed (authentication is configured).
+    pub fn checks_access(&self) -> bool {
+        self.shared.access.get().is_some()
+    }
+
+    /// The one place where operations are allowed or refused. A refusal is logged once on
+    /// the `quiver::audit` target and counted.
+    pub fn authorize(&self, who: &Principal, op: Operation<'_>) -> Result<(), BrokerError> {
+        let Some(access) = self.shared.access.get() else {
+            return Ok(());
+        };
+        if who.allowed(&**access, &op) {
+            return Ok(());
+        }
+        self.shared.access_stats.denied(op.permission());
+        tracing::warn!(target: "quiver::audit", principal = who.identity(), method = who.method().as_str(), remote = who.remote(), operation = %op, "denied");
+        Err(BrokerError::Denied {
+            identity: who.identity().to_owned(),
+            operation: op.to_string(),
+            anonymous: who.is_anonymous(),
+        })
+    }
+
+    /// Authorizes an administrative operation and records it in the audit log.
+    pub fn administer(
+        &self,
+        who: &Principal,
+        op: Operation<'_>,
+        action: &str,
+    ) -> Result<(), BrokerError> {
+        self.authorize(who, op)?;
+        if who.method() != AuthMethod::Internal {
+            tracing::info!(target: "quiver::audit", principal = who.identity(), method = who.method().as_str(), remote = who.remote(), action, target = %op, "admin");
+        }
+        Ok(())
+    }
+
+    /// Counts a failed authentication (a wrong token, a refused secret) for the stats.
+    pub fn count_auth_failure(&self) {
+        self.shared.access_stats.auth_failure();
+    }
+
+    /// Re-checks every open subscription against the grants in force, and ends the ones
+    /// that lost their permission with [`BrokerError::Denied`]. Call after the grants change.
+    pub fn recheck_access(&self) -> usize {
+        let Some(access) = self.shared.access.get() else {
+            return 0;
+        };
+        let subscribers = self.subscribers();
+        let mut revoked = 0;
+        for sub in subscribers.values() {
+            let op = Operation::Subscribe(&sub.topic, &sub.channel);
+            if sub.principal.allowed(&**access, &op) {
+                continue;
+            }
+            revoked += 1;
+            self.shared.access_stats.denied(op.permission());
+            tracing::warn!(target: "quiver::audit", principal = sub.principal.identity(), remote = sub.principal.remote(), operation = %op, "permission revoked; subscription closed");
+            sub.revoke(BrokerError::Denied {
+                identity: sub.principal.identity().to_owned(),
+                operation: op.to_string(),
+                anonymous: sub.principal.is_anonymous(),
+            });
+        }
+        revoked
+    }
+
+    pub(super) fn subscribers(
+        &self,
+    ) -> MutexGuard<'_, HashMap<ConsumerId, subscription::Revocable>> {
+        // Every critical section is an insert, a remove or a walk that only cancels tokens.
+        self.shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 

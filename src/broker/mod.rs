@@ -12,6 +12,7 @@
 
 mod access;
 pub mod delivery;
+mod error;
 pub mod hooks;
 mod lookahead;
 mod published;
@@ -21,13 +22,13 @@ mod topic;
 
 pub use access::{Access, AuthMethod, Grants, Operation, Permission, Principal, ANONYMOUS};
 pub use delivery::{ConsumerId, DeadReason, Now};
+pub use error::{BrokerError, ErrorKind, Limit, SettleOp};
 pub use hooks::{Admission, Gate, Hooks, MessageRef, Router, Routing};
 pub use published::Published;
 pub use stats::{AccessStats, BrokerStats, ChannelStats, ConsumerStats, TopicStats};
 pub use subscription::Subscription;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,142 +94,6 @@ impl Default for BrokerConfig {
     }
 }
 
-/// Why the broker refused a call. Entry points map it to their own codes by
-/// [`BrokerError::kind`], never by its text.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("topic {0} does not exist")]
-    TopicNotFound(TopicName),
-    #[error("channel {channel} of topic {topic} does not exist")]
-    ChannelNotFound {
-        topic: TopicName,
-        channel: ChannelName,
-    },
-    #[error("could not store the publish to {topic}")]
-    Storage {
-        topic: TopicName,
-        #[source]
-        source: StorageError,
-    },
-    #[error("{limit} of {value:?} is out of range ({min:?} to {max:?})")]
-    OutOfRange {
-        limit: Limit,
-        value: Duration,
-        min: Duration,
-        max: Duration,
-    },
-    #[error("RDY {rdy} is over the maximum of {max}")]
-    RdyTooHigh { rdy: u32, max: u32 },
-    #[error("{op} {id}: {source}")]
-    Settle {
-        op: SettleOp,
-        id: MessageId,
-        #[source]
-        source: delivery::SettleError,
-    },
-    #[error("the topic or channel was deleted")]
-    Deleted,
-    #[error("the broker is shutting down")]
-    ShuttingDown,
-    #[error("publish to {topic} refused: {reason}")]
-    Unrouted { topic: TopicName, reason: String },
-    #[error("{identity} may not {operation}{}", if *anonymous { " (no credentials were presented)" } else { "" })]
-    Denied {
-        identity: String,
-        operation: String,
-        /// The caller presented no credentials: asking again with some may succeed.
-        anonymous: bool,
-    },
-}
-
-/// A bounded duration a caller chose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    DpubDelay,
-    ReqDelay,
-    MsgTimeout,
-}
-
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Limit::DpubDelay => "DPUB delay",
-            Limit::ReqDelay => "REQ delay",
-            Limit::MsgTimeout => "message timeout",
-        })
-    }
-}
-
-/// The consumer command that settles (or touches) a message in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SettleOp {
-    Fin,
-    Req,
-    Touch,
-}
-
-impl fmt::Display for SettleOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SettleOp::Fin => "FIN",
-            SettleOp::Req => "REQ",
-            SettleOp::Touch => "TOUCH",
-        })
-    }
-}
-
-/// What kind of refusal a [`BrokerError`] is: the one thing entry points map from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The topic or channel named does not exist (or was deleted).
-    NotFound,
-    /// The storage is out of space; retrying later can succeed.
-    DiskFull,
-    /// The storage failed otherwise.
-    StorageFailed,
-    /// A value out of range (RDY, DPUB delay, message timeout).
-    Invalid,
-    /// A REQ that failed: not in flight, or its delay out of range.
-    ReqFailed,
-    FinFailed,
-    TouchFailed,
-    ShuttingDown,
-    /// The topic's router refused the publish.
-    Unrouted,
-    /// No credentials were presented and the anonymous identity lacks the permission.
-    Unauthenticated,
-    /// The authenticated identity lacks the permission.
-    Denied,
-}
-
-impl BrokerError {
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            BrokerError::TopicNotFound(_)
-            | BrokerError::ChannelNotFound { .. }
-            | BrokerError::Deleted => ErrorKind::NotFound,
-            BrokerError::Storage { source, .. } if source.is_disk_full() => ErrorKind::DiskFull,
-            BrokerError::Storage { .. } => ErrorKind::StorageFailed,
-            BrokerError::OutOfRange {
-                limit: Limit::ReqDelay,
-                ..
-            } => ErrorKind::ReqFailed,
-            BrokerError::OutOfRange { .. } | BrokerError::RdyTooHigh { .. } => ErrorKind::Invalid,
-            BrokerError::Settle { op, .. } => match op {
-                SettleOp::Fin => ErrorKind::FinFailed,
-                SettleOp::Req => ErrorKind::ReqFailed,
-                SettleOp::Touch => ErrorKind::TouchFailed,
-            },
-            BrokerError::ShuttingDown => ErrorKind::ShuttingDown,
-            BrokerError::Unrouted { .. } => ErrorKind::Unrouted,
-            BrokerError::Denied {
-                anonymous: true, ..
-            } => ErrorKind::Unauthenticated,
-            BrokerError::Denied { .. } => ErrorKind::Denied,
-        }
-    }
-}
-
 /// The broker: a cheap, cloneable handle.
 #[derive(Clone, Debug)]
 pub struct Broker {
@@ -288,88 +153,6 @@ impl Broker {
 
     fn hooks(&self) -> Option<&dyn Hooks> {
         self.shared.hooks.get().map(|h| &**h)
-    }
-
-    /// Installs the access hook: from then on every operation of a principal that is not
-    /// [`Principal::internal`] needs a grant. Once per broker, before serving. Returns false
-    /// if one was already set.
-    pub fn set_access(&self, access: Arc<dyn Access>) -> bool {
-        self.shared.access.set(access).is_ok()
-    }
-
-    /// Whether an access hook is installed (authentication is configured).
-    pub fn checks_access(&self) -> bool {
-        self.shared.access.get().is_some()
-    }
-
-    /// The one place where operations are allowed or refused. A refusal is logged once on
-    /// the `quiver::audit` target and counted.
-    pub fn authorize(&self, who: &Principal, op: Operation<'_>) -> Result<(), BrokerError> {
-        let Some(access) = self.shared.access.get() else {
-            return Ok(());
-        };
-        if who.allowed(&**access, &op) {
-            return Ok(());
-        }
-        self.shared.access_stats.denied(op.permission());
-        tracing::warn!(target: "quiver::audit", principal = who.identity(), method = who.method().as_str(), remote = who.remote(), operation = %op, "denied");
-        Err(BrokerError::Denied {
-            identity: who.identity().to_owned(),
-            operation: op.to_string(),
-            anonymous: who.is_anonymous(),
-        })
-    }
-
-    /// Authorizes an administrative operation and records it in the audit log.
-    pub fn administer(
-        &self,
-        who: &Principal,
-        op: Operation<'_>,
-        action: &str,
-    ) -> Result<(), BrokerError> {
-        self.authorize(who, op)?;
-        if who.method() != AuthMethod::Internal {
-            tracing::info!(target: "quiver::audit", principal = who.identity(), method = who.method().as_str(), remote = who.remote(), action, target = %op, "admin");
-        }
-        Ok(())
-    }
-
-    /// Counts a failed authentication (a wrong token, a refused secret) for the stats.
-    pub fn count_auth_failure(&self) {
-        self.shared.access_stats.auth_failure();
-    }
-
-    /// Re-checks every open subscription against the grants in force, and ends the ones
-    /// that lost their permission with [`BrokerError::Denied`]. Call after the grants change.
-    pub fn recheck_access(&self) -> usize {
-        let Some(access) = self.shared.access.get() else {
-            return 0;
-        };
-        let subscribers = self.subscribers();
-        let mut revoked = 0;
-        for sub in subscribers.values() {
-            let op = Operation::Subscribe(&sub.topic, &sub.channel);
-            if sub.principal.allowed(&**access, &op) {
-                continue;
-            }
-            revoked += 1;
-            self.shared.access_stats.denied(op.permission());
-            tracing::warn!(target: "quiver::audit", principal = sub.principal.identity(), remote = sub.principal.remote(), operation = %op, "permission revoked; subscription closed");
-            sub.revoke(BrokerError::Denied {
-                identity: sub.principal.identity().to_owned(),
-                operation: op.to_string(),
-                anonymous: sub.principal.is_anonymous(),
-            });
-        }
-        revoked
-    }
-
-    fn subscribers(&self) -> MutexGuard<'_, HashMap<ConsumerId, subscription::Revocable>> {
-        // Every critical section is an insert, a remove or a walk that only cancels tokens.
-        self.shared
-            .subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stores `messages` on `topic` (created on first use), atomically, and resolves once
