@@ -22,7 +22,7 @@ pub use throttle::Throttle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -140,7 +140,14 @@ pub struct Authenticator {
     enabled: bool,
     throttle: Throttle,
     http_hosts: Vec<String>,
+    /// The auth server's answers to HTTP requests, kept until their TTL: each request would
+    /// otherwise ask the server again.
+    answers: Mutex<HashMap<[u8; 32], LoggedIn>>,
 }
+
+/// The most answers [`Authenticator::login_request`] keeps; when full, expired ones are
+/// dropped first, then all of them.
+const MAX_CACHED_ANSWERS: usize = 1024;
 
 /// What an entry point knows of a connection before any secret.
 #[derive(Debug, Clone)]
@@ -176,6 +183,7 @@ impl Authenticator {
             enabled: config.is_configured(mtls),
             throttle: Throttle::default(),
             http_hosts: config.http_hosts.clone(),
+            answers: Mutex::default(),
         }
     }
 
@@ -216,13 +224,52 @@ impl Authenticator {
     /// Checks a secret: a configured token first, then the auth server. A refusal is
     /// recorded against the remote address; the caller waits
     /// [`Throttle::delay`] before answering it.
+    /// An auth server that cannot be asked is not the caller's fault: it is not throttled.
     pub async fn login(&self, secret: &str, conn: &Connection) -> Result<LoggedIn, AuthError> {
         let result = self.check(secret, conn).await;
         match &result {
             Ok(_) => self.throttle.succeeded(conn.remote.ip()),
+            Err(AuthError::ServerUnavailable(_)) => {}
             Err(_) => self.throttle.failed(conn.remote.ip()),
         }
         result
+    }
+
+    /// [`Authenticator::login`] for one HTTP request: an auth server's answer for the same
+    /// secret, address and certificate is reused until its TTL ends, as a connection keeps
+    /// it; the principal is new, with this request's remote address.
+    pub async fn login_request(
+        &self,
+        secret: &str,
+        conn: &Connection,
+    ) -> Result<LoggedIn, AuthError> {
+        let key = answer_key(secret, conn);
+        let now = Instant::now();
+        let cached = self.cached_answers().get(&key).cloned();
+        if let Some(answer) = cached.filter(|a| a.principal.expires().is_some_and(|at| at > now)) {
+            let principal = answer.principal.for_remote(conn.remote.to_string());
+            return Ok(LoggedIn {
+                principal: Arc::new(principal),
+                ..answer
+            });
+        }
+        let logged_in = self.login(secret, conn).await?;
+        if logged_in.principal.expires().is_some() {
+            let mut answers = self.cached_answers();
+            if answers.len() >= MAX_CACHED_ANSWERS {
+                answers.retain(|_, a| a.principal.expires().is_some_and(|at| at > now));
+                if answers.len() >= MAX_CACHED_ANSWERS {
+                    answers.clear();
+                }
+            }
+            answers.insert(key, logged_in.clone());
+        }
+        Ok(logged_in)
+    }
+
+    fn cached_answers(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], LoggedIn>> {
+        // Critical sections are single map operations.
+        self.answers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn check(&self, secret: &str, conn: &Connection) -> Result<LoggedIn, AuthError> {
@@ -270,6 +317,28 @@ impl Authenticator {
             permission_count,
         })
     }
+}
+
+/// What an auth server's answer depends on, hashed: the secret, the address and the
+/// certificate, as nsqd's query sends them.
+fn answer_key(secret: &str, conn: &Connection) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let common_name = conn
+        .certificate
+        .as_ref()
+        .map_or("", |c| c.common_name.as_str());
+    for part in [
+        secret.as_bytes(),
+        conn.remote.ip().to_string().as_bytes(),
+        &[u8::from(conn.tls)],
+        common_name.as_bytes(),
+    ] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    key
 }
 
 /// Compares two digests in constant time.

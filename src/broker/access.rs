@@ -196,6 +196,19 @@ impl Principal {
         self
     }
 
+    /// The same identity, method, groups and grants, calling from `remote`; decisions are
+    /// not carried over.
+    pub fn for_remote(&self, remote: impl Into<String>) -> Principal {
+        Principal {
+            identity: self.identity.clone(),
+            groups: self.groups.clone(),
+            method: self.method,
+            remote: remote.into(),
+            grants: self.grants.clone(),
+            decisions: Mutex::new(Decisions::default()),
+        }
+    }
+
     pub fn identity(&self) -> &str {
         &self.identity
     }

@@ -139,8 +139,9 @@ fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
     pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Resolves pending requests from the broker's replies. When the stream ends, every request
-/// still waiting fails with `Closed` (its sender is dropped).
+/// Resolves pending requests from the broker's replies. A fatal error that names no request
+/// fails every request still waiting with it; when the stream just ends, they fail with
+/// `Closed` (their senders are dropped).
 async fn read_replies(mut reader: FrameReader, pending: Arc<Mutex<Pending>>) {
     loop {
         let reply = match reader.next().await {
@@ -159,8 +160,15 @@ async fn read_replies(mut reader: FrameReader, pending: Arc<Mutex<Pending>>) {
             }
             Ok(Reply::Error(e)) => {
                 let fatal = e.fatal;
-                match lock(&pending).remove(&e.seq) {
+                let mut pending = lock(&pending);
+                match pending.remove(&e.seq) {
                     Some(tx) => drop(tx.send(Err(e))),
+                    // A fatal error of the stream itself ends every request with its reason.
+                    None if fatal => {
+                        for (_, tx) in pending.drain() {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
                     None => tracing::warn!(error = %e, "broker error on publish stream"),
                 }
                 if fatal {

@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{Authenticator, Connection};
+use crate::auth::{AuthError, Authenticator, Connection};
 use crate::broker::Broker;
 
 /// Why the guard refused a request, rendered by each API in its own error format.
@@ -34,6 +34,8 @@ pub(crate) enum Refusal {
     CrossSite(String),
     /// 401: the credentials presented were not accepted.
     BadCredentials(String),
+    /// 503: no auth server could be asked about the credentials; nothing was done.
+    Unavailable(String),
 }
 
 impl Refusal {
@@ -41,12 +43,13 @@ impl Refusal {
         match self {
             Refusal::CrossSite(_) => StatusCode::FORBIDDEN,
             Refusal::BadCredentials(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     pub(crate) fn message(&self) -> &str {
         match self {
-            Refusal::CrossSite(m) | Refusal::BadCredentials(m) => m,
+            Refusal::CrossSite(m) | Refusal::BadCredentials(m) | Refusal::Unavailable(m) => m,
         }
     }
 }
@@ -87,8 +90,15 @@ pub(crate) async fn check(
     };
     let principal = match bearer(request.headers()) {
         Ok(None) => Arc::new(guard.auth.principal(&conn)),
-        Ok(Some(secret)) => match guard.auth.login(secret, &conn).await {
+        Ok(Some(secret)) => match guard.auth.login_request(secret, &conn).await {
             Ok(logged_in) => logged_in.principal,
+            Err(e @ AuthError::ServerUnavailable(_)) => {
+                guard.broker.count_auth_failure();
+                tracing::error!(target: "quiver::audit", %remote, path = request.uri().path(), error = %e, "authentication impossible");
+                return (guard.render)(&Refusal::Unavailable(format!(
+                    "cannot authenticate now: {e}"
+                )));
+            }
             Err(e) => {
                 guard.broker.count_auth_failure();
                 tracing::warn!(target: "quiver::audit", %remote, path = request.uri().path(), error = %e, "authentication failed");
@@ -195,6 +205,7 @@ pub(crate) fn render_admin(refusal: &Refusal) -> Response {
     let code = match refusal {
         Refusal::CrossSite(_) => "E_FORBIDDEN",
         Refusal::BadCredentials(_) => "E_AUTH_FAILED",
+        Refusal::Unavailable(_) => "E_AUTH_UNAVAILABLE",
     };
     let body = serde_json::json!({ "error": refusal.message(), "code": code });
     (refusal.status(), axum::Json(body)).into_response()

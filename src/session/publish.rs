@@ -64,7 +64,11 @@ async fn read_half(
     caller: &Caller,
     tx: mpsc::Sender<Answer>,
 ) -> Result<(), WireError> {
-    let mut who = caller.principal().await?;
+    let first_seq = first.seq();
+    let mut who = caller.principal().await.map_err(|mut e| {
+        e.seq = first_seq;
+        e
+    })?;
     handle(first, broker, &who, &tx).await?;
     loop {
         let read = tokio::select! {
@@ -73,9 +77,18 @@ async fn read_half(
             }
             read = reader.next() => read,
         };
-        // An auth server's answer holds for its TTL; then the secret is checked again.
+        // An auth server's answer holds for its TTL; then the secret is checked again, and a
+        // failure answers the request that found it.
         if who.expires().is_some_and(|at| at <= Instant::now()) {
-            who = caller.principal().await?;
+            let seq = read
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref())
+                .map_or(0, |raw| raw.publish_seq());
+            who = caller.principal().await.map_err(|mut e| {
+                e.seq = seq;
+                e
+            })?;
         }
         match read {
             Ok(Some(raw)) => handle_raw(raw, broker, &who, &tx).await?,

@@ -644,7 +644,7 @@ async fn the_auth_server_is_asked_with_nsqds_parameters() {
 
 /// One HTTP/1.1 request with `headers` (a `Host` naming `addr` unless given): the status
 /// and the body.
-async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

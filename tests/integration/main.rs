@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod access_auth_server;
 mod access_nsq;
 mod auth_server;
 mod authoring;

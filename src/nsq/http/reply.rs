@@ -92,11 +92,13 @@ impl IntoResponse for NsqError {
 }
 
 /// A request the guard refused, as nsqd frames errors: `{"message":"FORBIDDEN"}` for a
-/// cross-site request (403), `{"message":"AUTH_FAILED"}` for bad credentials (401).
+/// cross-site request (403), `{"message":"AUTH_FAILED"}` for bad credentials (401),
+/// `{"message":"AUTH_UNAVAILABLE"}` when no auth server could be asked (503).
 pub(crate) fn render_refusal(refusal: &Refusal) -> Response {
     let code = match refusal {
         Refusal::CrossSite(_) => "FORBIDDEN",
         Refusal::BadCredentials(_) => "AUTH_FAILED",
+        Refusal::Unavailable(_) => "AUTH_UNAVAILABLE",
     };
     NsqError::new(refusal.status(), code).into_response()
 }
