@@ -738,3 +738,30 @@ async fn nsqd_http_refuses_cross_site_requests_and_serves_same_origin_ones() {
     assert_eq!(status, 200, "{body}");
     assert!(broker.stats().topic("victim").is_none());
 }
+
+#[tokio::test]
+async fn nsqd_http_publish_is_refused_once_a_reload_revokes_it() {
+    let broker = Secured::start(|_| {}).await;
+    let alice = format!("Bearer {}", secret("alice"));
+    let alice = [("Authorization", alice.as_str())];
+    let nsq_http = broker.nsq_http;
+    let ok = http(nsq_http, "POST", "/pub?topic=orders", &alice).await;
+    assert_eq!(ok, (200, "OK".to_owned()));
+
+    write_atomically(
+        &broker.rules,
+        RULES.replace("\"publish\", \"subscribe\"", "\"subscribe\""),
+    );
+    let carol = format!("Bearer {}", secret("carol"));
+    let (status, body) = http(
+        broker.test.http,
+        "POST",
+        "/rules/reload",
+        &[("Authorization", carol.as_str())],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let refused = http(nsq_http, "POST", "/pub?topic=orders", &alice).await;
+    assert_eq!(refused, (403, r#"{"message":"UNAUTHORIZED"}"#.to_owned()));
+    assert_eq!(broker.stored("orders"), 1);
+}
