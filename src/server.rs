@@ -113,6 +113,9 @@ impl Server {
 
         let storage = FileStorage::open(&config.data_dir, config.storage.clone())?;
         let broker = Broker::new(config.broker.clone(), Arc::new(storage));
+        if let Some(threads) = config.plugins.threads {
+            broker.set_plugin_threads(threads);
+        }
         let rules = match config.rules_source() {
             Some(source) => {
                 let cache = config.plugins.cache_dir(&config.data_dir);

@@ -11,10 +11,15 @@
 //!   (under the channel's lock, in log order). The cursor moving past a message is what
 //!   records the decision; a requeued or recovered message is not asked again.
 //!
-//! Both may block the calling thread for as long as the plugin's call timeout allows.
+//! Both may block the calling thread for as long as the plugin's call timeout allows, so the
+//! broker calls a router or gate that has a [`Lane`] on the plugin pool (`pool.rs`), never
+//! on an async worker.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+use super::pool::Lane;
 
 use crate::message::{ChannelName, Headers, MessageId, TopicName};
 
@@ -62,9 +67,57 @@ pub enum Admission {
     DeadLetter { reason: String },
 }
 
+/// A router's or gate's answer for one message, or why it has none yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<T> {
+    Made(T),
+    /// The plugin is restarting after a fault: ask again after this long. Only answered
+    /// when the caller may wait; otherwise the failure policy decides.
+    Restarting(Duration),
+}
+
+/// How long the routing of one publish may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// CPU time all the router's calls for one publish may use together; the messages not
+    /// routed by then get [`Router::overrun`].
+    pub publish_timeout: Duration,
+    /// How long a publish may wait for a restarting router before the failure policy
+    /// applies to its messages.
+    pub max_wait: Duration,
+}
+
+impl Default for RouteLimits {
+    fn default() -> Self {
+        RouteLimits {
+            publish_timeout: Duration::MAX,
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
 /// A topic's router.
 pub trait Router: Send + Sync + fmt::Debug {
-    fn route(&self, message: &MessageRef<'_>) -> Routing;
+    /// Where `message` goes. `may_wait`: the caller can come back later, so a restarting
+    /// plugin may answer [`Decision::Restarting`] instead of its failure policy.
+    fn route(&self, message: &MessageRef<'_>, may_wait: bool) -> Decision<Routing>;
+
+    /// What a message gets when the publish's routing ran out of time: the failure policy.
+    fn overrun(&self) -> Routing {
+        Routing::All
+    }
+
+    fn limits(&self) -> RouteLimits {
+        RouteLimits::default()
+    }
+
+    /// The pool lane its calls run on; `None` for a router cheap enough to run inline.
+    fn lane(&self) -> Option<&Arc<Lane>> {
+        None
+    }
+
+    /// Counts messages routed by [`Router::overrun`].
+    fn count_overrun(&self, _messages: usize) {}
 }
 
 /// A channel's filters and samplers, applied in order.

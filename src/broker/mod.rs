@@ -15,6 +15,7 @@ pub mod delivery;
 mod error;
 pub mod hooks;
 mod lookahead;
+pub mod pool;
 mod published;
 mod stats;
 mod subscription;
@@ -23,7 +24,8 @@ mod topic;
 pub use access::{Access, AuthMethod, Grants, Operation, Permission, Principal, ANONYMOUS};
 pub use delivery::{ConsumerId, DeadReason, Now};
 pub use error::{BrokerError, ErrorKind, Limit, SettleOp};
-pub use hooks::{Admission, Gate, Hooks, MessageRef, Router, Routing};
+pub use hooks::{Admission, Decision, Gate, Hooks, MessageRef, RouteLimits, Router, Routing};
+pub use pool::{Lane, PluginPool, PoolClosed};
 pub use published::Published;
 pub use stats::{AccessStats, BrokerStats, ChannelStats, ConsumerStats, TopicStats};
 pub use subscription::Subscription;
@@ -116,6 +118,8 @@ struct Shared {
     /// Open subscriptions and their principals, re-checked when the grants change.
     subscribers: Mutex<HashMap<ConsumerId, subscription::Revocable>>,
     access_stats: stats::AccessCounters,
+    /// Threads for plugin calls; made on first use.
+    pool: std::sync::OnceLock<PluginPool>,
 }
 
 impl Broker {
@@ -135,6 +139,7 @@ impl Broker {
                 access: std::sync::OnceLock::new(),
                 subscribers: Mutex::new(HashMap::new()),
                 access_stats: stats::AccessCounters::default(),
+                pool: std::sync::OnceLock::new(),
             }),
         };
         broker.spawn(trim_periodically(broker.clone()));
@@ -155,6 +160,18 @@ impl Broker {
         self.shared.hooks.get().map(|h| &**h)
     }
 
+    /// Sizes the plugin pool: `threads` threads for router, filter and sampler calls. Before
+    /// the first plugin call; returns false if the pool exists already.
+    pub fn set_plugin_threads(&self, threads: usize) -> bool {
+        self.shared.pool.set(PluginPool::new(threads)).is_ok()
+    }
+
+    pub(crate) fn pool(&self) -> &PluginPool {
+        self.shared
+            .pool
+            .get_or_init(|| PluginPool::new(default_plugin_threads()))
+    }
+
     /// Stores `messages` on `topic` (created on first use), atomically, and resolves once
     /// they are as durable as the storage promises. A non-zero `delay` is a DPUB.
     pub async fn publish(
@@ -164,13 +181,17 @@ impl Broker {
         messages: Vec<NewMessage>,
         delay: Duration,
     ) -> Result<Range<u64>, BrokerError> {
-        self.append(who, topic, messages, delay)?.confirmed().await
+        self.append(who, topic, messages, delay)
+            .await?
+            .confirmed()
+            .await
     }
 
-    /// The first half of [`Broker::publish`]: appends at once, in call order, and returns
-    /// the confirmation to await. Several confirmations can be awaited together, so that
-    /// pipelined publishes share one fsync.
-    pub fn append(
+    /// The first half of [`Broker::publish`]: appends, in call order, and returns the
+    /// confirmation to await. Several confirmations can be awaited together, so that
+    /// pipelined publishes share one fsync. It waits only for a topic's router (on the
+    /// plugin pool); without one it appends at once.
+    pub async fn append(
         &self,
         who: &Principal,
         topic: &TopicName,
@@ -189,12 +210,14 @@ impl Broker {
         )?;
         let topic = self.topic(topic)?;
         let mut confirms = Vec::new();
-        let range = self.route_and_append(
-            &topic,
-            stamp(messages, delay),
-            &mut Vec::new(),
-            &mut confirms,
-        )?;
+        let range = self
+            .route_and_append(
+                &topic,
+                stamp(messages, delay),
+                &mut Vec::new(),
+                &mut confirms,
+            )
+            .await?;
         Ok(Published {
             topic: topic.name.clone(),
             range,
@@ -206,39 +229,102 @@ impl Broker {
     /// to none, to the dead-letter topic, or forwarded to other topics (routed there in turn).
     /// `path` holds the topics the messages were forwarded through, so that a forward never
     /// loops. Pushes one confirmation per append made.
-    fn route_and_append(
+    fn route_and_append<'a>(
+        &'a self,
+        topic: &'a Arc<Topic>,
+        messages: Vec<StoredMessage>,
+        path: &'a mut Vec<TopicName>,
+        confirms: &'a mut Vec<(TopicName, Durable)>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Range<u64>, BrokerError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let Some(router) = self.hooks().and_then(|h| h.router(&topic.name)) else {
+                let (range, durable) = topic.append(messages)?;
+                confirms.push((topic.name.clone(), durable));
+                return Ok(range);
+            };
+            // Routed publishes to a topic take turns, so that the ids the router sees are
+            // the ones the messages get.
+            let _turn = topic.routing_turn().await;
+            let base = topic.log.end();
+            let (messages, routings) = self.route(&router, topic, messages, base).await?;
+            self.append_routed(topic, messages, routings, base, path, confirms)
+                .await
+        })
+    }
+
+    /// The router's decision for each message, made on the plugin pool (inline for a router
+    /// without a lane), within the publish's time budget; waits while the router restarts,
+    /// up to its `max_wait`.
+    async fn route(
+        &self,
+        router: &Arc<dyn Router>,
+        topic: &Arc<Topic>,
+        messages: Vec<StoredMessage>,
+        base: u64,
+    ) -> Result<(Vec<StoredMessage>, Vec<Routing>), BrokerError> {
+        let mut routed = Routed {
+            messages,
+            routings: Vec::new(),
+            kept: 0,
+            cpu_spent: Duration::ZERO,
+        };
+        let Some(lane) = router.lane().cloned() else {
+            routed.step(&**router, topic, base, false);
+            return Ok((routed.messages, routed.routings));
+        };
+        let limits = router.limits();
+        let started = Instant::now();
+        routed.routings.reserve(routed.messages.len());
+        loop {
+            let may_wait = started.elapsed() < limits.max_wait;
+            let (router, job_topic) = (Arc::clone(router), Arc::clone(topic));
+            let job = move || {
+                let wait = routed.step(&*router, &job_topic, base, may_wait);
+                (routed, wait)
+            };
+            let (back, wait) = tokio::select! {
+                done = self.pool().run(&lane, job) => done.map_err(|_| BrokerError::ShuttingDown)?,
+                _ = self.shared.shutdown.cancelled() => return Err(BrokerError::ShuttingDown),
+            };
+            routed = back;
+            let Some(wait) = wait else {
+                return Ok((routed.messages, routed.routings));
+            };
+            let wait = wait.min(limits.max_wait.saturating_sub(started.elapsed()));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shared.shutdown.cancelled() => return Err(BrokerError::ShuttingDown),
+            }
+        }
+    }
+
+    /// Appends the messages their routings keep, under the topic's publish lock, and sorts
+    /// out the rest: dead letters, forwards and the number dropped.
+    fn place_routed(
         &self,
         topic: &Arc<Topic>,
         messages: Vec<StoredMessage>,
-        path: &mut Vec<TopicName>,
+        routings: Vec<Routing>,
+        base: u64,
+        path: &[TopicName],
         confirms: &mut Vec<(TopicName, Durable)>,
-    ) -> Result<Range<u64>, BrokerError> {
-        let Some(router) = self.hooks().and_then(|h| h.router(&topic.name)) else {
-            let (range, durable) = topic.append(messages)?;
-            confirms.push((topic.name.clone(), durable));
-            return Ok(range);
-        };
+    ) -> Result<Placed, BrokerError> {
         let count = |counter: &AtomicU64, n: usize| {
             counter.fetch_add(n as u64, Ordering::Relaxed);
         };
         let lock = topic.publish_lock();
-        // Under the lock, the n-th kept message gets offset base + n: the router sees its id.
-        let base = topic.log.end();
+        if topic.log.end() != base {
+            tracing::debug!(topic = %topic.name, "appended to while routing; the ids the router saw are off");
+        }
         let mut kept = Vec::with_capacity(messages.len());
         let mut dead = Vec::new();
         let mut forwards: Vec<(TopicName, StoredMessage)> = Vec::new();
         let mut dropped = 0;
         let mut ensured: Vec<ChannelName> = Vec::new();
-        for mut message in messages {
-            let view = MessageRef {
-                topic: &topic.name,
-                id: MessageId::new(topic.incarnation, base + kept.len() as u64),
-                timestamp_ns: message.timestamp_ns,
-                attempts: 0,
-                headers: &message.headers,
-                body: &message.body,
-            };
-            match router.route(&view) {
+        for (mut message, routing) in messages.into_iter().zip(routings) {
+            match routing {
                 Routing::All => kept.push(message),
                 Routing::To { channels, forward } => {
                     for target in forward {
@@ -281,7 +367,33 @@ impl Broker {
             confirms.push((topic.name.clone(), durable));
             range
         };
-        drop(lock);
+        Ok(Placed {
+            range,
+            dead,
+            forwards,
+            dropped,
+        })
+    }
+
+    /// Appends the messages as their routings say, then their dead letters and forwards.
+    async fn append_routed(
+        &self,
+        topic: &Arc<Topic>,
+        messages: Vec<StoredMessage>,
+        routings: Vec<Routing>,
+        base: u64,
+        path: &mut Vec<TopicName>,
+        confirms: &mut Vec<(TopicName, Durable)>,
+    ) -> Result<Range<u64>, BrokerError> {
+        let count = |counter: &AtomicU64, n: usize| {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        };
+        let Placed {
+            range,
+            dead,
+            forwards,
+            dropped,
+        } = self.place_routed(topic, messages, routings, base, path, confirms)?;
         count(&topic.routing.dropped, dropped);
         if !dead.is_empty() {
             count(&topic.routing.dead_lettered, dead.len());
@@ -310,7 +422,8 @@ impl Broker {
             }
             for (name, batch) in targets {
                 let target = self.topic(&name)?;
-                self.route_and_append(&target, batch, path, confirms)?;
+                self.route_and_append(&target, batch, path, confirms)
+                    .await?;
             }
             path.pop();
         }
@@ -787,6 +900,107 @@ fn stamp(messages: Vec<NewMessage>, delay: Duration) -> Vec<StoredMessage> {
             route: None,
         })
         .collect()
+}
+
+/// The plugin pool's size when the config does not say: one thread per core, at least two,
+/// so that one stuck plugin never holds them all.
+pub fn default_plugin_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .max(2)
+}
+
+/// What a routed publish left to do once its kept messages were appended.
+struct Placed {
+    range: Range<u64>,
+    dead: Vec<(StoredMessage, String)>,
+    forwards: Vec<(TopicName, StoredMessage)>,
+    dropped: usize,
+}
+
+/// A publish being routed: its messages, the routings decided so far, how many of those
+/// keep their message (the next kept message's offset is `base + kept`), and the CPU time
+/// its routing used.
+struct Routed {
+    messages: Vec<StoredMessage>,
+    routings: Vec<Routing>,
+    kept: u64,
+    cpu_spent: Duration,
+}
+
+impl Routed {
+    /// Routes from the first undecided message on, on the calling thread. Returns how long
+    /// to wait before going on when the router is restarting (only if `may_wait`).
+    fn step(
+        &mut self,
+        router: &dyn Router,
+        topic: &Topic,
+        base: u64,
+        may_wait: bool,
+    ) -> Option<Duration> {
+        let budget = router.limits().publish_timeout;
+        let limited = budget != Duration::MAX;
+        let wall_start = Instant::now();
+        let cpu_start = if limited {
+            crate::plugin::thread_cpu_time()
+        } else {
+            None
+        };
+        let used = |wall: Duration| match (cpu_start, crate::plugin::thread_cpu_time()) {
+            (Some(from), Some(now)) => now.saturating_sub(from),
+            _ => wall,
+        };
+        let mut overran = 0;
+        let wait = loop {
+            let Some(message) = self.messages.get(self.routings.len()) else {
+                break None;
+            };
+            // CPU time never exceeds wall time, so the CPU clock is read only once the
+            // wall clock says the budget may be spent.
+            if overran == 0 && limited && self.cpu_spent + wall_start.elapsed() >= budget {
+                let wall = wall_start.elapsed();
+                let backstop = budget.saturating_mul(crate::plugin::WALL_BACKSTOP_FACTOR);
+                if self.cpu_spent + used(wall) >= budget || wall >= backstop {
+                    overran = self.messages.len() - self.routings.len();
+                }
+            }
+            let routing = if overran > 0 {
+                router.overrun()
+            } else {
+                let view = MessageRef {
+                    topic: &topic.name,
+                    id: MessageId::new(topic.incarnation, base + self.kept),
+                    timestamp_ns: message.timestamp_ns,
+                    attempts: 0,
+                    headers: &message.headers,
+                    body: &message.body,
+                };
+                match router.route(&view, may_wait) {
+                    Decision::Made(routing) => routing,
+                    Decision::Restarting(after) => break Some(after),
+                }
+            };
+            let keeps = match &routing {
+                Routing::All => true,
+                Routing::To { channels, .. } => !channels.is_empty(),
+                _ => false,
+            };
+            self.kept += u64::from(keeps);
+            let rejected = matches!(routing, Routing::Reject { .. });
+            self.routings.push(routing);
+            if rejected {
+                // The whole publish is refused; the rest need no routing.
+                break None;
+            }
+        };
+        if limited {
+            self.cpu_spent += used(wall_start.elapsed());
+        }
+        if overran > 0 {
+            router.count_overrun(overran);
+        }
+        wait
+    }
 }
 
 fn wall_clock() -> Duration {

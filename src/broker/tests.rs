@@ -19,9 +19,9 @@ struct HeaderRouter {
 }
 
 impl Router for HeaderRouter {
-    fn route(&self, message: &MessageRef<'_>) -> Routing {
+    fn route(&self, message: &MessageRef<'_>, _may_wait: bool) -> Decision<Routing> {
         self.seen.lock().unwrap().push(message.id);
-        match message.headers.get("to").unwrap_or("all") {
+        Decision::Made(match message.headers.get("to").unwrap_or("all") {
             "all" => Routing::All,
             "drop" => Routing::Drop,
             "dead" => Routing::DeadLetter {
@@ -43,7 +43,7 @@ impl Router for HeaderRouter {
                     forward: vec![],
                 },
             },
-        }
+        })
     }
 }
 

@@ -36,6 +36,9 @@ pub(super) struct Topic {
     deleted: CancellationToken,
     /// Held while offsets are assigned: a router sees the id its message will get.
     publish: Mutex<()>,
+    /// Held by a routed publish from before its routing until its append (async: the
+    /// routing runs on the plugin pool).
+    routing_turn: tokio::sync::Mutex<()>,
     pub(super) routing: RoutingCounters,
 }
 
@@ -93,6 +96,7 @@ impl Topic {
             appends_since_trim: AtomicU64::new(0),
             deleted,
             publish: Mutex::new(()),
+            routing_turn: tokio::sync::Mutex::new(()),
             routing: RoutingCounters::default(),
         })
     }
@@ -127,6 +131,10 @@ impl Topic {
     }
 
     /// Stops other appends to this topic, so that `log.end()` is the next message's offset.
+    pub(super) async fn routing_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.routing_turn.lock().await
+    }
+
     pub(super) fn publish_lock(&self) -> MutexGuard<'_, ()> {
         self.publish.lock().unwrap_or_else(|e| e.into_inner())
     }

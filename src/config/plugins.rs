@@ -34,6 +34,17 @@ pub struct PluginsConfig {
     pub init_timeout: Duration,
     /// Where compiled plugins are cached. Default `<data_dir>/plugin-cache`.
     pub cache_dir: Option<PathBuf>,
+    /// Threads that run plugin calls (never the async workers). Default: one per core, at
+    /// least 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// Most CPU time a router may use for one whole publish (all of an MPUB's messages);
+    /// messages not routed by then get the router's failure policy.
+    #[serde(with = "duration")]
+    pub publish_timeout: Duration,
+    /// Longest a message waits for a restarting plugin before its failure policy applies.
+    #[serde(with = "duration")]
+    pub max_wait: Duration,
 }
 
 impl Default for PluginsConfig {
@@ -45,6 +56,9 @@ impl Default for PluginsConfig {
             memory: limits.memory_bytes,
             init_timeout: limits.init_timeout,
             cache_dir: None,
+            threads: None,
+            publish_timeout: limits.publish_timeout,
+            max_wait: limits.max_wait,
         }
     }
 }
@@ -56,6 +70,8 @@ impl PluginsConfig {
             wall_timeout: self.wall_timeout,
             memory_bytes: self.memory,
             init_timeout: self.init_timeout,
+            publish_timeout: self.publish_timeout,
+            max_wait: self.max_wait,
         }
     }
 
@@ -76,6 +92,12 @@ impl PluginsConfig {
             .is_some_and(|wall| wall < self.call_timeout)
         {
             return invalid("wall_timeout", "must be at least plugins.call_timeout");
+        }
+        if self.publish_timeout < self.call_timeout {
+            return invalid("publish_timeout", "must be at least plugins.call_timeout");
+        }
+        if self.threads == Some(0) {
+            return invalid("threads", "must be at least 1");
         }
         if self.init_timeout.is_zero() {
             return invalid("init_timeout", "must be more than 0");

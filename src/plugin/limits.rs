@@ -113,7 +113,7 @@ fn whole_ticks(d: Duration) -> u64 {
 /// CPU clock. A system call on Linux (about 0.1-0.5 µs), so it is read only at epoch ticks.
 #[cfg(unix)]
 #[allow(unsafe_code)]
-pub(super) fn thread_cpu_time() -> Option<Duration> {
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -129,7 +129,7 @@ pub(super) fn thread_cpu_time() -> Option<Duration> {
 }
 
 #[cfg(not(unix))]
-pub(super) fn thread_cpu_time() -> Option<Duration> {
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
     None
 }
 

@@ -48,6 +48,7 @@ pub const MAX_BATCH: usize = 64;
 pub use engine::{Plugin, PluginHost};
 pub use error::{PluginError, PluginFault, TimeoutKind};
 pub use instance::Instance;
+pub(crate) use limits::thread_cpu_time;
 
 /// Which world a plugin targets, and so which decision it makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,6 +114,12 @@ pub struct PluginLimits {
     /// Most CPU time instantiation plus `init` may use; its wall-clock backstop is
     /// [`WALL_BACKSTOP_FACTOR`] times longer. Default 1 s.
     pub init_timeout: Duration,
+    /// Most CPU time a router may use for all the messages of one publish together (an
+    /// MPUB's); the rest get the failure policy. Default 100 ms.
+    pub publish_timeout: Duration,
+    /// Longest a message waits for its plugin to restart after a fault before the failure
+    /// policy decides it. Default 1 s.
+    pub max_wait: Duration,
 }
 
 /// The default wall-clock backstop of a call, as a multiple of its CPU budget.
@@ -125,6 +132,8 @@ impl Default for PluginLimits {
             wall_timeout: None,
             memory_bytes: 16 << 20,
             init_timeout: Duration::from_secs(1),
+            publish_timeout: Duration::from_millis(100),
+            max_wait: Duration::from_secs(1),
         }
     }
 }

@@ -17,11 +17,13 @@ use serde::Serialize;
 
 use super::file::{OnFailure, PluginSpec, RulesError, RulesSpec, Unrouted};
 use crate::broker::{
-    Access, Admission, Broker, ChannelSettings, Gate, Hooks, MessageRef, Operation, Principal,
-    Router, Routing,
+    Access, Admission, Broker, ChannelSettings, Decision, Gate, Hooks, Lane, MessageRef, Operation,
+    Principal, RouteLimits, Router, Routing,
 };
 use crate::message::{ChannelName, TopicName};
-use crate::plugin::{Binding, BindingStats, MessageView, Plugin, PluginHost, PluginKind, Route};
+use crate::plugin::{
+    Binding, BindingStats, MessageView, Plugin, PluginFault, PluginHost, PluginKind, Route,
+};
 
 /// Reason given with a message dead-lettered because its router faulted.
 pub const ROUTER_FAULT: &str = "router-fault";
@@ -41,6 +43,9 @@ pub struct Bound {
     /// Answers that could not be used (a router naming an invalid channel or topic); each
     /// is handled as a fault.
     invalid_answers: Arc<AtomicU64>,
+    /// Messages a router did not get to decide within its publish's time budget; each got
+    /// the failure policy.
+    publish_timeouts: Arc<AtomicU64>,
 }
 
 impl Bound {
@@ -84,6 +89,7 @@ impl Bound {
             path: self.spec.path.clone(),
             on_failure: self.spec.on_failure.as_str(),
             invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
+            publish_timeouts: self.publish_timeouts.load(Ordering::Relaxed),
             stats: self.binding.stats(),
         }
     }
@@ -102,6 +108,9 @@ pub struct BindingStatus {
     pub on_failure: &'static str,
     /// Router answers naming an invalid channel or topic, handled as faults.
     pub invalid_answers: u64,
+    /// Messages given the failure policy because their publish's routing ran out of time
+    /// (`plugins.publish_timeout`).
+    pub publish_timeouts: u64,
     pub stats: BindingStats,
 }
 
@@ -110,21 +119,49 @@ pub struct BindingStatus {
 pub struct TopicRouter {
     bound: Bound,
     unrouted: Unrouted,
+    limits: RouteLimits,
+    /// Its calls run on the plugin pool, one at a time, in publish order.
+    lane: Arc<Lane>,
 }
 
 impl Router for TopicRouter {
-    fn route(&self, msg: &MessageRef<'_>) -> Routing {
-        match self.bound.binding.route(&self.bound.view(msg)) {
+    fn route(&self, msg: &MessageRef<'_>, may_wait: bool) -> Decision<Routing> {
+        Decision::Made(match self.bound.binding.route(&self.bound.view(msg)) {
             Ok(route) if route.is_unrouted() => self.unrouted(msg.topic),
             Ok(route) => to_routing(route).unwrap_or_else(|why| {
                 self.bound.invalid_answers.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(topic = %msg.topic, plugin = self.bound.binding.plugin().name(), %why, "router answer refused; applying on_failure");
                 self.on_fault()
             }),
+            Err(PluginFault::Unavailable { retry_in, .. }) if may_wait => {
+                return Decision::Restarting(retry_in.max(MIN_RETRY));
+            }
             Err(_) => self.on_fault(),
-        }
+        })
+    }
+
+    fn overrun(&self) -> Routing {
+        self.on_fault()
+    }
+
+    fn limits(&self) -> RouteLimits {
+        self.limits
+    }
+
+    fn lane(&self) -> Option<&Arc<Lane>> {
+        Some(&self.lane)
+    }
+
+    fn count_overrun(&self, messages: usize) {
+        self.bound
+            .publish_timeouts
+            .fetch_add(messages as u64, Ordering::Relaxed);
     }
 }
+
+/// The shortest wait for a restarting plugin: an instance due to start now is started by the
+/// next call.
+const MIN_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl TopicRouter {
     fn on_fault(&self) -> Routing {
@@ -274,9 +311,15 @@ impl RuleSet {
             };
             let at = format!("topic {} router", topic.name);
             if let Some(bound) = builder.bind(&at, &topic.name, None, router) {
+                let limits = host.limits();
                 let router = TopicRouter {
                     bound,
                     unrouted: topic.unrouted,
+                    limits: RouteLimits {
+                        publish_timeout: limits.publish_timeout,
+                        max_wait: limits.max_wait,
+                    },
+                    lane: Lane::new(),
                 };
                 set.routers.insert(topic.name.clone(), Arc::new(router));
             }
@@ -376,6 +419,7 @@ impl Builder<'_> {
                 spec: spec.clone(),
                 binding: Arc::clone(&old.binding),
                 invalid_answers: Arc::clone(&old.invalid_answers),
+                publish_timeouts: Arc::clone(&old.publish_timeouts),
             });
         }
         match Binding::new(plugin, spec.params.clone()) {
@@ -387,6 +431,7 @@ impl Builder<'_> {
                     spec: spec.clone(),
                     binding: Arc::new(binding),
                     invalid_answers: Arc::default(),
+                    publish_timeouts: Arc::default(),
                 })
             }
             Err(e) => {

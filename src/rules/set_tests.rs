@@ -206,21 +206,23 @@ fn router_faults_and_unrouted_answers_follow_their_policies() {
         let (set, _) = build(dir.path(), &rules("deliver", unrouted), None).unwrap();
         let router = Rules::new(set).router(&t).unwrap();
         assert_eq!(
-            router.route(&message(&t, &none, b"x")),
-            answer,
+            router.route(&message(&t, &none, b"x"), false),
+            Decision::Made(answer),
             "{unrouted}"
         );
-        let routed = router.route(&message(&t, &eu, b"x"));
+        let routed = router.route(&message(&t, &eu, b"x"), false);
         assert_eq!(
             routed,
-            Routing::To {
+            Decision::Made(Routing::To {
                 channels: vec![channel("eu")],
                 forward: vec![]
-            }
+            })
         );
     }
     let (set, _) = build(dir.path(), &rules("deliver", "reject"), None).unwrap();
-    let Routing::Reject { reason } = set.routers[&t].route(&message(&t, &none, b"x")) else {
+    let Decision::Made(Routing::Reject { reason }) =
+        set.routers[&t].route(&message(&t, &none, b"x"), false)
+    else {
         panic!("expected a reject");
     };
     assert!(reason.contains("topic t"), "{reason}");

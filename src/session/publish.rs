@@ -126,17 +126,19 @@ async fn handle(
     let seq = cmd.seq();
     let appended = match cmd {
         Command::Pub { topic, message, .. } => {
-            broker.append(who, &topic, vec![message], Duration::ZERO)
+            broker
+                .append(who, &topic, vec![message], Duration::ZERO)
+                .await
         }
         Command::Mpub {
             topic, messages, ..
-        } => broker.append(who, &topic, messages, Duration::ZERO),
+        } => broker.append(who, &topic, messages, Duration::ZERO).await,
         Command::Dpub {
             topic,
             delay,
             message,
             ..
-        } => broker.append(who, &topic, vec![message], delay),
+        } => broker.append(who, &topic, vec![message], delay).await,
         Command::Nop => return Ok(()),
         other => {
             let e = WireError::new(

@@ -20,6 +20,7 @@ mod nsq_tcp;
 mod nsq_tcp_quic;
 mod nsq_tcp_raw;
 mod nsq_tcp_tls;
+mod plugin_isolation;
 mod plugins;
 mod process;
 mod reload;

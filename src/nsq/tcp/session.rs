@@ -472,11 +472,12 @@ impl Session {
         delay: Duration,
     ) -> Result<(), NsqError> {
         let who = self.principal().await?;
-        self.publish(&who, op, topic, messages, delay)
+        self.publish(&who, op, topic, messages, delay).await
     }
 
-    /// Appends at once, in arrival order; the reply waits for the confirmation.
-    fn publish(
+    /// Appends in arrival order (waiting only for a topic's router); the reply waits for
+    /// the confirmation.
+    async fn publish(
         &mut self,
         who: &Principal,
         op: PubOp,
@@ -488,6 +489,7 @@ impl Session {
             .shared
             .broker
             .append(who, topic, messages, delay)
+            .await
             .map_err(|e| denied(op.verb(), topic, "", &e).unwrap_or_else(|| op.failed(&e)))?;
         let mut confirm: Confirmation = Box::pin(published.confirmed());
         // Under most fsync policies the confirmation is ready already: answer now.
