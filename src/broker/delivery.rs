@@ -109,6 +109,8 @@ pub enum Verdict {
     Skip,
     /// To the dead-letter topic without a delivery.
     DeadLetter,
+    /// Not judged yet: the take stops before it, and the cursor stays on it.
+    Pending,
 }
 
 /// Most log messages one [`ChannelState::take`] looks at, skipped ones included, so that a
@@ -351,6 +353,15 @@ impl ChannelState {
     }
 
     /// The offset of the next log message this channel will read.
+    /// Messages the channel's open consumers could take now: their credit left, together.
+    pub fn total_credit(&self) -> usize {
+        self.consumers
+            .values()
+            .filter(|c| !c.closing)
+            .map(|c| c.rdy.saturating_sub(c.in_flight) as usize)
+            .sum()
+    }
+
     pub fn cursor(&self) -> u64 {
         self.cursor
     }
@@ -436,10 +447,16 @@ impl ChannelState {
                 break;
             }
             scanned += batch.len();
+            let mut pending = false;
             for (offset, message) in batch.drain(..) {
+                let verdict = admit(offset, &message);
+                if verdict == Verdict::Pending {
+                    pending = true;
+                    break;
+                }
                 self.cursor = offset + 1;
-                match admit(offset, &message) {
-                    Verdict::Keep => {}
+                match verdict {
+                    Verdict::Keep | Verdict::Pending => {}
                     Verdict::Skip => {
                         self.counters.skipped += 1;
                         continue;
@@ -479,6 +496,9 @@ impl ChannelState {
                 }
                 out.push(self.fly(id, offset, 0, deadline, message));
                 given += 1;
+            }
+            if pending {
+                break;
             }
         }
         if self.cursor != cursor_before {

@@ -129,6 +129,54 @@ pub trait Gate: Send + Sync + fmt::Debug {
     fn admit_batch(&self, messages: &[MessageRef<'_>], out: &mut Vec<Admission>) {
         out.extend(messages.iter().map(|m| self.admit(m)));
     }
+
+    /// Decides `messages` (in log order) into `judging.admissions`, resuming where an earlier
+    /// call on the same messages stopped. Returns `None` once every message is decided, or
+    /// how long to wait before calling again when a restarting plugin holds some of them
+    /// (only if `may_wait`; otherwise the failure policy decides them).
+    fn judge(
+        &self,
+        messages: &[MessageRef<'_>],
+        judging: &mut Judging,
+        may_wait: bool,
+    ) -> Option<Duration> {
+        let _ = may_wait;
+        judging.admissions.clear();
+        self.admit_batch(messages, &mut judging.admissions);
+        None
+    }
+
+    /// The pool lane its calls run on; `None` for a gate cheap enough to run inline.
+    fn lane(&self) -> Option<&Arc<Lane>> {
+        None
+    }
+
+    /// Longest a message waits for a restarting plugin of this gate.
+    fn max_wait(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// A batch being decided by a gate's chain, kept across waits for a restarting plugin.
+#[derive(Debug, Default, Clone)]
+pub struct Judging {
+    /// One per message once the judging is done; meanwhile `Keep` for messages no plugin
+    /// refused yet.
+    pub admissions: Vec<Admission>,
+    /// The chain position deciding now, and the messages (indexes) it still has to decide.
+    pub stage: usize,
+    pub todo: Vec<usize>,
+    /// Messages the current stage kept: the next stage decides them.
+    pub passed: Vec<usize>,
+    /// Set once the judging started (`admissions` sized, `todo` filled).
+    pub started: bool,
+}
+
+impl Judging {
+    /// Where the judging is: changes whenever a message is decided by a stage.
+    pub fn left(&self) -> (usize, usize, bool) {
+        (self.stage, self.todo.len(), self.started)
+    }
 }
 
 /// What the current rules say about topics and channels. Implementations swap their rules

@@ -75,6 +75,53 @@ impl Lookahead {
         }
     }
 
+    /// The next messages to judge for a channel whose plugins run on the pool: after those
+    /// judged already (or from `cursor`), unless `keep` pending verdicts keep their message,
+    /// [`SCAN_BUDGET`] are pending, or the log has nothing more. At least
+    /// [`JUDGE_AT_ONCE`] messages when there are that many.
+    pub(super) fn plan(
+        &mut self,
+        cursor: u64,
+        keep: usize,
+        log: &dyn TopicLog,
+    ) -> Option<Vec<(u64, Arc<StoredMessage>)>> {
+        while self.verdicts.front().is_some_and(|&(o, _)| o < cursor) {
+            self.verdicts.pop_front();
+        }
+        let kept = self.kept();
+        if kept >= keep || self.verdicts.len() >= SCAN_BUDGET {
+            return None;
+        }
+        let from = self.next(cursor);
+        let room = SCAN_BUDGET - self.verdicts.len();
+        let mut batch = Vec::new();
+        log.read(from, (keep - kept).max(JUDGE_AT_ONCE).min(room), &mut batch);
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    /// Records verdicts judged from a [`Lookahead::plan`] batch. Dropped if they no longer
+    /// follow on (the verdicts were cleared, or the cursor passed them, meanwhile).
+    pub(super) fn record(&mut self, cursor: u64, judged: impl IntoIterator<Item = (u64, Verdict)>) {
+        let mut expected = self.next(cursor);
+        for (offset, verdict) in judged {
+            if offset < expected {
+                continue;
+            }
+            if offset > expected {
+                return;
+            }
+            self.verdicts.push_back((offset, verdict));
+            expected = offset + 1;
+        }
+    }
+
+    /// The first offset without a verdict.
+    fn next(&self, cursor: u64) -> u64 {
+        self.verdicts
+            .back()
+            .map_or(cursor, |&(o, _)| (o + 1).max(cursor))
+    }
+
     /// The verdict judged for `offset`, if any. Verdicts for earlier offsets are dropped:
     /// the cursor has passed them.
     pub(super) fn verdict(&mut self, offset: u64) -> Option<Verdict> {

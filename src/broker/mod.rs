@@ -14,6 +14,7 @@ mod access;
 pub mod delivery;
 mod error;
 pub mod hooks;
+mod judge;
 mod lookahead;
 pub mod pool;
 mod published;
@@ -24,7 +25,9 @@ mod topic;
 pub use access::{Access, AuthMethod, Grants, Operation, Permission, Principal, ANONYMOUS};
 pub use delivery::{ConsumerId, DeadReason, Now};
 pub use error::{BrokerError, ErrorKind, Limit, SettleOp};
-pub use hooks::{Admission, Decision, Gate, Hooks, MessageRef, RouteLimits, Router, Routing};
+pub use hooks::{
+    Admission, Decision, Gate, Hooks, Judging, MessageRef, RouteLimits, Router, Routing,
+};
 pub use pool::{Lane, PluginPool, PoolClosed};
 pub use published::Published;
 pub use stats::{AccessStats, BrokerStats, ChannelStats, ConsumerStats, TopicStats};
@@ -274,11 +277,14 @@ impl Broker {
             routed.step(&**router, topic, base, false);
             return Ok((routed.messages, routed.routings));
         };
+        // A publish waits for a restarting router at most `max_wait` without a message
+        // being routed; each message routed starts the wait over.
         let limits = router.limits();
-        let started = Instant::now();
+        let mut waiting_since = Instant::now();
         routed.routings.reserve(routed.messages.len());
         loop {
-            let may_wait = started.elapsed() < limits.max_wait;
+            let may_wait = waiting_since.elapsed() < limits.max_wait;
+            let before = routed.routings.len();
             let (router, job_topic) = (Arc::clone(router), Arc::clone(topic));
             let job = move || {
                 let wait = routed.step(&*router, &job_topic, base, may_wait);
@@ -292,7 +298,10 @@ impl Broker {
             let Some(wait) = wait else {
                 return Ok((routed.messages, routed.routings));
             };
-            let wait = wait.min(limits.max_wait.saturating_sub(started.elapsed()));
+            if routed.routings.len() != before {
+                waiting_since = Instant::now();
+            }
+            let wait = wait.min(limits.max_wait.saturating_sub(waiting_since.elapsed()));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.shared.shutdown.cancelled() => return Err(BrokerError::ShuttingDown),

@@ -147,6 +147,11 @@ impl Subscription {
                 });
             }
         };
+        // Plugins on the pool: only verdicts the judge task made are used; the take stops
+        // at the first message without one, and asks for more.
+        if gate.as_ref().is_some_and(|g| g.lane().is_some()) {
+            return self.take_judged(max, out);
+        }
         // With plugins, judge what this take will read before locking the state.
         let mut ahead = Some(self.channel.lookahead());
         if gate.is_none() {
@@ -192,6 +197,46 @@ impl Subscription {
             }
             (given, read_dead(&*topic.log, letters))
         };
+        self.broker.dead_letter(topic, &self.channel, dead);
+        given
+    }
+
+    /// [`Subscription::take`] for a channel whose plugins run on the pool: no plugin is
+    /// called here; messages without a verdict wait for the channel's judge task.
+    fn take_judged(&self, max: usize, out: &mut Vec<Taken>) -> usize {
+        let topic = &self.topic;
+        let mut missing = false;
+        let mut letters = Vec::new();
+        let (given, dead) = {
+            let mut ahead = self.channel.lookahead();
+            let mut admit = |offset: u64, _: &StoredMessage| -> Verdict {
+                ahead.verdict(offset).unwrap_or_else(|| {
+                    missing = true;
+                    Verdict::Pending
+                })
+            };
+            let mut state = self.channel.state();
+            let given = state.take(
+                self.id,
+                &*topic.log,
+                Now::current(),
+                topic.is_paused(),
+                max,
+                &mut admit,
+                out,
+                &mut letters,
+            );
+            if given > 0 || state.deferred_count() > 0 {
+                self.channel.rearm_if_needed(&state);
+            }
+            if state.stopped_early() {
+                self.waker.notify_one();
+            }
+            (given, read_dead(&*topic.log, letters))
+        };
+        if missing {
+            self.broker.request_judging(topic, &self.channel);
+        }
         self.broker.dead_letter(topic, &self.channel, dead);
         given
     }
@@ -324,7 +369,11 @@ impl Drop for Subscription {
 }
 
 /// What a channel's plugins see of the message at `offset` of `topic`'s log.
-fn message_ref<'a>(topic: &'a Topic, offset: u64, message: &'a StoredMessage) -> MessageRef<'a> {
+pub(super) fn message_ref<'a>(
+    topic: &'a Topic,
+    offset: u64,
+    message: &'a StoredMessage,
+) -> MessageRef<'a> {
     MessageRef {
         topic: &topic.name,
         id: MessageId::new(topic.incarnation, offset),

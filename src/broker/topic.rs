@@ -254,6 +254,8 @@ impl Topic {
             timer: Notify::new(),
             deleted: self.deleted.child_token(),
             lookahead: Mutex::new(Lookahead::default()),
+            judging: AtomicBool::new(false),
+            judge_again: AtomicBool::new(false),
         });
         channels.insert(name.clone(), channel.clone());
         broker.spawn(run_timer(
@@ -401,6 +403,10 @@ pub(super) struct Channel {
     pub(super) deleted: CancellationToken,
     /// Verdicts of the channel's plugins on its next messages (see `lookahead.rs`).
     lookahead: Mutex<Lookahead>,
+    /// A judge task runs for this channel (see `judge.rs`).
+    pub(super) judging: AtomicBool,
+    /// More judging was asked for since the judge task last looked.
+    pub(super) judge_again: AtomicBool,
 }
 
 impl Channel {

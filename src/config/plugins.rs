@@ -93,8 +93,8 @@ impl PluginsConfig {
         {
             return invalid("wall_timeout", "must be at least plugins.call_timeout");
         }
-        if self.publish_timeout < self.call_timeout {
-            return invalid("publish_timeout", "must be at least plugins.call_timeout");
+        if self.publish_timeout.is_zero() {
+            return invalid("publish_timeout", "must be more than 0");
         }
         if self.threads == Some(0) {
             return invalid("threads", "must be at least 1");

@@ -17,8 +17,8 @@ use serde::Serialize;
 
 use super::file::{OnFailure, PluginSpec, RulesError, RulesSpec, Unrouted};
 use crate::broker::{
-    Access, Admission, Broker, ChannelSettings, Decision, Gate, Hooks, Lane, MessageRef, Operation,
-    Principal, RouteLimits, Router, Routing,
+    Access, Admission, Broker, ChannelSettings, Decision, Gate, Hooks, Judging, Lane, MessageRef,
+    Operation, Principal, RouteLimits, Router, Routing,
 };
 use crate::message::{ChannelName, TopicName};
 use crate::plugin::{
@@ -208,6 +208,22 @@ fn to_routing(route: Route) -> Result<Routing, String> {
 #[derive(Debug)]
 pub struct ChannelGate {
     chain: Vec<Bound>,
+    max_wait: std::time::Duration,
+    /// Its calls run on the plugin pool, one batch at a time, in log order.
+    lane: Arc<Lane>,
+}
+
+impl ChannelGate {
+    /// What a fault of `bound` makes of a message: `None` lets it go on down the chain.
+    fn on_fault(bound: &Bound) -> Option<Admission> {
+        match bound.spec.on_failure {
+            OnFailure::Deliver => None,
+            OnFailure::Skip => Some(Admission::Skip),
+            OnFailure::DeadLetter => Some(Admission::DeadLetter {
+                reason: FILTER_FAULT.into(),
+            }),
+        }
+    }
 }
 
 impl Gate for ChannelGate {
@@ -250,13 +266,7 @@ impl Gate for ChannelGate {
                 let admission = match decision {
                     Ok(true) => None,
                     Ok(false) => Some(Admission::Skip),
-                    Err(_) => match bound.spec.on_failure {
-                        OnFailure::Deliver => None,
-                        OnFailure::Skip => Some(Admission::Skip),
-                        OnFailure::DeadLetter => Some(Admission::DeadLetter {
-                            reason: FILTER_FAULT.into(),
-                        }),
-                    },
+                    Err(_) => Self::on_fault(bound),
                 };
                 match admission {
                     Some(admission) => out[first + i] = admission,
@@ -265,6 +275,68 @@ impl Gate for ChannelGate {
             }
             open = still;
         }
+    }
+
+    /// [`ChannelGate::admit_batch`], stage by stage, keeping its place when a plugin is
+    /// restarting: the messages it could not decide wait (while `may_wait`) and are decided
+    /// by it when it is back, instead of all getting its failure policy. Each plugin still
+    /// sees each message once, in log order.
+    fn judge(
+        &self,
+        msgs: &[MessageRef<'_>],
+        judging: &mut Judging,
+        may_wait: bool,
+    ) -> Option<std::time::Duration> {
+        if !judging.started {
+            judging.admissions = vec![Admission::Keep; msgs.len()];
+            judging.todo = (0..msgs.len()).collect();
+            judging.passed.clear();
+            judging.stage = 0;
+            judging.started = true;
+        }
+        let mut views = Vec::with_capacity(judging.todo.len());
+        while let Some(bound) = self.chain.get(judging.stage) {
+            if !judging.todo.is_empty() {
+                views.clear();
+                views.extend(judging.todo.iter().map(|&i| bound.view(&msgs[i])));
+                let decisions = bound.binding.keep_batch(&views);
+                let mut retry = Vec::new();
+                let mut wait = std::time::Duration::MAX;
+                for (&i, decision) in judging.todo.iter().zip(decisions) {
+                    let admission = match decision {
+                        Ok(true) => None,
+                        Ok(false) => Some(Admission::Skip),
+                        Err(PluginFault::Unavailable { retry_in, .. }) if may_wait => {
+                            retry.push(i);
+                            wait = wait.min(retry_in.max(MIN_RETRY));
+                            continue;
+                        }
+                        Err(_) => Self::on_fault(bound),
+                    };
+                    match admission {
+                        Some(admission) => judging.admissions[i] = admission,
+                        None => judging.passed.push(i),
+                    }
+                }
+                if !retry.is_empty() {
+                    judging.todo = retry;
+                    return Some(wait);
+                }
+            }
+            // The next stage decides what this one kept, in log order.
+            judging.passed.sort_unstable();
+            judging.todo = std::mem::take(&mut judging.passed);
+            judging.stage += 1;
+        }
+        None
+    }
+
+    fn lane(&self) -> Option<&Arc<Lane>> {
+        Some(&self.lane)
+    }
+
+    fn max_wait(&self) -> std::time::Duration {
+        self.max_wait
     }
 }
 
@@ -335,7 +407,12 @@ impl RuleSet {
                 chain.extend(builder.bind(&at, &channel.topic, Some(&channel.name), plugin));
             }
             if !chain.is_empty() {
-                set.gates.insert(key, Arc::new(ChannelGate { chain }));
+                let gate = ChannelGate {
+                    chain,
+                    max_wait: host.limits().max_wait,
+                    lane: Lane::new(),
+                };
+                set.gates.insert(key, Arc::new(gate));
             }
         }
         if !builder.problems.is_empty() {

@@ -172,3 +172,57 @@ async fn an_mpub_whose_routing_runs_past_its_deadline_follows_the_failure_policy
     );
     assert_eq!(broker.router("publish_timeouts").await, dead);
 }
+
+#[tokio::test]
+async fn a_filter_that_traps_on_one_message_in_three_dead_letters_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = format!(
+        "[[channel]]\ntopic = \"t\"\nname = \"c\"\ndead_letter_topic = \"poisoned\"\n[[channel.plugins]]\nkind = \"filter\"\nplugin = {:?}\nparams = {{ on = \"poison\" }}\non_failure = \"dead-letter\"\n",
+        guest("trap")
+    );
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(&rules_path, rules).unwrap();
+    let serve = ServeProcess::start(
+        &dir.path().join("data"),
+        &["--rules", rules_path.to_str().unwrap()],
+    );
+    let client = Client::connect(&serve.options()).await.unwrap();
+    // One credit grant, before anything is published: the messages held while the filter
+    // restarts must be judged and delivered without any new SUB or RDY.
+    let mut sub = crate::support::subscribe(&client, "t", "c", None).await;
+    sub.rdy(1000).await.unwrap();
+    const N: usize = 300;
+    let messages = (0..N)
+        .map(|i| {
+            let mut m = NewMessage::new(format!("m{i}"));
+            if i % 3 == 2 {
+                m.headers.push("poison", "yes");
+            }
+            m
+        })
+        .collect();
+    let producer = client.producer().await.unwrap();
+    producer.publish_batch(&topic("t"), messages).await.unwrap();
+    let mut delivered = Vec::new();
+    while delivered.len() < N / 3 * 2 {
+        let d = crate::support::next_message(&mut sub, PATIENCE).await;
+        sub.fin(d.id).await.unwrap();
+        delivered.push(String::from_utf8(d.body.to_vec()).unwrap());
+    }
+    let expected: Vec<String> = (0..N)
+        .filter(|i| i % 3 != 2)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(delivered, expected);
+    // Exactly the poison messages were dead-lettered: none for waiting on the restarts.
+    let broker = Broker { _dir: dir, serve };
+    let deadline = Instant::now() + PATIENCE;
+    while broker.stored("poisoned").await < (N / 3) as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "not every poison message was dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(broker.stored("poisoned").await, (N / 3) as u64);
+}
