@@ -327,5 +327,8 @@ async fn a_failed_reload_keeps_the_old_set_and_version() {
         (status.version, status.reloads, status.failed_reloads),
         (2, 1, 1)
     );
-    assert!(status.last_error.is_some(), "the last failure is kept");
+    assert_eq!(status.last_error, None, "a good reload clears the failure");
+    let previous = status.previous_error.expect("the cleared failure is kept");
+    assert_eq!(previous.failure.reason, reason);
+    assert!(previous.cleared_at >= previous.failure.at, "{previous:?}");
 }
