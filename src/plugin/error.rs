@@ -31,6 +31,15 @@ pub enum PluginError {
         expected: PluginKind,
         detail: String,
     },
+    /// The component's type targets another world than the kind it is bound as (see
+    /// `plugin::world`). `targets` is `router`, `sampler`, or `filter or sampler`.
+    #[error("plugin {plugin} targets the {targets} world but is bound as a {bound}: {why}")]
+    KindMismatch {
+        plugin: String,
+        targets: &'static str,
+        bound: PluginKind,
+        why: String,
+    },
     #[error("plugin {plugin} could not be instantiated: {detail}")]
     Instantiate { plugin: String, detail: String },
     #[error("plugin {plugin} refused its parameters: {message}")]

@@ -26,6 +26,7 @@ fn write_rules(dir: &Path, rules: &str) -> PathBuf {
         "bad_init",
         "wrong_world",
         "one_in_n",
+        "rate_limit",
         "tag_filter",
         "header_router",
     ] {
@@ -235,15 +236,16 @@ fn every_plugin_that_cannot_load_is_reported() {
         "[[channel]]\ntopic = \"t\"\nname = \"c\"\n\
          [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{{bad_init}}\"\nparams = {{ any = \"thing\" }}\n\
          [[channel.plugins]]\nkind = \"sampler\"\nplugin = \"{{wrong_world}}\"\n\
-         [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{}\"\n",
+         [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{}\"\n\
+         [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{{rate_limit}}\"\nparams = {{ per_second = \"5\" }}\n",
         text_file.display()
     );
     let err = build(dir.path(), &rules, None).unwrap_err();
     let problems = err.problems();
-    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert_eq!(problems.len(), 4, "{problems:#?}");
     assert!(problems[0].contains("plugins[0]") && problems[0].contains("bad-init always refuses"));
     assert!(
-        problems[1].contains("does not target the sampler world"),
+        problems[1].contains("targets the router world but is bound as a sampler"),
         "{}",
         problems[1]
     );
@@ -251,6 +253,13 @@ fn every_plugin_that_cannot_load_is_reported() {
         problems[2].contains("not a WebAssembly component"),
         "{}",
         problems[2]
+    );
+    assert!(
+        problems[3].contains("plugins[3]")
+            && problems[3]
+                .contains("plugin rate_limit targets the sampler world but is bound as a filter"),
+        "{}",
+        problems[3]
     );
 }
 
