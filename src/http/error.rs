@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::broker::{BrokerError, ErrorKind};
+use crate::log_limit::{self, Site};
 use crate::protocol::ErrorCode;
 
 /// Why a request failed.
@@ -81,6 +82,24 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Whether the error may be logged: a full disk refuses every publish to a topic, so its
+    /// refusals are rate-limited per topic.
+    fn log_allowed(&self) -> bool {
+        match self {
+            ApiError::Broker(e @ BrokerError::Storage { topic, .. })
+                if e.kind() == ErrorKind::DiskFull =>
+            {
+                log_limit::allow(&DISK_FULL, &[("topic", topic.as_str())])
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Publishes refused because the disk is full (507, `E_DISK_FULL`).
+static DISK_FULL: Site = Site::new("HTTP request failed: the disk is full");
+
 /// The HTTP status for a broker refusal; its code and message are the ones a QUIC client gets.
 fn broker_status(code: ErrorCode) -> StatusCode {
     match code {
@@ -104,7 +123,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(%status, code = code.name(), error = %message, "HTTP request failed");
+            if self.log_allowed() {
+                tracing::error!(%status, code = code.name(), error = %message, "HTTP request failed");
+            }
         } else {
             tracing::debug!(%status, code = code.name(), error = %message, "HTTP request refused");
         }
