@@ -133,3 +133,36 @@ impl IntoResponse for ApiError {
         (status, Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_limit::Limit;
+    use crate::message::TopicName;
+    use crate::storage::StorageError;
+
+    fn storage_error(topic: &str, os_error: i32) -> ApiError {
+        let source = std::io::Error::from_raw_os_error(os_error);
+        ApiError::Broker(BrokerError::Storage {
+            topic: TopicName::new(topic).unwrap(),
+            source: StorageError::io(topic, "append", source),
+        })
+    }
+
+    #[test]
+    fn disk_full_refusals_are_logged_a_few_times_per_topic() {
+        const ENOSPC: i32 = 28;
+        const EIO: i32 = 5;
+        let full = storage_error("http-error-test-full", ENOSPC);
+        assert_eq!(full.parts().0, StatusCode::INSUFFICIENT_STORAGE);
+        let logged = (0..100).filter(|_| full.log_allowed()).count();
+        assert_eq!(logged, Limit::DEFAULT.lines as usize);
+        let other = storage_error("http-error-test-other", ENOSPC);
+        assert!(other.log_allowed(), "another topic has its own limit");
+        let failed = storage_error("http-error-test-full", EIO);
+        assert!(
+            (0..100).all(|_| failed.log_allowed()),
+            "other storage failures are not limited"
+        );
+    }
+}
