@@ -13,6 +13,8 @@
 //! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`](mod@bench): the surfaces.
 //! - [`to_http`]: `quiver to-http`, the HTTP push bridge (nsq_to_http over QUIC).
 //! - [`authoring`]: `quiver plugin new|build|test`, for writing plugins without a broker.
+//! - [`log_limit`]: a rate limit per key for log lines that messages, requests or plugin
+//!   calls cause, with a count of what it suppressed.
 pub mod auth;
 pub mod authoring;
 pub mod bench;
@@ -20,6 +22,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod log_limit;
 pub mod message;
 pub mod nsq;
 pub mod plugin;

@@ -258,6 +258,7 @@ impl Server {
             }
             Err(e) => tracing::error!(error = %e, "closing the message store panicked"),
         }
+        crate::log_limit::flush();
         tracing::info!("stopped");
     }
 }

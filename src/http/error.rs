@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::broker::{BrokerError, ErrorKind};
+use crate::log_limit::{self, Site};
 use crate::protocol::ErrorCode;
 
 /// Why a request failed.
@@ -81,6 +82,24 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Whether the error may be logged: a full disk refuses every publish to a topic, so its
+    /// refusals are rate-limited per topic.
+    fn log_allowed(&self) -> bool {
+        match self {
+            ApiError::Broker(e @ BrokerError::Storage { topic, .. })
+                if e.kind() == ErrorKind::DiskFull =>
+            {
+                log_limit::allow(&DISK_FULL, &[("topic", topic.as_str())])
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Publishes refused because the disk is full (507, `E_DISK_FULL`).
+static DISK_FULL: Site = Site::new("HTTP request failed: the disk is full");
+
 /// The HTTP status for a broker refusal; its code and message are the ones a QUIC client gets.
 fn broker_status(code: ErrorCode) -> StatusCode {
     match code {
@@ -104,11 +123,46 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(%status, code = code.name(), error = %message, "HTTP request failed");
+            if self.log_allowed() {
+                tracing::error!(%status, code = code.name(), error = %message, "HTTP request failed");
+            }
         } else {
             tracing::debug!(%status, code = code.name(), error = %message, "HTTP request refused");
         }
         let body = serde_json::json!({ "error": message, "code": code.name() });
         (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_limit::Limit;
+    use crate::message::TopicName;
+    use crate::storage::StorageError;
+
+    fn storage_error(topic: &str, os_error: i32) -> ApiError {
+        let source = std::io::Error::from_raw_os_error(os_error);
+        ApiError::Broker(BrokerError::Storage {
+            topic: TopicName::new(topic).unwrap(),
+            source: StorageError::io(topic, "append", source),
+        })
+    }
+
+    #[test]
+    fn disk_full_refusals_are_logged_a_few_times_per_topic() {
+        const ENOSPC: i32 = 28;
+        const EIO: i32 = 5;
+        let full = storage_error("http-error-test-full", ENOSPC);
+        assert_eq!(full.parts().0, StatusCode::INSUFFICIENT_STORAGE);
+        let logged = (0..100).filter(|_| full.log_allowed()).count();
+        assert_eq!(logged, Limit::DEFAULT.lines as usize);
+        let other = storage_error("http-error-test-other", ENOSPC);
+        assert!(other.log_allowed(), "another topic has its own limit");
+        let failed = storage_error("http-error-test-full", EIO);
+        assert!(
+            (0..100).all(|_| failed.log_allowed()),
+            "other storage failures are not limited"
+        );
     }
 }

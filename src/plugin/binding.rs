@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{Instance, MessageView, Plugin, PluginError, PluginFault, Route, TimeoutKind};
+use crate::log_limit::{self, Site};
 
 /// The first backoff after a fault.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -38,6 +39,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// After a batch faults, this many messages are decided one call each before batching again.
 const PROBATION: u64 = 1024;
+
+/// Log lines a fault can cause on every message, rate-limited per plugin (and fault kind).
+static BATCH_FAULTED: Site = Site::new("a batch call faulted; deciding its messages one call each");
+static FAULTED: Site = Site::new("plugin faulted; it will be restarted");
+static RESTART_FAILED: Site = Site::new("plugin restart failed");
 
 /// One plugin instance behind a mutex, restarted after faults. Calls from several threads are
 /// serialized: one decision at a time, which a stateful sampler needs.
@@ -181,7 +187,10 @@ impl Binding {
                     }
                     Err(fault) => {
                         bump(&self.counters.batch_faults);
-                        tracing::warn!(plugin = self.plugin.name(), %fault, "a batch call faulted; deciding its messages one call each");
+                        let key = [("plugin", self.plugin.name()), ("fault", fault.kind_name())];
+                        if log_limit::allow(&BATCH_FAULTED, &key) {
+                            tracing::warn!(plugin = self.plugin.name(), %fault, "a batch call faulted; deciding its messages one call each");
+                        }
                         // A batch the machine starved names no guilty message: only its own
                         // messages are decided one call each.
                         state.probation = match fault {
@@ -340,7 +349,10 @@ impl Binding {
                         PluginFault::TooLarge { .. } | PluginFault::Timeout(TimeoutKind::Wall)
                     );
                     state.went_down(fault.to_string(), wait);
-                    tracing::warn!(plugin = self.plugin.name(), %fault, retry_in = ?state.backoff, "plugin faulted; it will be restarted");
+                    let key = [("plugin", self.plugin.name()), ("fault", fault.kind_name())];
+                    if log_limit::allow(&FAULTED, &key) {
+                        tracing::warn!(plugin = self.plugin.name(), %fault, retry_in = ?state.backoff, "plugin faulted; it will be restarted");
+                    }
                 }
                 Err(fault)
             }
@@ -364,7 +376,9 @@ impl Binding {
             }
             Err(err) => {
                 bump(&self.counters.restart_failures);
-                tracing::warn!(plugin = self.plugin.name(), error = %err, "plugin restart failed");
+                if log_limit::allow(&RESTART_FAILED, &[("plugin", self.plugin.name())]) {
+                    tracing::warn!(plugin = self.plugin.name(), error = %err, "plugin restart failed");
+                }
                 state.went_down(format!("restart failed: {err}"), true);
                 Err(PluginFault::Unavailable {
                     reason: state.down_because.clone(),

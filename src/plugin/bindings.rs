@@ -1,20 +1,22 @@
 //! The generated bindings for `wit/plugin.wit` and the host side of its imports: the
-//! `message` resource over the caller's [`MessageView`], `host.log` through `tracing`, and
-//! the WASI interfaces that Rust `wasm32-wasip2` guests import.
+//! `message` resource over the caller's [`MessageView`], `host.log` through `tracing`
+//! (rate-limited per plugin by [`log_limit`](crate::log_limit)), and the WASI interfaces
+//! that Rust `wasm32-wasip2` guests import.
 //!
 //! The three worlds share the `types` and `host` interfaces: the `router` bindings generate
 //! them, and the `filter` and `sampler` bindings reuse them through `with`.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::Store;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::limits::{CallBudget, CallClock, LogBudget, MemoryCap};
+use super::limits::{CallBudget, CallClock, MemoryCap};
 use super::MessageView;
+use crate::log_limit::{self, Limit, Site};
 
 pub(super) mod router {
     wasmtime::component::bindgen!({
@@ -54,6 +56,16 @@ pub(super) use types::{Batch, Message};
 /// The longest log line written; longer ones are cut.
 const MAX_LOG_LINE: usize = 1024;
 
+/// A plugin's own log lines (`host.log`): 20 per 2 s per plugin, counted across its
+/// instances, so that one restarted after every fault does not start over.
+static GUEST_LOG: Site = Site::with_limit(
+    "plugin log",
+    Limit {
+        lines: 20,
+        interval: Duration::from_secs(2),
+    },
+);
+
 /// Defines every import a plugin may use: `types`, `host`, and WASI.
 ///
 /// WASI is sandboxed by [`HostState::new`]: no files, no sockets, no environment, stdout and
@@ -65,14 +77,13 @@ pub(super) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     Ok(linker)
 }
 
-/// What a plugin's store holds: its message slot, limits, log budget and WASI state.
+/// What a plugin's store holds: its message slot, limits and WASI state.
 pub(super) struct HostState {
     plugin: Arc<str>,
     message: MessageSlot,
     pub(super) memory: MemoryCap,
     /// The current call's CPU budget and wall-clock backstop, checked at epoch deadlines.
     pub(super) clock: CallClock,
-    log: LogBudget,
     /// The last error-level line the guest logged during the current call: a panicking Rust
     /// guest logs its panic message there just before it traps.
     last_error: Option<String>,
@@ -92,7 +103,6 @@ impl HostState {
             message: MessageSlot(None),
             memory: MemoryCap::new(memory_bytes),
             clock: CallClock::new(budget),
-            log: LogBudget::new(Instant::now()),
             last_error: None,
             wasi,
             table: ResourceTable::new(),
@@ -141,15 +151,6 @@ impl HostState {
                 "message index {index} is outside the batch of {}",
                 lent.len()
             ),
-        }
-    }
-}
-
-impl Drop for HostState {
-    fn drop(&mut self) {
-        let dropped = self.log.dropped();
-        if dropped > 0 {
-            tracing::warn!(plugin = %self.plugin, dropped, "plugin log lines dropped by the rate limit");
         }
     }
 }
@@ -380,16 +381,9 @@ impl host::Host for HostState {
         if level == host::Level::Error {
             self.last_error = Some(line.to_owned());
         }
-        let Some(dropped) = self.log.take(Instant::now()) else {
-            return;
-        };
         let plugin = &*self.plugin;
-        if dropped > 0 {
-            tracing::warn!(
-                plugin,
-                dropped,
-                "plugin log lines dropped by the rate limit"
-            );
+        if !log_limit::allow(&GUEST_LOG, &[("plugin", plugin)]) {
+            return;
         }
         match level {
             host::Level::Trace => tracing::trace!(plugin, "{line}"),

@@ -15,6 +15,7 @@ use super::bindings::{filter::FilterPre, linker, router::RouterPre, sampler::Sam
 use super::cache::{hex, sha256, CompileCache};
 use super::error::detail;
 use super::limits::EpochTicker;
+use super::world::Target;
 use super::{Instance, PluginError, PluginKind, PluginLimits};
 
 /// Loads and instantiates plugins. One per broker: it owns the compiler, the epoch ticker
@@ -69,7 +70,10 @@ impl PluginHost {
     }
 
     /// Reads, compiles (or loads the cached compile of) the component at `path`, and checks
-    /// that it targets `kind`'s world. The plugin is named after the file's stem.
+    /// that it targets `kind`'s world: first by its type (a sampler's imports bound as a
+    /// filter, a router bound as either, are [`PluginError::KindMismatch`]; see
+    /// `plugin::world`), then its exports' signatures against the world
+    /// ([`PluginError::WrongWorld`]). The plugin is named after the file's stem.
     pub fn load(&self, path: &Path, kind: PluginKind) -> Result<Arc<Plugin>, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
             path: path.to_owned(),
@@ -92,6 +96,7 @@ impl PluginHost {
         check_header(name, bytes)?;
         let hash = sha256(bytes);
         let component = self.compile(name, bytes, &hash)?;
+        self.target(&component).check(name, kind)?;
         let wrong_world = |detail| PluginError::WrongWorld {
             plugin: name.to_owned(),
             expected: kind,
@@ -131,6 +136,16 @@ impl PluginHost {
         params: &[(String, String)],
     ) -> Result<Instance, PluginError> {
         Instance::start(plugin, params)
+    }
+
+    /// The world `component` targets, from the names of its exports and imports.
+    fn target(&self, component: &Component) -> Target {
+        let engine = &self.shared.engine;
+        let ty = component.component_type();
+        Target::of(
+            ty.exports(engine).map(|(name, _)| name),
+            ty.imports(engine).map(|(name, _)| name),
+        )
     }
 
     fn compile(&self, name: &str, bytes: &[u8], hash: &[u8]) -> Result<Component, PluginError> {

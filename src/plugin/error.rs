@@ -31,6 +31,15 @@ pub enum PluginError {
         expected: PluginKind,
         detail: String,
     },
+    /// The component's type targets another world than the kind it is bound as (see
+    /// `plugin::world`). `targets` is `router`, `sampler`, or `filter or sampler`.
+    #[error("plugin {plugin} targets the {targets} world but is bound as a {bound}: {why}")]
+    KindMismatch {
+        plugin: String,
+        targets: &'static str,
+        bound: PluginKind,
+        why: String,
+    },
     #[error("plugin {plugin} could not be instantiated: {detail}")]
     Instantiate { plugin: String, detail: String },
     #[error("plugin {plugin} refused its parameters: {message}")]
@@ -77,6 +86,20 @@ pub enum PluginFault {
 }
 
 impl PluginFault {
+    /// The fault's kind in a word or two, without its details: for logs and their rate
+    /// limits.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            PluginFault::Timeout(TimeoutKind::Cpu) => "cpu timeout",
+            PluginFault::Timeout(TimeoutKind::Wall) => "wall timeout",
+            PluginFault::OutOfMemory => "out of memory",
+            PluginFault::Trap(_) => "trap",
+            PluginFault::TooLarge { .. } => "too large",
+            PluginFault::Unavailable { .. } => "unavailable",
+            PluginFault::WrongKind { .. } => "wrong kind",
+        }
+    }
+
     /// True when guest code ran and failed, so the instance is poisoned and must be replaced.
     pub fn poisons_instance(&self) -> bool {
         matches!(

@@ -1,5 +1,5 @@
-//! The bounds on a plugin instance: its memory cap, the epoch clock and the per-call CPU
-//! budget that time its calls out, and the budget that rate-limits its log lines.
+//! The bounds on a plugin instance: its memory cap, and the epoch clock and the per-call CPU
+//! budget that time its calls out. (Its log lines are rate-limited by `crate::log_limit`.)
 //!
 //! # How a call is timed
 //! A call's limit is the CPU time of the thread running it, so that time the OS gives to other
@@ -234,47 +234,6 @@ impl Drop for EpochTicker {
     }
 }
 
-/// A token bucket for one instance's log lines: a burst of [`LogBudget::BURST`], then
-/// [`LogBudget::PER_SECOND`] lines a second. Lines over budget are counted, not written.
-#[derive(Debug)]
-pub(super) struct LogBudget {
-    tokens: f64,
-    refilled: Instant,
-    dropped: u64,
-}
-
-impl LogBudget {
-    pub(super) const BURST: f64 = 20.0;
-    pub(super) const PER_SECOND: f64 = 10.0;
-
-    pub(super) fn new(now: Instant) -> Self {
-        LogBudget {
-            tokens: Self::BURST,
-            refilled: now,
-            dropped: 0,
-        }
-    }
-
-    /// Takes a token for a line at `now`. `Some(dropped)` means write it, after reporting
-    /// `dropped` lines lost since the last written one; `None` means drop it.
-    pub(super) fn take(&mut self, now: Instant) -> Option<u64> {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * Self::PER_SECOND).min(Self::BURST);
-        self.refilled = now;
-        if self.tokens < 1.0 {
-            self.dropped += 1;
-            return None;
-        }
-        self.tokens -= 1.0;
-        Some(std::mem::take(&mut self.dropped))
-    }
-
-    /// Lines dropped and not yet reported.
-    pub(super) fn dropped(&self) -> u64 {
-        self.dropped
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,20 +324,5 @@ mod tests {
             !cap.memory_growing(0, 10, Some(5)).unwrap(),
             "over the memory's max"
         );
-    }
-
-    #[test]
-    fn log_budget_allows_a_burst_then_a_steady_rate() {
-        let start = Instant::now();
-        let mut budget = LogBudget::new(start);
-        for _ in 0..20 {
-            assert_eq!(budget.take(start), Some(0));
-        }
-        assert_eq!(budget.take(start), None);
-        assert_eq!(budget.take(start), None);
-        assert_eq!(budget.dropped(), 2);
-        let later = start + Duration::from_millis(100);
-        assert_eq!(budget.take(later), Some(2), "one token back after 100 ms");
-        assert_eq!(budget.take(later), None);
     }
 }

@@ -31,6 +31,7 @@ mod error;
 mod instance;
 mod limits;
 mod wasi;
+mod world;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -16,7 +16,7 @@ pub mod set;
 use std::path::Path;
 
 pub use file::{OnFailure, RulesError, RulesSource, RulesSpec, Unrouted};
-pub use reload::{ReloadFailure, Reloader, RulesStatus};
+pub use reload::{ClearedFailure, ReloadFailure, Reloader, RulesStatus};
 pub use set::{BindingStatus, NoGrants, RuleSet, Rules};
 
 use crate::plugin::{PluginHost, PluginLimits};

@@ -7,6 +7,8 @@
 //! - Reloads run one at a time (`serial`); the version goes up by one per successful reload
 //!   and never otherwise.
 //! - The set in force is always one that loaded in full: a load error swaps nothing.
+//! - `last_error` is set exactly when the latest reload failed; a successful reload moves it
+//!   to `previous_error`, with the time it was cleared.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -39,8 +41,11 @@ pub struct RulesStatus {
     /// Successful reloads since start (the first load not counted).
     pub reloads: u64,
     pub failed_reloads: u64,
-    /// The latest failed reload, kept after later successes.
+    /// The latest failed reload, while it is the latest attempt: None once a reload has
+    /// succeeded since.
     pub last_error: Option<ReloadFailure>,
+    /// The failure a successful reload cleared, kept so that an operator can still see it.
+    pub previous_error: Option<ClearedFailure>,
     pub bindings: Vec<BindingStatus>,
 }
 
@@ -49,6 +54,15 @@ pub struct RulesStatus {
 pub struct ReloadFailure {
     pub reason: String,
     pub at: u64,
+}
+
+/// A failed reload that a later successful one cleared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClearedFailure {
+    #[serde(flatten)]
+    pub failure: ReloadFailure,
+    /// When the reload that cleared it succeeded (seconds since the Unix epoch).
+    pub cleared_at: u64,
 }
 
 /// Loads and reloads the rules, and reports on them. A cheap, cloneable handle.
@@ -76,6 +90,30 @@ struct Record {
     reloads: u64,
     failed_reloads: u64,
     last_error: Option<ReloadFailure>,
+    previous_error: Option<ClearedFailure>,
+}
+
+impl Record {
+    /// Counts a successful reload: a failure before it is no longer the latest, and is kept
+    /// as the previous one.
+    fn succeeded(&mut self, now: u64, load_ms: u64) {
+        self.version += 1;
+        self.reloads += 1;
+        self.loaded_at = now;
+        self.load_ms = load_ms;
+        if let Some(failure) = self.last_error.take() {
+            self.previous_error = Some(ClearedFailure {
+                failure,
+                cleared_at: now,
+            });
+        }
+    }
+
+    /// Counts a failed reload; the rules in force, and a failure cleared before, stay.
+    fn failed(&mut self, reason: String, now: u64) {
+        self.failed_reloads += 1;
+        self.last_error = Some(ReloadFailure { reason, at: now });
+    }
 }
 
 fn unix_now() -> u64 {
@@ -127,6 +165,7 @@ impl Reloader {
             reloads: 0,
             failed_reloads: 0,
             last_error: None,
+            previous_error: None,
         };
         Ok(Reloader {
             inner: Arc::new(Inner {
@@ -179,10 +218,7 @@ impl Reloader {
                     );
                 }
                 let mut record = self.record();
-                record.version += 1;
-                record.reloads += 1;
-                record.loaded_at = unix_now();
-                record.load_ms = started.elapsed().as_millis() as u64;
+                record.succeeded(unix_now(), started.elapsed().as_millis() as u64);
                 tracing::info!(version = record.version, elapsed = ?started.elapsed(), "rules reloaded");
                 drop(record);
                 Ok(self.status())
@@ -190,12 +226,7 @@ impl Reloader {
             Err(e) => {
                 let reason = e.to_string();
                 tracing::error!(%reason, "rules reload failed; the previous rules stay in force");
-                let mut record = self.record();
-                record.failed_reloads += 1;
-                record.last_error = Some(ReloadFailure {
-                    reason: reason.clone(),
-                    at: unix_now(),
-                });
+                self.record().failed(reason.clone(), unix_now());
                 Err(reason)
             }
         }
@@ -212,6 +243,7 @@ impl Reloader {
             reloads: record.reloads,
             failed_reloads: record.failed_reloads,
             last_error: record.last_error.clone(),
+            previous_error: record.previous_error.clone(),
             bindings: set.bindings().map(|b| b.status()).collect(),
         }
     }
@@ -325,4 +357,48 @@ impl FileWatch {
 /// `path` made absolute against the working directory, as the watcher reports paths.
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            version: 1,
+            loaded_at: 0,
+            load_ms: 0,
+            reloads: 0,
+            failed_reloads: 0,
+            last_error: None,
+            previous_error: None,
+        }
+    }
+
+    #[test]
+    fn a_successful_reload_clears_the_last_error_and_keeps_it_as_previous() {
+        let mut record = record();
+        record.failed("bad params".into(), 10);
+        record.failed("still bad".into(), 20);
+        assert_eq!(record.last_error.as_ref().unwrap().reason, "still bad");
+        assert_eq!(record.previous_error, None);
+
+        record.succeeded(30, 5);
+        assert_eq!(record.last_error, None);
+        let previous = record.previous_error.clone().unwrap();
+        assert_eq!(previous.failure.reason, "still bad");
+        assert_eq!((previous.failure.at, previous.cleared_at), (20, 30));
+        assert_eq!(
+            (record.version, record.reloads, record.failed_reloads),
+            (2, 1, 2)
+        );
+
+        // A success with no failure before it keeps the previous failure as it was.
+        record.succeeded(40, 5);
+        assert_eq!(record.previous_error, Some(previous.clone()));
+        // A new failure is the last error again; the cleared one stays previous.
+        record.failed("broken again".into(), 50);
+        assert_eq!(record.last_error.as_ref().unwrap().at, 50);
+        assert_eq!(record.previous_error, Some(previous));
+    }
 }

@@ -20,6 +20,7 @@ use crate::broker::{
     Access, Admission, Broker, ChannelSettings, Decision, Gate, Hooks, Judging, Lane, MessageRef,
     Operation, Principal, RouteLimits, Router, Routing,
 };
+use crate::log_limit::{self, Site};
 use crate::message::{ChannelName, TopicName};
 use crate::plugin::{
     Binding, BindingStats, MessageView, Plugin, PluginFault, PluginHost, PluginKind, Route,
@@ -114,6 +115,10 @@ pub struct BindingStatus {
     pub stats: BindingStats,
 }
 
+/// A router answer naming an invalid channel or topic: per message, so rate-limited per
+/// topic and plugin.
+static ANSWER_REFUSED: Site = Site::new("router answer refused; applying on_failure");
+
 /// A topic's router with its policies.
 #[derive(Debug)]
 pub struct TopicRouter {
@@ -130,7 +135,11 @@ impl Router for TopicRouter {
             Ok(route) if route.is_unrouted() => self.unrouted(msg.topic),
             Ok(route) => to_routing(route).unwrap_or_else(|why| {
                 self.bound.invalid_answers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(topic = %msg.topic, plugin = self.bound.binding.plugin().name(), %why, "router answer refused; applying on_failure");
+                let plugin = self.bound.binding.plugin().name();
+                let key = [("topic", msg.topic.as_str()), ("plugin", plugin)];
+                if log_limit::allow(&ANSWER_REFUSED, &key) {
+                    tracing::warn!(topic = %msg.topic, plugin, %why, "router answer refused; applying on_failure");
+                }
                 self.on_fault()
             }),
             Err(PluginFault::Unavailable { retry_in, .. }) if may_wait => {

@@ -26,6 +26,7 @@ fn write_rules(dir: &Path, rules: &str) -> PathBuf {
         "bad_init",
         "wrong_world",
         "one_in_n",
+        "rate_limit",
         "tag_filter",
         "header_router",
     ] {
@@ -237,15 +238,16 @@ fn every_plugin_that_cannot_load_is_reported() {
         "[[channel]]\ntopic = \"t\"\nname = \"c\"\n\
          [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{{bad_init}}\"\nparams = {{ any = \"thing\" }}\n\
          [[channel.plugins]]\nkind = \"sampler\"\nplugin = \"{{wrong_world}}\"\n\
-         [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{}\"\n",
+         [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{}\"\n\
+         [[channel.plugins]]\nkind = \"filter\"\nplugin = \"{{rate_limit}}\"\nparams = {{ per_second = \"5\" }}\n",
         text_file.display()
     );
     let err = build(dir.path(), &rules, None).unwrap_err();
     let problems = err.problems();
-    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert_eq!(problems.len(), 4, "{problems:#?}");
     assert!(problems[0].contains("plugins[0]") && problems[0].contains("bad-init always refuses"));
     assert!(
-        problems[1].contains("does not target the sampler world"),
+        problems[1].contains("targets the router world but is bound as a sampler"),
         "{}",
         problems[1]
     );
@@ -253,6 +255,13 @@ fn every_plugin_that_cannot_load_is_reported() {
         problems[2].contains("not a WebAssembly component"),
         "{}",
         problems[2]
+    );
+    assert!(
+        problems[3].contains("plugins[3]")
+            && problems[3]
+                .contains("plugin rate_limit targets the sampler world but is bound as a filter"),
+        "{}",
+        problems[3]
     );
 }
 
@@ -329,5 +338,8 @@ async fn a_failed_reload_keeps_the_old_set_and_version() {
         (status.version, status.reloads, status.failed_reloads),
         (2, 1, 1)
     );
-    assert!(status.last_error.is_some(), "the last failure is kept");
+    assert_eq!(status.last_error, None, "a good reload clears the failure");
+    let previous = status.previous_error.expect("the cleared failure is kept");
+    assert_eq!(previous.failure.reason, reason);
+    assert!(previous.cleared_at >= previous.failure.at, "{previous:?}");
 }

@@ -227,6 +227,19 @@ fn refusals_and_bad_files_are_reported() {
     );
     assert!(out.stdout.is_empty(), "no decision after a refusal");
 
+    // A sampler that reads the clock is not a filter.
+    let out = quiver(
+        dir,
+        &["plugin", "test", &guest("rate_limit"), "--kind", "filter"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("plugin rate_limit targets the sampler world but is bound as a filter"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no decision after a refusal");
+
     let got = decisions(dir, &guest("trap"), "filter", &["-m", "{}", "-m", "{}"]);
     let lines: Vec<&str> = got.lines().collect();
     assert_eq!(lines.len(), 2, "{got}");

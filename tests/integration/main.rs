@@ -15,6 +15,7 @@ mod disk_full;
 mod durability;
 mod errors;
 mod guests;
+mod log_limit;
 mod nsq_http;
 mod nsq_tcp;
 mod nsq_tcp_quic;

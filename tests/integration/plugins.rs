@@ -491,7 +491,16 @@ async fn plugins_that_cannot_load_are_refused_with_their_reason() {
     std::fs::write(&not_wasm, b"#!/bin/sh\necho this is not a component\n").unwrap();
     let cases = [
         ("filter", "$bad_init".to_owned(), "init"),
-        ("filter", "$wrong_world".to_owned(), "world"),
+        (
+            "filter",
+            "$wrong_world".to_owned(),
+            "plugin wrong_world targets the router world but is bound as a filter",
+        ),
+        (
+            "filter",
+            "$rate_limit".to_owned(),
+            "plugin rate_limit targets the sampler world but is bound as a filter",
+        ),
         (
             "filter",
             not_wasm.display().to_string(),

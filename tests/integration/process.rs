@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quiver::client::ClientOptions;
@@ -34,6 +35,8 @@ pub struct ServeProcess {
     /// The nsqd HTTP API's address.
     pub nsq_http: Option<SocketAddr>,
     fingerprint: [u8; 32],
+    /// Its stderr lines so far, when started with [`ServeProcess::spawn_logged`].
+    log: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl ServeProcess {
@@ -48,17 +51,48 @@ impl ServeProcess {
 
     /// Runs `command`, which must end up running `quiver serve` with ephemeral ports, and
     /// reads the addresses and fingerprint it prints. Set `QUIVER_TEST_LOG=1` to see its logs.
-    pub fn spawn(mut command: Command) -> ServeProcess {
-        let stderr = if std::env::var_os("QUIVER_TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
+    pub fn spawn(command: Command) -> ServeProcess {
+        Self::spawn_with(command, false)
+    }
+
+    /// [`spawn`](Self::spawn), keeping its stderr lines for [`log`](Self::log) (and printing
+    /// them too with `QUIVER_TEST_LOG=1`).
+    pub fn spawn_logged(command: Command) -> ServeProcess {
+        Self::spawn_with(command, true)
+    }
+
+    /// The stderr lines written so far (only with [`spawn_logged`](Self::spawn_logged)).
+    pub fn log(&self) -> Vec<String> {
+        let log = self.log.as_ref().expect("started with spawn_logged");
+        log.lock().unwrap().clone()
+    }
+
+    fn spawn_with(mut command: Command, keep_log: bool) -> ServeProcess {
+        let show = std::env::var_os("QUIVER_TEST_LOG").is_some();
+        let stderr = match (keep_log, show) {
+            (true, _) => Stdio::piped(),
+            (false, true) => Stdio::inherit(),
+            (false, false) => Stdio::null(),
         };
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .expect("quiver serve starts");
+        let log = keep_log.then(|| {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+            let kept = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    if show {
+                        eprintln!("{line}");
+                    }
+                    kept.lock().unwrap().push(line);
+                }
+            });
+            log
+        });
         let stdout = child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(stdout).lines();
         let (mut quic, mut http, mut fingerprint) = (None, None, None);
@@ -97,6 +131,7 @@ impl ServeProcess {
             nsq_tcp,
             nsq_http,
             fingerprint,
+            log,
         }
     }
 

@@ -139,9 +139,24 @@ fn serve_reloads_on_request_sighup_and_file_change() {
         .unwrap()
         .contains("tag_filter"));
 
-    // A good file: the watcher reloads it; a request reloads again.
+    assert!(after["previous_error"].is_null(), "{after:#}");
+    let failed_at = after["last_error"]["at"].as_u64().unwrap();
+
+    // A good file: the watcher reloads it, which clears the failure and keeps it as the
+    // previous one; a request reloads again.
     write_atomically(&path, rules("type == \"b\""));
-    wait_for(addr, "a file reload", |r| r["version"] == 2);
+    let cleared = wait_for(addr, "a file reload", |r| r["version"] == 2);
+    assert!(cleared["last_error"].is_null(), "{cleared:#}");
+    let previous = &cleared["previous_error"];
+    assert!(
+        previous["reason"].as_str().unwrap().contains("tag_filter"),
+        "{cleared:#}"
+    );
+    assert_eq!(previous["at"].as_u64(), Some(failed_at), "{cleared:#}");
+    assert!(
+        previous["cleared_at"].as_u64() >= Some(failed_at),
+        "{cleared:#}"
+    );
     let (status, body) = http_request(addr, "POST", "/rules/reload", "");
     assert_eq!(status, 200, "{body}");
     let reloaded: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -120,17 +120,20 @@ fn router_loaded_as_a_filter_or_sampler_is_the_wrong_world() {
     for kind in [PluginKind::Filter, PluginKind::Sampler] {
         let err = host.load(&guest("wrong_world"), kind).unwrap_err();
         match &err {
-            PluginError::WrongWorld {
-                plugin, expected, ..
+            PluginError::KindMismatch {
+                plugin,
+                targets,
+                bound,
+                ..
             } => {
                 assert_eq!(plugin, "wrong_world");
-                assert_eq!(*expected, kind);
+                assert_eq!((*targets, *bound), ("router", kind));
             }
-            other => panic!("expected WrongWorld, got {other:?}"),
+            other => panic!("expected KindMismatch, got {other:?}"),
         }
         let text = err.to_string();
-        assert!(text.contains(kind.as_str()), "{text}");
-        assert!(text.contains("looks like a router"), "{text}");
+        let expected = format!("targets the router world but is bound as a {kind}");
+        assert!(text.contains(&expected), "{text}");
     }
     let router = load(&host, "wrong_world", PluginKind::Router);
     let mut instance = host.instantiate(&router, &[]).unwrap();

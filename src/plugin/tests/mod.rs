@@ -7,6 +7,7 @@ mod decide;
 mod hostile;
 #[cfg(target_os = "linux")]
 mod preemption;
+mod world;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
