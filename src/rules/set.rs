@@ -21,7 +21,9 @@ use crate::broker::{
     Router, Routing,
 };
 use crate::message::{ChannelName, TopicName};
-use crate::plugin::{Binding, BindingStats, MessageView, Plugin, PluginHost, PluginKind, Route};
+use crate::plugin::{
+    Binding, BindingStats, BreakerStatus, MessageView, Plugin, PluginHost, PluginKind, Route,
+};
 
 /// Reason given with a message dead-lettered because its router faulted.
 pub const ROUTER_FAULT: &str = "router-fault";
@@ -85,6 +87,7 @@ impl Bound {
             on_failure: self.spec.on_failure.as_str(),
             invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
             stats: self.binding.stats(),
+            breaker: self.binding.breaker(),
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct BindingStatus {
     /// Router answers naming an invalid channel or topic, handled as faults.
     pub invalid_answers: u64,
     pub stats: BindingStats,
+    /// The binding's circuit breaker: closed, open or half-open, since when, next trial.
+    pub breaker: BreakerStatus,
 }
 
 /// A topic's router with its policies.
