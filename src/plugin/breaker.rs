@@ -208,8 +208,9 @@ impl Outcome {
     /// comes back as `Unavailable`: the binding tells it from a backoff itself.
     pub(super) fn of(fault: &PluginFault) -> Outcome {
         match fault {
-            PluginFault::Timeout(TimeoutKind::Cpu) | PluginFault::OutOfMemory => Outcome::Fault,
-            PluginFault::Trap(_) => Outcome::Fault,
+            PluginFault::Timeout(TimeoutKind::Cpu)
+            | PluginFault::OutOfMemory
+            | PluginFault::Trap(_) => Outcome::Fault,
             PluginFault::Timeout(TimeoutKind::Wall)
             | PluginFault::TooLarge { .. }
             | PluginFault::Unavailable { .. }
