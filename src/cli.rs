@@ -4,14 +4,18 @@ use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
 
+use quiver::broker::BrokerStats;
 use quiver::client::{Client, ClientOptions, Confirmation, SubEvent, SubscribeOptions};
 use quiver::config::{parse_duration, Config};
 use quiver::message::{ChannelName, Delivery, NewMessage, TopicName};
+use quiver::plugin::{BindingStats, BreakerState, BreakerStatus};
+use quiver::protocol::AdminRequest;
 use quiver::server::Server;
 use quiver::transport::tls::{parse_fingerprint, Trust};
 
@@ -34,7 +38,8 @@ enum Command {
     Pub(PubArgs),
     /// Print messages from a channel, FINning each one.
     Sub(SubArgs),
-    /// Show topics and channels: depth, in flight, deferred, requeued, timed out, dead-lettered.
+    /// Show topics and channels: depth, in flight, deferred, requeued, timed out, dead-lettered;
+    /// and each plugin binding's calls, faults and circuit breaker.
     Stats(StatsArgs),
     /// Load a broker and report throughput, latency and memory.
     Bench(quiver::bench::BenchArgs),
@@ -601,14 +606,45 @@ fn print_delivery(out: &mut impl Write, d: &Delivery, json: bool) -> Result<()> 
     Ok(())
 }
 
+/// The stats answer: the broker's, and the rules' bindings when the broker has rules.
+#[derive(Debug, Deserialize)]
+struct StatsAnswer {
+    #[serde(flatten)]
+    broker: BrokerStats,
+    rules: Option<RulesAnswer>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RulesAnswer {
+    bindings: Vec<BindingAnswer>,
+}
+
+/// The part of a binding's status `quiver stats` prints.
+#[derive(Debug, Deserialize)]
+struct BindingAnswer {
+    topic: String,
+    channel: Option<String>,
+    plugin: String,
+    kind: String,
+    on_failure: String,
+    stats: BindingStats,
+    breaker: Option<BreakerStatus>,
+}
+
 async fn stats(args: StatsArgs) -> Result<()> {
     let client = connect(&args.connect).await?;
-    let stats = client.stats(args.topic.as_ref()).await?;
+    let request = AdminRequest::Stats {
+        topic: args.topic.clone(),
+    };
+    let json = client.admin(request).await?;
     client.close().await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        let value: serde_json::Value = serde_json::from_slice(&json)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
+    let answer: StatsAnswer = serde_json::from_slice(&json)?;
+    let stats = answer.broker;
     let mut rows = vec![[
         "TOPIC",
         "CHANNEL",
@@ -707,5 +743,42 @@ async fn stats(args: StatsArgs) -> Result<()> {
             a.auth_failures, a.denied_publish, a.denied_subscribe, a.denied_admin
         );
     }
+    for binding in answer.rules.iter().flat_map(|r| &r.bindings) {
+        print_binding(binding);
+    }
     Ok(())
+}
+
+/// One line per plugin binding: its calls, faults and circuit breaker.
+fn print_binding(b: &BindingAnswer) {
+    let s = &b.stats;
+    let faults = s.traps + s.cpu_timeouts + s.wall_timeouts + s.out_of_memory + s.too_large;
+    let place = match &b.channel {
+        Some(channel) => format!("{}/{channel}", b.topic),
+        None => b.topic.clone(),
+    };
+    let breaker = b.breaker.map_or_else(String::new, |breaker| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let secs = |ms: u64| ms.div_ceil(1000);
+        let trial = match breaker.next_trial_ms {
+            Some(at) => format!(", next trial in {}s", secs(at.saturating_sub(now))),
+            None => String::new(),
+        };
+        let since = match breaker.state {
+            BreakerState::Closed if breaker.openings == 0 => String::new(),
+            _ => format!(" for {}s", secs(now.saturating_sub(breaker.since_ms))),
+        };
+        let plural = if breaker.openings == 1 { "" } else { "s" };
+        format!(
+            "; breaker {}{since}{trial}, {} opening{plural}",
+            breaker.state.as_str(),
+            breaker.openings
+        )
+    });
+    println!(
+        "{place} {} {} (on_failure {}): {} calls, {faults} faults, {} refused by the breaker{breaker}",
+        b.kind, b.plugin, b.on_failure, s.calls, s.breaker_refused,
+    );
 }

@@ -146,6 +146,7 @@ impl Server {
         tasks.spawn(accept(
             endpoint.clone(),
             broker.clone(),
+            rules.clone(),
             Arc::clone(&auth),
             config.limits.max_connections,
             tasks.clone(),
@@ -297,6 +298,7 @@ fn install_access(config: &Config, broker: &Broker, rules: Option<&Reloader>) {
 async fn accept(
     endpoint: quinn::Endpoint,
     broker: Broker,
+    rules: Option<Reloader>,
     auth: Arc<Authenticator>,
     max: usize,
     tasks: TaskTracker,
@@ -313,10 +315,10 @@ async fn accept(
             incoming.refuse();
             continue;
         };
-        let (broker, auth) = (broker.clone(), Arc::clone(&auth));
+        let (broker, rules, auth) = (broker.clone(), rules.clone(), Arc::clone(&auth));
         tasks.spawn(async move {
             match incoming.await {
-                Ok(conn) => crate::session::run_connection(conn, broker, auth).await,
+                Ok(conn) => crate::session::run_connection(conn, broker, rules, auth).await,
                 Err(e) => tracing::debug!(error = %e, "handshake failed"),
             }
             drop(permit);

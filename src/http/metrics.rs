@@ -205,41 +205,68 @@ pub(crate) async fn metrics(
 }
 
 /// A per-binding metric.
-type BindingMetric = (&'static str, &'static str, fn(&BindingStatus) -> u64);
+type BindingMetric = (&'static str, Kind, &'static str, fn(&BindingStatus) -> u64);
 
-const BINDING_METRICS: [BindingMetric; 7] = [
-    ("quiver_plugin_calls_total", "Calls into the plugin.", |b| {
-        b.stats.calls
-    }),
+const BINDING_METRICS: [BindingMetric; 10] = [
+    (
+        "quiver_plugin_calls_total",
+        Kind::Counter,
+        "Calls into the plugin.",
+        |b| b.stats.calls,
+    ),
     (
         "quiver_plugin_cpu_timeouts_total",
+        Kind::Counter,
         "Plugin calls stopped because they used their CPU budget (the plugin's doing).",
         |b| b.stats.cpu_timeouts,
     ),
     (
         "quiver_plugin_wall_timeouts_total",
+        Kind::Counter,
         "Plugin calls stopped at the wall-clock backstop with CPU budget left (the machine's doing).",
         |b| b.stats.wall_timeouts,
     ),
     (
         "quiver_plugin_traps_total",
+        Kind::Counter,
         "Plugin calls that trapped.",
         |b| b.stats.traps,
     ),
     (
         "quiver_plugin_out_of_memory_total",
+        Kind::Counter,
         "Plugin calls that ran out of memory.",
         |b| b.stats.out_of_memory,
     ),
     (
         "quiver_plugin_unavailable_total",
+        Kind::Counter,
         "Plugin calls refused while the plugin restarts.",
         |b| b.stats.unavailable,
     ),
     (
         "quiver_plugin_invalid_answers_total",
+        Kind::Counter,
         "Router answers naming an invalid channel or topic.",
         |b| b.invalid_answers,
+    ),
+    (
+        "quiver_plugin_breaker_state",
+        Kind::Gauge,
+        "State of the binding's circuit breaker: 0 closed, 1 open, 2 half-open.",
+        |b| b.breaker.state.as_number(),
+    ),
+    (
+        "quiver_plugin_breaker_openings_total",
+        Kind::Counter,
+        "Times the binding's circuit breaker opened, failed trial calls included.",
+        |b| b.breaker.openings,
+    ),
+    (
+        "quiver_plugin_breaker_refused_total",
+        Kind::Counter,
+        "Messages given the failure policy without a call because the circuit breaker was open.",
+        |b| b.stats.breaker_refused,
     ),
 ];
 
@@ -269,8 +296,8 @@ fn render_rules(out: &mut String, rules: &RulesStatus) {
         family(out, name, kind, help);
         sample(out, name, &[], value);
     }
-    for (name, help, read) in BINDING_METRICS {
-        family(out, name, Kind::Counter, help);
+    for (name, kind, help, read) in BINDING_METRICS {
+        family(out, name, kind, help);
         for binding in &rules.bindings {
             let labels = [
                 ("topic", binding.topic.as_str()),

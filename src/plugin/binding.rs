@@ -16,11 +16,20 @@
 //! message is then what counts, as without batches; the failed batch call is counted only in
 //! `batch_faults`.
 //!
+//! A binding that keeps faulting is not called at all for a while: its circuit breaker
+//! (`breaker.rs`) opens, and calls fail at once with [`PluginFault::BreakerOpen`] until a
+//! trial call after the cool-down succeeds. The breaker counts what the calls count: a
+//! successful batch call as one success per message, a faulted batch call not at all (its
+//! messages' own calls count). In half-open, the trial is one message's `keep`.
+//!
 //! # Invariants
 //! - `calls` equals the sum of every outcome counter in [`BindingStats`] except
 //!   `restart_failures`, `reinstantiations` and `batch_faults`, which count events, not
-//!   calls, and
+//!   calls,
+//!   `breaker_refused`, which counts messages that got no call, and
 //!   `busy_ns`, which counts time.
+//! - No guest code runs for a caller the breaker refused, and none but the trial's while
+//!   the breaker is not closed.
 //! - A sampler's state lives in its instance: it survives calls, and is lost (started over
 //!   by `init`) when a fault replaces the instance.
 
@@ -28,9 +37,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{Instance, MessageView, Plugin, PluginError, PluginFault, Route, TimeoutKind};
+use super::breaker::{Breaker, Clock, Outcome, SystemClock, Tally, Ticket};
+use super::{
+    BreakerStatus, Instance, MessageView, Plugin, PluginError, PluginFault, Route, TimeoutKind,
+};
 use crate::log_limit::{self, Site};
 
 /// The first backoff after a fault.
@@ -56,6 +68,7 @@ pub struct Binding {
     params: Vec<(String, String)>,
     state: Mutex<State>,
     counters: Counters,
+    breaker: Breaker,
 }
 
 #[derive(Debug)]
@@ -69,10 +82,13 @@ struct State {
     down_because: String,
     /// Messages still to decide one call each after a batch fault.
     probation: u64,
+    /// What the breaker counts.
+    tally: Tally,
 }
 
 /// What a binding has done, for stats. Counts since the binding was made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BindingStats {
     /// Calls to `keep` or `route`.
     pub calls: u64,
@@ -100,6 +116,9 @@ pub struct BindingStats {
     pub unavailable: u64,
     /// Calls that do not exist in the plugin's world (`route` on a filter).
     pub wrong_kind: u64,
+    /// Messages given the failure policy without a call because the circuit breaker was
+    /// open (or half-open, its trial call under way). Not counted in `calls`.
+    pub breaker_refused: u64,
     /// Instances started after a fault.
     pub reinstantiations: u64,
     /// Restarts that failed (`init` refused or faulted).
@@ -126,6 +145,7 @@ struct Counters {
     too_large: AtomicU64,
     unavailable: AtomicU64,
     wrong_kind: AtomicU64,
+    breaker_refused: AtomicU64,
     reinstantiations: AtomicU64,
     restart_failures: AtomicU64,
     batch_faults: AtomicU64,
@@ -140,7 +160,17 @@ impl Binding {
     /// Starts the first instance with `params`, so that a plugin that refuses them (or cannot
     /// start) refuses the binding.
     pub fn new(plugin: Arc<Plugin>, params: Vec<(String, String)>) -> Result<Binding, PluginError> {
+        Binding::with_clock(plugin, params, Arc::new(SystemClock))
+    }
+
+    /// [`Binding::new`], with the clock its circuit breaker reads.
+    pub(crate) fn with_clock(
+        plugin: Arc<Plugin>,
+        params: Vec<(String, String)>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Binding, PluginError> {
         let instance = Instance::start(&plugin, &params)?;
+        let breaker = Breaker::new(plugin.shared.limits.breaker, clock, plugin.name_arc());
         Ok(Binding {
             plugin,
             params,
@@ -150,8 +180,10 @@ impl Binding {
                 retry_at: None,
                 down_because: String::new(),
                 probation: 0,
+                tally: Tally::default(),
             }),
             counters: Counters::default(),
+            breaker,
         })
     }
 
@@ -159,11 +191,20 @@ impl Binding {
         &self.plugin
     }
 
+    /// The circuit breaker's state: closed, open (until when) or half-open, since when, and
+    /// how often it opened. A caller may skip a call it would be refused.
+    pub fn breaker(&self) -> BreakerStatus {
+        self.breaker.status()
+    }
+
     /// A filter's or sampler's decision. See [`Instance::keep`].
     pub fn keep(&self, msg: &MessageView<'_>) -> Result<bool, PluginFault> {
+        let ticket = self.admit()?;
         let started = Instant::now();
         let mut state = self.lock();
-        let keep = self.keep_locked(&mut state, msg);
+        let keep = self
+            .readmit(ticket)
+            .and_then(|ticket| self.keep_locked(&mut state, ticket, msg));
         drop(state);
         self.add_busy(started);
         keep
@@ -175,11 +216,28 @@ impl Binding {
     ///
     /// [`MAX_BATCH`]: super::MAX_BATCH
     pub fn keep_batch(&self, msgs: &[MessageView<'_>]) -> Vec<Result<bool, PluginFault>> {
+        if msgs.is_empty() {
+            return Vec::new();
+        }
+        // An open breaker refuses the whole batch at once, without waiting for the lock.
+        let mut leave = match self.breaker.admit() {
+            Ok(ticket) => Some(ticket),
+            Err(fault) => {
+                let n = msgs.len() as u64;
+                self.counters
+                    .breaker_refused
+                    .fetch_add(n, Ordering::Relaxed);
+                return vec![Err(fault); msgs.len()];
+            }
+        };
         let started = Instant::now();
         let mut state = self.lock();
         let mut decisions = Vec::with_capacity(msgs.len());
         for chunk in msgs.chunks(super::MAX_BATCH) {
-            if chunk.len() > 1 && state.probation == 0 && state.instance.is_some() {
+            // A trial is one message's call, never a batch.
+            let closed = matches!(leave, None | Some(Ticket::Closed)) && self.breaker.is_closed();
+            if closed && chunk.len() > 1 && state.probation == 0 && state.instance.is_some() {
+                leave = None;
                 match self.batch_locked(&mut state, chunk) {
                     Ok(keeps) => {
                         decisions.extend(keeps.into_iter().map(Ok));
@@ -201,7 +259,11 @@ impl Binding {
                 }
             }
             for msg in chunk {
-                decisions.push(self.keep_locked(&mut state, msg));
+                let ticket = match leave.take() {
+                    Some(ticket) => self.readmit(ticket),
+                    None => self.admit(),
+                };
+                decisions.push(ticket.and_then(|ticket| self.keep_locked(&mut state, ticket, msg)));
                 state.probation = state.probation.saturating_sub(1);
             }
         }
@@ -234,6 +296,7 @@ impl Binding {
                 c.kept.fetch_add(kept, Ordering::Relaxed);
                 c.skipped.fetch_add(n - kept, Ordering::Relaxed);
                 state.backoff = Duration::ZERO;
+                self.breaker.record_successes(&mut state.tally, n);
                 Ok(keeps)
             }
             Err(fault) => {
@@ -250,16 +313,33 @@ impl Binding {
     fn keep_locked(
         &self,
         state: &mut MutexGuard<'_, State>,
+        ticket: Ticket<'_>,
         msg: &MessageView<'_>,
     ) -> Result<bool, PluginFault> {
         bump(&self.counters.calls);
-        let keep = self.call_locked(state, |instance| instance.keep(msg))?;
+        let keep = self.call_locked(state, ticket, |instance| instance.keep(msg))?;
         bump(if keep {
             &self.counters.kept
         } else {
             &self.counters.skipped
         });
         Ok(keep)
+    }
+
+    /// The breaker's leave to call, or its refusal, counted.
+    fn admit(&self) -> Result<Ticket<'_>, PluginFault> {
+        self.breaker
+            .admit()
+            .inspect_err(|_| bump(&self.counters.breaker_refused))
+    }
+
+    /// Under the lock: a caller let in while the breaker was closed asks again if it opened
+    /// while the caller waited.
+    fn readmit<'a>(&'a self, ticket: Ticket<'a>) -> Result<Ticket<'a>, PluginFault> {
+        match ticket {
+            Ticket::Closed if !self.breaker.is_closed() => self.admit(),
+            ticket => Ok(ticket),
+        }
     }
 
     fn add_busy(&self, started: Instant) {
@@ -294,6 +374,7 @@ impl Binding {
             too_large: read(&c.too_large),
             unavailable: read(&c.unavailable),
             wrong_kind: read(&c.wrong_kind),
+            breaker_refused: read(&c.breaker_refused),
             reinstantiations: read(&c.reinstantiations),
             restart_failures: read(&c.restart_failures),
             batch_faults: read(&c.batch_faults),
@@ -307,27 +388,37 @@ impl Binding {
         &self,
         call: impl FnOnce(&mut Instance) -> Result<R, PluginFault>,
     ) -> Result<R, PluginFault> {
-        bump(&self.counters.calls);
+        let ticket = self.admit()?;
         let started = Instant::now();
         let mut state = self.lock();
-        let result = self.call_locked(&mut state, call);
+        let result = self.readmit(ticket).and_then(|ticket| {
+            bump(&self.counters.calls);
+            self.call_locked(&mut state, ticket, call)
+        });
         drop(state);
         let busy = started.elapsed().as_nanos() as u64;
         self.counters.busy_ns.fetch_add(busy, Ordering::Relaxed);
         result
     }
 
+    /// Runs `call`, which `ticket` let through, and records its outcome with the breaker.
+    /// A trial call does not wait out the restart backoff: the cool-down was longer.
     fn call_locked<R>(
         &self,
         state: &mut MutexGuard<'_, State>,
+        ticket: Ticket<'_>,
         call: impl FnOnce(&mut Instance) -> Result<R, PluginFault>,
     ) -> Result<R, PluginFault> {
+        if ticket.is_trial() {
+            state.retry_at = None;
+        }
         let instance = match state.instance.take() {
             Some(instance) => instance,
             None => match self.restart(state) {
                 Ok(instance) => instance,
-                Err(fault) => {
+                Err((fault, outcome)) => {
                     bump(&self.counters.unavailable);
+                    self.breaker.record(&mut state.tally, ticket, outcome);
                     return Err(fault);
                 }
             },
@@ -336,6 +427,8 @@ impl Binding {
         match call(instance) {
             Ok(decision) => {
                 state.backoff = Duration::ZERO;
+                self.breaker
+                    .record(&mut state.tally, ticket, Outcome::Success);
                 Ok(decision)
             }
             Err(fault) => {
@@ -354,19 +447,23 @@ impl Binding {
                         tracing::warn!(plugin = self.plugin.name(), %fault, retry_in = ?state.backoff, "plugin faulted; it will be restarted");
                     }
                 }
+                let outcome = Outcome::of(&fault);
+                self.breaker.record(&mut state.tally, ticket, outcome);
                 Err(fault)
             }
         }
     }
 
-    /// A new instance, unless the backoff is still running or the start fails.
-    fn restart(&self, state: &mut State) -> Result<Instance, PluginFault> {
+    /// A new instance, unless the backoff is still running (no guest code ran: a neutral
+    /// outcome for the breaker) or the start fails (the plugin's fault).
+    fn restart(&self, state: &mut State) -> Result<Instance, (PluginFault, Outcome)> {
         let now = Instant::now();
         if let Some(retry_at) = state.retry_at.filter(|&at| at > now) {
-            return Err(PluginFault::Unavailable {
+            let fault = PluginFault::Unavailable {
                 reason: state.down_because.clone(),
                 retry_in: retry_at - now,
-            });
+            };
+            return Err((fault, Outcome::Neutral));
         }
         match Instance::start(&self.plugin, &self.params) {
             Ok(instance) => {
@@ -380,10 +477,11 @@ impl Binding {
                     tracing::warn!(plugin = self.plugin.name(), error = %err, "plugin restart failed");
                 }
                 state.went_down(format!("restart failed: {err}"), true);
-                Err(PluginFault::Unavailable {
+                let fault = PluginFault::Unavailable {
                     reason: state.down_because.clone(),
                     retry_in: state.backoff,
-                })
+                };
+                Err((fault, Outcome::Fault))
             }
         }
     }
@@ -398,6 +496,7 @@ impl Binding {
             PluginFault::TooLarge { .. } => &c.too_large,
             PluginFault::Unavailable { .. } => &c.unavailable,
             PluginFault::WrongKind { .. } => &c.wrong_kind,
+            PluginFault::BreakerOpen { .. } => &c.breaker_refused,
         });
     }
 

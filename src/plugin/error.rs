@@ -83,6 +83,10 @@ pub enum PluginFault {
         kind: PluginKind,
         call: &'static str,
     },
+    /// No guest code ran: the binding's circuit breaker is open after repeated faults, or
+    /// half-open with its one trial call under way (`retry_in` is then zero).
+    #[error("plugin not called: its circuit breaker is open, next trial call in {retry_in:?}")]
+    BreakerOpen { retry_in: Duration },
 }
 
 impl PluginFault {
@@ -97,6 +101,7 @@ impl PluginFault {
             PluginFault::TooLarge { .. } => "too large",
             PluginFault::Unavailable { .. } => "unavailable",
             PluginFault::WrongKind { .. } => "wrong kind",
+            PluginFault::BreakerOpen { .. } => "breaker open",
         }
     }
 

@@ -4,7 +4,8 @@
 //! a [`PluginHost`] loads a [`Plugin`] (one compiled component, checked against its world),
 //! [`PluginHost::instantiate`] turns it into an [`Instance`] (a store with its limits, after a
 //! successful `init`), and a [`Binding`] keeps one instance serving a topic or channel,
-//! re-instantiating it with backoff after a fault.
+//! re-instantiating it with backoff after a fault, and stops calling it for a while when it
+//! keeps faulting (its circuit breaker, `breaker.rs`).
 //!
 //! A message reaches the guest as a `borrow<message>` resource whose accessors read the
 //! caller's [`MessageView`] in place: a plugin copies only what it asks for.
@@ -25,6 +26,7 @@
 
 mod binding;
 mod bindings;
+mod breaker;
 mod cache;
 mod engine;
 mod error;
@@ -43,6 +45,7 @@ use std::time::Duration;
 use crate::message::{Headers, MessageId};
 
 pub use binding::{Binding, BindingStats};
+pub use breaker::{BreakerSettings, BreakerState, BreakerStatus};
 
 /// The most messages one `keep-batch` call decides.
 pub const MAX_BATCH: usize = 64;
@@ -97,7 +100,8 @@ impl FromStr for PluginKind {
     }
 }
 
-/// What one plugin instance may use. The defaults suit a per-message filter on the hot path.
+/// What one plugin instance may use, and when its binding stops calling it. The defaults suit
+/// a per-message filter on the hot path.
 ///
 /// Time limits are CPU time of the thread that runs the call, so that a busy machine does not
 /// change a plugin's decisions; each has a wall-clock backstop [`WALL_BACKSTOP_FACTOR`] times
@@ -121,6 +125,8 @@ pub struct PluginLimits {
     /// Longest a message waits for its plugin to restart after a fault before the failure
     /// policy decides it. Default 1 s.
     pub max_wait: Duration,
+    /// When a binding's circuit breaker opens, and for how long.
+    pub breaker: BreakerSettings,
 }
 
 /// The default wall-clock backstop of a call, as a multiple of its CPU budget.
@@ -135,6 +141,7 @@ impl Default for PluginLimits {
             init_timeout: Duration::from_secs(1),
             publish_timeout: Duration::from_millis(100),
             max_wait: Duration::from_secs(1),
+            breaker: BreakerSettings::default(),
         }
     }
 }

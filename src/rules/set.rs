@@ -23,7 +23,8 @@ use crate::broker::{
 use crate::log_limit::{self, Site};
 use crate::message::{ChannelName, TopicName};
 use crate::plugin::{
-    Binding, BindingStats, MessageView, Plugin, PluginFault, PluginHost, PluginKind, Route,
+    Binding, BindingStats, BreakerStatus, MessageView, Plugin, PluginFault, PluginHost, PluginKind,
+    Route,
 };
 
 /// Reason given with a message dead-lettered because its router faulted.
@@ -92,6 +93,7 @@ impl Bound {
             invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
             publish_timeouts: self.publish_timeouts.load(Ordering::Relaxed),
             stats: self.binding.stats(),
+            breaker: self.binding.breaker(),
         }
     }
 }
@@ -113,6 +115,8 @@ pub struct BindingStatus {
     /// (`plugins.publish_timeout`).
     pub publish_timeouts: u64,
     pub stats: BindingStats,
+    /// The binding's circuit breaker: closed, open or half-open, since when, next trial.
+    pub breaker: BreakerStatus,
 }
 
 /// A router answer naming an invalid channel or topic: per message, so rate-limited per

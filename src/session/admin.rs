@@ -2,18 +2,31 @@
 
 use bytes::Bytes;
 use quinn::SendStream;
+use serde::Serialize;
 
 use super::{broker_error, write_reply};
-use crate::broker::{Broker, Principal};
+use crate::broker::{Broker, BrokerStats, Principal};
 use crate::protocol::{AdminOp, AdminRequest, Reply, WireError};
+use crate::rules::{Reloader, RulesStatus};
+
+/// The stats answer, as `GET /stats` has it: the broker's stats, plus the rules' (each
+/// binding's counters and circuit breaker) when there are rules.
+#[derive(Debug, Serialize)]
+struct Stats {
+    #[serde(flatten)]
+    broker: BrokerStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rules: Option<RulesStatus>,
+}
 
 pub(super) async fn run(
     request: AdminRequest,
     send: &mut SendStream,
     broker: &Broker,
+    rules: Option<&Reloader>,
     who: &Principal,
 ) -> Result<(), WireError> {
-    let json = execute(&request, broker, who)?;
+    let json = execute(&request, broker, rules, who)?;
     let _ = write_reply(send, &Reply::AdminOk(json)).await;
     Ok(())
 }
@@ -22,13 +35,17 @@ pub(super) async fn run(
 pub fn execute(
     request: &AdminRequest,
     broker: &Broker,
+    rules: Option<&Reloader>,
     who: &Principal,
 ) -> Result<Bytes, WireError> {
     let fail = |e| broker_error(&e, 0);
     let done = || Ok(Bytes::from_static(b"{\"ok\":true}"));
     match request {
         AdminRequest::Stats { topic } => {
-            let stats = broker.stats(who, topic.as_ref()).map_err(fail)?;
+            let stats = Stats {
+                broker: broker.stats(who, topic.as_ref()).map_err(fail)?,
+                rules: rules.map(Reloader::status),
+            };
             // Stats are plain data; serialising them can't fail.
             Ok(serde_json::to_vec(&stats).unwrap_or_default().into())
         }

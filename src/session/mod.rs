@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, certificate_identity, Authenticator, Credentials};
 use crate::broker::{Broker, BrokerError, ErrorKind, Principal};
 use crate::protocol::{Command, ErrorCode, Reply, WireError};
+use crate::rules::Reloader;
 use crate::transport::{FrameReader, ReadError};
 
 /// QUIC application error code for a normal close.
@@ -44,8 +45,14 @@ impl Caller {
     }
 }
 
-/// Serves one connection until the peer closes it or the broker shuts down.
-pub async fn run_connection(conn: Connection, broker: Broker, auth: Arc<Authenticator>) {
+/// Serves one connection until the peer closes it or the broker shuts down. `rules`, when
+/// the broker has rules, adds theirs to the stats answer.
+pub async fn run_connection(
+    conn: Connection,
+    broker: Broker,
+    rules: Option<Reloader>,
+    auth: Arc<Authenticator>,
+) {
     let remote_addr = conn.remote_address();
     let remote = remote_addr.to_string();
     tracing::debug!(%remote, "connection open");
@@ -72,7 +79,9 @@ pub async fn run_connection(conn: Connection, broker: Broker, auth: Arc<Authenti
             Ok((send, recv)) => {
                 let broker = broker.clone();
                 let caller = caller.clone();
-                streams.spawn(run_stream(send, FrameReader::new(recv), broker, caller));
+                let rules = rules.clone();
+                let reader = FrameReader::new(recv);
+                streams.spawn(run_stream(send, reader, broker, rules, caller));
             }
             Err(e) => {
                 tracing::debug!(%remote, reason = %e, "connection closed");
@@ -86,7 +95,13 @@ pub async fn run_connection(conn: Connection, broker: Broker, auth: Arc<Authenti
     conn.close(CLOSE_SHUTDOWN.into(), b"shutting down");
 }
 
-async fn run_stream(mut send: SendStream, mut reader: FrameReader, broker: Broker, caller: Caller) {
+async fn run_stream(
+    mut send: SendStream,
+    mut reader: FrameReader,
+    broker: Broker,
+    rules: Option<Reloader>,
+    caller: Caller,
+) {
     let first = match reader.next().await {
         Ok(Some(raw)) => Command::decode(raw).map_err(|e| e.to_wire(0)),
         Ok(None) => return,
@@ -108,7 +123,7 @@ async fn run_stream(mut send: SendStream, mut reader: FrameReader, broker: Broke
             Err(e) => Err(e.fatal()),
         },
         Ok(Command::Admin(request)) => match caller.principal().await {
-            Ok(who) => admin::run(request, &mut send, &broker, &who).await,
+            Ok(who) => admin::run(request, &mut send, &broker, rules.as_ref(), &who).await,
             Err(e) => Err(e.fatal()),
         },
         Ok(Command::Auth { secret }) => authenticate(secret, &mut send, &broker, &caller).await,

@@ -556,3 +556,108 @@ async fn plugins_that_cannot_load_are_refused_with_their_reason() {
     assert_eq!(bodies(&drain(&h.client, "t", "good", QUIET).await), ["a"]);
     let _ = h.rules_path();
 }
+
+/// A plugin that traps on every message trips its binding's circuit breaker: from then on
+/// its messages get the failure policy without a call, and `/stats`, `/metrics` and
+/// `quiver stats` show the breaker open.
+#[tokio::test]
+async fn a_trapping_plugin_trips_its_breaker_and_its_messages_get_the_policy_without_calls() {
+    // A cool-down longer than the test: once open, the breaker stays open.
+    let config = "[plugins.breaker]\ncool_down = \"1h\"\nmax_cool_down = \"1h\"\n";
+    let h = Harness::start_with(
+        r#"
+        [[channel]]
+        topic = "t"
+        name = "trap"
+        dead_letter_topic = "trapped"
+        [[channel.plugins]]
+        kind = "filter"
+        plugin = "$trap"
+        on_failure = "dead-letter"
+        "#,
+        config,
+    )
+    .await;
+    // A consumer makes the channel judge each message as it comes.
+    let consumer = subscribe(&h.client, "t", "trap", None).await;
+    consumer.rdy(100).await.unwrap();
+    let mut dead = subscribe(&h.client, "trapped", "c", None).await;
+    dead.rdy(100).await.unwrap();
+    let binding = |h: &Harness| h.stats()["rules"]["bindings"][0].clone();
+    // One message at a time, each dead-lettered before the next: the binding traps, waits
+    // out its restart backoff (messages meanwhile get the policy), traps again, and opens
+    // after five traps in a row.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    loop {
+        let b = binding(&h);
+        if b["breaker"]["state"] == "open" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still closed after {sent} messages: {b:#}"
+        );
+        let m = msg(&[], format!("m{sent}"));
+        publish(&h.client, "t", vec![m]).await.unwrap();
+        let d = next_message(&mut dead, Duration::from_secs(60)).await;
+        dead.fin(d.id).await.unwrap();
+        sent += 1;
+    }
+    let opened = binding(&h);
+    assert_eq!(opened["stats"]["traps"], 5, "{opened:#}");
+    assert_eq!(opened["breaker"]["openings"], 1, "{opened:#}");
+
+    // Open: every message follows the policy, and the plugin is not called.
+    let n = 20;
+    let messages = (0..n).map(|i| msg(&[], format!("open{i}"))).collect();
+    publish(&h.client, "t", messages).await.unwrap();
+    for _ in 0..n {
+        let d = next_message(&mut dead, Duration::from_secs(60)).await;
+        assert_eq!(d.headers.get("quiver-dead-reason"), Some("filter-fault"));
+        dead.fin(d.id).await.unwrap();
+    }
+    let open = binding(&h);
+    assert_eq!(open["stats"]["calls"], opened["stats"]["calls"], "{open:#}");
+    let refused = |b: &serde_json::Value| b["stats"]["breaker_refused"].as_u64().unwrap();
+    assert_eq!(refused(&open), refused(&opened) + n, "{open:#}");
+    assert_eq!(open["breaker"]["state"], "open");
+    let since = open["breaker"]["since_ms"].as_u64().unwrap();
+    let next_trial = open["breaker"]["next_trial_ms"].as_u64().unwrap();
+    assert_eq!(next_trial - since, 3_600_000, "{open:#}");
+
+    let (status, metrics) = http_request(h.serve.http, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    let labels = r#"{topic="t",channel="trap",plugin="trap",kind="filter"}"#;
+    for sample in [
+        format!("quiver_plugin_breaker_state{labels} 1\n"),
+        format!("quiver_plugin_breaker_openings_total{labels} 1\n"),
+        format!(
+            "quiver_plugin_breaker_refused_total{labels} {}\n",
+            refused(&open)
+        ),
+    ] {
+        assert!(metrics.contains(&sample), "{sample} in:\n{metrics}");
+    }
+    assert!(metrics.contains("# TYPE quiver_plugin_breaker_state gauge\n"));
+
+    // `quiver stats`, over QUIC, trusting the broker's dev certificate.
+    let out = std::process::Command::new(crate::process::BIN)
+        .args(["stats", "--addr", &h.serve.quic.to_string(), "--data-dir"])
+        .arg(h.dir.path().join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("t/trap filter trap (on_failure dead-letter)"))
+        .unwrap_or_else(|| panic!("no line for the binding in:\n{text}"));
+    assert!(line.contains("; breaker open for "), "{line}");
+    assert!(line.contains(", next trial in "), "{line}");
+    assert!(line.ends_with(", 1 opening"), "{line}");
+}

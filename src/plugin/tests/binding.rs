@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{host, load, params, TestMessage};
+use crate::plugin::breaker::ManualClock;
 use crate::plugin::{
-    Binding, BindingStats, PluginError, PluginFault, PluginHost, PluginKind, PluginLimits,
-    TimeoutKind,
+    Binding, BindingStats, BreakerSettings, BreakerState, PluginError, PluginFault, PluginHost,
+    PluginKind, PluginLimits, TimeoutKind,
 };
 
 fn binding(host: &PluginHost, name: &str, kind: PluginKind, pairs: &[(&str, &str)]) -> Binding {
@@ -398,4 +399,106 @@ fn a_faulting_batch_is_decided_again_one_call_each() {
         (20, 2, 1),
         "{stats:?}"
     );
+}
+
+/// A trap filter (trapping on messages with the header `poison`) whose breaker opens after
+/// two faults in a row, on a clock the test moves.
+fn breaker_binding() -> (Binding, Arc<ManualClock>) {
+    let limits = PluginLimits {
+        breaker: BreakerSettings {
+            consecutive_faults: 2,
+            ..BreakerSettings::default()
+        },
+        ..PluginLimits::default()
+    };
+    let host = PluginHost::new(limits, None).unwrap();
+    let plugin = load(&host, "trap", PluginKind::Filter);
+    let clock = ManualClock::new();
+    let binding = Binding::with_clock(plugin, params(&[("on", "poison")]), clock.clone()).unwrap();
+    (binding, clock)
+}
+
+#[test]
+fn an_open_breaker_refuses_calls_until_a_trial_after_the_cool_down_succeeds() {
+    let (trap, clock) = breaker_binding();
+    let poison = TestMessage::new(b"x").header("poison", "1");
+    let clean = TestMessage::new(b"x");
+
+    assert!(matches!(
+        trap.keep(&poison.view()),
+        Err(PluginFault::Trap(_))
+    ));
+    let unavailable = trap.keep(&poison.view()).unwrap_err();
+    assert_eq!(
+        trap.breaker().state,
+        BreakerState::Closed,
+        "{unavailable}: no guest code ran"
+    );
+    wait_out(&unavailable);
+    assert!(matches!(
+        trap.keep(&poison.view()),
+        Err(PluginFault::Trap(_))
+    ));
+    let status = trap.breaker();
+    assert_eq!((status.state, status.openings), (BreakerState::Open, 1));
+    assert_eq!(status.next_trial_ms, Some(status.since_ms + 1000));
+
+    // Open: no calls, clean messages and batches included.
+    let calls = trap.stats().calls;
+    assert!(matches!(
+        trap.keep(&clean.view()),
+        Err(PluginFault::BreakerOpen { .. })
+    ));
+    let views = [clean.view(), clean.view(), poison.view()];
+    assert!(trap
+        .keep_batch(&views)
+        .iter()
+        .all(|d| matches!(d, Err(PluginFault::BreakerOpen { .. }))));
+    let stats = trap.stats();
+    assert_eq!((stats.calls, stats.breaker_refused), (calls, 4));
+
+    // The cool-down is over: the trial restarts the instance at once, despite the backoff,
+    // and closes the breaker; the rest of the batch is decided as usual.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(trap.keep_batch(&views[..2]), [Ok(true), Ok(true)]);
+    let status = trap.breaker();
+    assert_eq!((status.state, status.openings), (BreakerState::Closed, 1));
+    let stats = trap.stats();
+    assert_eq!(
+        (stats.calls, stats.kept, stats.reinstantiations),
+        (calls + 2, 2, 2)
+    );
+}
+
+#[test]
+fn a_failed_trial_opens_the_breaker_again_for_longer() {
+    let (trap, clock) = breaker_binding();
+    let poison = TestMessage::new(b"x").header("poison", "1");
+    assert!(trap.keep(&poison.view()).is_err());
+    wait_out(&trap.keep(&poison.view()).unwrap_err());
+    assert!(matches!(
+        trap.keep(&poison.view()),
+        Err(PluginFault::Trap(_))
+    ));
+    assert_eq!(trap.breaker().state, BreakerState::Open);
+
+    clock.advance(Duration::from_secs(1));
+    let batch = trap.keep_batch(&[poison.view(), poison.view()]);
+    assert!(
+        matches!(batch[0], Err(PluginFault::Trap(_))),
+        "the trial: {batch:?}"
+    );
+    assert!(
+        matches!(batch[1], Err(PluginFault::BreakerOpen { .. })),
+        "open again at once: {batch:?}"
+    );
+    let status = trap.breaker();
+    assert_eq!((status.state, status.openings), (BreakerState::Open, 2));
+    assert_eq!(
+        status.next_trial_ms,
+        Some(status.since_ms + 2000),
+        "doubled"
+    );
+    let stats = trap.stats();
+    assert_eq!((stats.traps, stats.breaker_refused), (3, 1));
 }
