@@ -234,7 +234,9 @@ impl Subscription {
             }
             (given, read_dead(&*topic.log, letters))
         };
-        if missing {
+        // Judge on while the consumers work through these verdicts, so that the next take
+        // finds some: a take that used verdicts or ran out of them asks for more.
+        if missing || given > 0 {
             self.broker.request_judging(topic, &self.channel);
         }
         self.broker.dead_letter(topic, &self.channel, dead);
