@@ -175,6 +175,20 @@ impl Subscription {
                 .and_then(|ahead| ahead.verdict(offset))
                 .unwrap_or_else(|| judge(offset, message))
         };
+        let given = self.take_admitted(max, out, &mut admit);
+        drop(ahead);
+        given
+    }
+
+    /// Takes under the state lock with `admit` deciding each message the cursor reaches,
+    /// then dead-letters what it said to.
+    fn take_admitted(
+        &self,
+        max: usize,
+        out: &mut Vec<Taken>,
+        admit: &mut dyn FnMut(u64, &StoredMessage) -> Verdict,
+    ) -> usize {
+        let topic = &*self.topic;
         let mut letters = Vec::new();
         let (given, dead) = {
             let mut state = self.channel.state();
@@ -184,7 +198,7 @@ impl Subscription {
                 Now::current(),
                 topic.is_paused(),
                 max,
-                &mut admit,
+                admit,
                 out,
                 &mut letters,
             );
@@ -204,10 +218,8 @@ impl Subscription {
     /// [`Subscription::take`] for a channel whose plugins run on the pool: no plugin is
     /// called here; messages without a verdict wait for the channel's judge task.
     fn take_judged(&self, max: usize, out: &mut Vec<Taken>) -> usize {
-        let topic = &self.topic;
         let mut missing = false;
-        let mut letters = Vec::new();
-        let (given, dead) = {
+        let given = {
             let mut ahead = self.channel.lookahead();
             let mut admit = |offset: u64, _: &StoredMessage| -> Verdict {
                 ahead.verdict(offset).unwrap_or_else(|| {
@@ -215,31 +227,13 @@ impl Subscription {
                     Verdict::Pending
                 })
             };
-            let mut state = self.channel.state();
-            let given = state.take(
-                self.id,
-                &*topic.log,
-                Now::current(),
-                topic.is_paused(),
-                max,
-                &mut admit,
-                out,
-                &mut letters,
-            );
-            if given > 0 || state.deferred_count() > 0 {
-                self.channel.rearm_if_needed(&state);
-            }
-            if state.stopped_early() {
-                self.waker.notify_one();
-            }
-            (given, read_dead(&*topic.log, letters))
+            self.take_admitted(max, out, &mut admit)
         };
         // Judge on while the consumers work through these verdicts, so that the next take
         // finds some: a take that used verdicts or ran out of them asks for more.
         if missing || given > 0 {
-            self.broker.request_judging(topic, &self.channel);
+            self.broker.request_judging(&self.topic, &self.channel);
         }
-        self.broker.dead_letter(topic, &self.channel, dead);
         given
     }
 

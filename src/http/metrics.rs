@@ -207,7 +207,7 @@ pub(crate) async fn metrics(
 /// A per-binding metric.
 type BindingMetric = (&'static str, Kind, &'static str, fn(&BindingStatus) -> u64);
 
-const BINDING_METRICS: [BindingMetric; 10] = [
+const BINDING_METRICS: [BindingMetric; 11] = [
     (
         "quiver_plugin_calls_total",
         Kind::Counter,
@@ -249,6 +249,12 @@ const BINDING_METRICS: [BindingMetric; 10] = [
         Kind::Counter,
         "Router answers naming an invalid channel or topic.",
         |b| b.invalid_answers,
+    ),
+    (
+        "quiver_plugin_publish_timeouts_total",
+        Kind::Counter,
+        "Messages given the router's failure policy because their publish ran out of routing time.",
+        |b| b.publish_timeouts,
     ),
     (
         "quiver_plugin_breaker_state",
