@@ -91,11 +91,11 @@ async fn a_slow_router_delays_only_the_topic_it_is_bound_to() {
         "[plugins]\ncall_timeout = \"1s\"\npublish_timeout = \"60s\"\nthreads = 2\n",
     );
     let options = broker.serve.options();
-    // Two big MPUBs at once: each holds the router for seconds. Run on the async workers,
+    // Three big MPUBs at once: each holds the router for seconds. Run on the async workers,
     // two of them would stop every other request on a 2-core machine.
-    const PUBLISHERS: usize = 2;
+    const PUBLISHERS: usize = 3;
     const MPUBS: usize = 1;
-    const PER_MPUB: usize = 1000;
+    const PER_MPUB: usize = 600;
     let done = Arc::new(AtomicUsize::new(0));
     let mut loads = Vec::new();
     for p in 0..PUBLISHERS {
