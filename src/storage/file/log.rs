@@ -314,15 +314,23 @@ impl FileLog {
         Ok(())
     }
 
+    /// Writes every open channel store's buffered events: no checkpoint, no fsync, so that
+    /// nothing slow delays any channel's writes. Failures are left to `flush_channels`.
+    pub(super) fn write_channels(&self, now: Instant) {
+        for store in self.channel_stores() {
+            let _ = store.write(now);
+        }
+    }
+
     /// Flushes every open channel store; failures are logged when they start and stop.
-    pub(super) fn flush_channels(&self, sync: bool) -> Result<(), StorageError> {
-        let mut channels = lock(&self.channels);
+    pub(super) fn flush_channels(&self, sync: bool, now: Instant) -> Result<(), StorageError> {
         let mut first_error = None;
-        for store in channels.open.values() {
-            if let Err(e) = store.flush(sync) {
+        for store in self.channel_stores() {
+            if let Err(e) = store.flush(sync, now) {
                 first_error.get_or_insert(e);
             }
         }
+        let mut channels = lock(&self.channels);
         match &first_error {
             Some(e) if !channels.failing => {
                 tracing::error!(topic = %self.topic, error = %e, "channel state flush failed");
@@ -335,6 +343,12 @@ impl FileLog {
             _ => {}
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The open channel stores, taken out of the lock so that opening a channel never waits
+    /// for their writes. A store deleted meanwhile does nothing when flushed.
+    fn channel_stores(&self) -> Vec<Arc<FileChannelStore>> {
+        lock(&self.channels).open.values().cloned().collect()
     }
 
     /// Writes `start` to meta.json if it moved since it was last written.
@@ -363,7 +377,12 @@ impl FileLog {
     pub(super) fn shut(&self, why: Closed) {
         self.lock().closed.get_or_insert(why);
         if why == Closed::Deleted {
-            lock(&self.channels).open.clear();
+            let stores = std::mem::take(&mut lock(&self.channels).open);
+            // Waits for a flush in progress (the flush thread works on its own list), so that
+            // it writes no file into a removed directory.
+            for store in stores.into_values() {
+                let _ = store.delete();
+            }
             // Waits for a meta.json write in progress; later ones see the deletion.
             drop(lock(&self.meta));
             // Waits for a sync in progress, so that it writes no file into a removed
@@ -376,7 +395,7 @@ impl FileLog {
     /// Clean shutdown of this log: channel stores, data, index files, start, clean marker.
     pub(super) fn close(&self) -> Result<(), StorageError> {
         self.lock().closed.get_or_insert(Closed::Closed);
-        let channels = self.flush_channels(true);
+        let channels = self.flush_channels(true, Instant::now());
         self.sync_all()?;
         let (base, len, summary) = {
             let st = self.lock();
@@ -398,7 +417,7 @@ impl FileLog {
     }
 
     /// Flushes the channel stores and syncs the log on the policy's schedule; called by the
-    /// flush thread every tick.
+    /// flush thread every tick, after [`FileLog::write_channels`] for every log.
     pub(super) fn tick(&self, now: Instant) {
         let channel_sync = match self.policy.fsync {
             FsyncPolicy::Always => true,
@@ -414,7 +433,7 @@ impl FileLog {
                 false
             }
         };
-        let _ = self.flush_channels(channel_sync);
+        let _ = self.flush_channels(channel_sync, now);
     }
 }
 

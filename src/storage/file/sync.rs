@@ -383,8 +383,8 @@ pub(super) const TICK: Duration = Duration::from_millis(5);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
 impl Ticker {
-    /// The flush thread: every [`TICK`], each log's [`FileLog::tick`]; every second,
-    /// retention and meta.json.
+    /// The flush thread: every [`TICK`], each log's channel writes, then each log's
+    /// [`FileLog::tick`]; every second, retention and meta.json.
     pub(super) fn run(&self, logs: impl Fn() -> Vec<Arc<FileLog>>) {
         let mut housekept = Instant::now();
         loop {
@@ -403,7 +403,13 @@ impl Ticker {
             if housekeeping {
                 housekept = now;
             }
-            for log in logs() {
+            let logs = logs();
+            // Every channel's events first: fsyncs and checkpoints come after, so that they
+            // never delay another channel's writes.
+            for log in &logs {
+                log.write_channels(now);
+            }
+            for log in logs {
                 log.tick(now);
                 if housekeeping {
                     log.enforce_retention();
