@@ -268,7 +268,9 @@ pub trait ChannelStore: Send + Sync + std::fmt::Debug + 'static {
     /// [`checkpoint`]: ChannelStore::checkpoint
     fn wants_checkpoint(&self) -> bool;
     /// Replaces everything recorded so far with `record`, the channel's whole current state.
-    /// The write happens in the background; events recorded after this call follow it.
+    /// The write happens in the background; events recorded after this call follow it. While
+    /// an earlier checkpoint is still being installed the call may do nothing: the journal
+    /// keeps every event meanwhile, and `wants_checkpoint` asks again later.
     fn checkpoint(&self, record: ChannelRecord);
     /// Writes the buffered events (no checkpoint, no fsync); `now` is the time for [`lag`].
     ///

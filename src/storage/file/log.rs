@@ -316,17 +316,18 @@ impl FileLog {
 
     /// Writes every open channel store's buffered events: no checkpoint, no fsync, so that
     /// nothing slow delays any channel's writes. Failures are left to `flush_channels`.
-    pub(super) fn write_channels(&self, now: Instant) {
+    pub(super) fn write_channels(&self) {
         for store in self.channel_stores() {
-            let _ = store.write(now);
+            // The time of this write, not of the tick: it measures the store's lag.
+            let _ = store.write(Instant::now());
         }
     }
 
     /// Flushes every open channel store; failures are logged when they start and stop.
-    pub(super) fn flush_channels(&self, sync: bool, now: Instant) -> Result<(), StorageError> {
+    pub(super) fn flush_channels(&self, sync: bool) -> Result<(), StorageError> {
         let mut first_error = None;
         for store in self.channel_stores() {
-            if let Err(e) = store.flush(sync, now) {
+            if let Err(e) = store.flush(sync, Instant::now()) {
                 first_error.get_or_insert(e);
             }
         }
@@ -395,7 +396,7 @@ impl FileLog {
     /// Clean shutdown of this log: channel stores, data, index files, start, clean marker.
     pub(super) fn close(&self) -> Result<(), StorageError> {
         self.lock().closed.get_or_insert(Closed::Closed);
-        let channels = self.flush_channels(true, Instant::now());
+        let channels = self.flush_channels(true);
         self.sync_all()?;
         let (base, len, summary) = {
             let st = self.lock();
@@ -433,7 +434,7 @@ impl FileLog {
                 false
             }
         };
-        let _ = self.flush_channels(channel_sync, now);
+        let _ = self.flush_channels(channel_sync);
     }
 }
 

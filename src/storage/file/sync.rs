@@ -407,7 +407,7 @@ impl Ticker {
             // Every channel's events first: fsyncs and checkpoints come after, so that they
             // never delay another channel's writes.
             for log in &logs {
-                log.write_channels(now);
+                log.write_channels();
             }
             for log in logs {
                 log.tick(now);
