@@ -247,12 +247,12 @@ impl ChannelRecord {
 ///
 /// # Write deadline
 /// A recorded event is written (to the operating system, which keeps it across a process
-/// crash) within [`WRITE_WITHIN`] of being recorded while the broker runs: a flush thread
+/// crash) within [`WRITE_WITHIN`] of being recorded while the broker runs: a write thread
 /// calls [`write`] every few milliseconds, and [`record`] itself writes what is buffered
 /// when the oldest unwritten event is [`RECORD_WRITES_AFTER`] old. Every access to a
 /// channel's state ends with a `record` call, so a busy channel cannot fall behind however
-/// late the flush thread runs. Only a broker that gets no CPU at all can trail longer, and
-/// [`lag`] reports how far it does.
+/// late the write thread runs. Only a broker that gets no CPU at all (or whose writes the
+/// operating system holds up) can trail longer, and [`lag`] reports how far it does.
 ///
 /// [`write`]: ChannelStore::write
 /// [`record`]: ChannelStore::record
@@ -286,7 +286,7 @@ pub trait ChannelStore: Send + Sync + std::fmt::Debug + 'static {
 /// [`ChannelStore::record`] call.
 pub const RECORD_WRITES_AFTER: Duration = Duration::from_millis(5);
 /// The bound the broker states: a recorded event is written within this time while the
-/// broker runs (the flush thread ticks every 5 ms, and `record` enforces
+/// broker runs (the write thread writes every 2 ms, and `record` enforces
 /// [`RECORD_WRITES_AFTER`]).
 pub const WRITE_WITHIN: Duration = Duration::from_millis(10);
 

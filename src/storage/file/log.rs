@@ -418,7 +418,7 @@ impl FileLog {
     }
 
     /// Flushes the channel stores and syncs the log on the policy's schedule; called by the
-    /// flush thread every tick, after [`FileLog::write_channels`] for every log.
+    /// flush thread every tick.
     pub(super) fn tick(&self, now: Instant) {
         let channel_sync = match self.policy.fsync {
             FsyncPolicy::Always => true,
