@@ -284,9 +284,9 @@ pub trait ChannelStore: Send + Sync + std::fmt::Debug + 'static {
 
 /// Events recorded this long ago and not yet written are written by the next
 /// [`ChannelStore::record`] call.
-pub const RECORD_WRITES_AFTER: Duration = Duration::from_millis(5);
+pub const RECORD_WRITES_AFTER: Duration = Duration::from_millis(8);
 /// The bound the broker states: a recorded event is written within this time while the
-/// broker runs (the write thread writes every 2 ms, and `record` enforces
+/// broker runs (the write thread writes every 5 ms, and `record` enforces
 /// [`RECORD_WRITES_AFTER`]).
 pub const WRITE_WITHIN: Duration = Duration::from_millis(10);
 

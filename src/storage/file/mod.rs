@@ -90,7 +90,7 @@
 //! checkpoints, and fsync under `always`, every interval under `interval`, never under
 //! `never`), and about once a second applies retention and writes a moved start to
 //! `meta.json`. The `quiver-write` thread writes the channel stores' buffered events every
-//! 2 ms and does nothing else, so no fsync delays those writes.
+//! 5 ms and does nothing else, so no fsync delays those writes.
 //!
 //! # Reads
 //! The newest messages (up to `cache_bytes` of bodies and headers) are kept decoded, one

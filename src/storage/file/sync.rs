@@ -382,7 +382,7 @@ pub(super) const TICK: Duration = Duration::from_millis(5);
 /// How often the write thread writes the channel stores' buffered events: well inside
 /// [`RECORD_WRITES_AFTER`](crate::storage::RECORD_WRITES_AFTER), so that channels rarely
 /// have to write themselves.
-pub(super) const WRITE_TICK: Duration = Duration::from_millis(2);
+pub(super) const WRITE_TICK: Duration = Duration::from_millis(5);
 /// How often retention runs and a moved start is written to meta.json.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 

@@ -3,7 +3,7 @@
 //!
 //! [`FileChannelStore::record`] encodes events into memory. They are written (`write(2)`,
 //! which a process crash does not undo) by whichever comes first: the write thread's next
-//! `write` (every 2 ms), a `flush` (every 5 ms, and at shutdown), or the first `record` call
+//! `write` (every 5 ms), a `flush` (every 5 ms, and at shutdown), or the first `record` call
 //! that finds the oldest unwritten event [`RECORD_WRITES_AFTER`] old. Neither a checkpoint nor an fsync
 //! holds up a write: both run without the lock that writes take. Replaying the journal over
 //! the checkpoint with [`ChannelRecord::apply`] gives the state as of the last record
