@@ -656,6 +656,7 @@ async fn stats(args: StatsArgs) -> Result<()> {
         "DEAD",
         "MESSAGES",
         "CONSUMERS",
+        "STATE_LAG_MS",
     ]
     .map(String::from)];
     for t in &stats.topics {
@@ -677,6 +678,7 @@ async fn stats(args: StatsArgs) -> Result<()> {
             "-".into(),
             t.message_count.to_string(),
             "-".into(),
+            "-".into(),
         ]);
         for c in &t.channels {
             rows.push([
@@ -690,10 +692,11 @@ async fn stats(args: StatsArgs) -> Result<()> {
                 c.dead_lettered.to_string(),
                 c.message_count.to_string(),
                 c.consumers.len().to_string(),
+                format!("{}/{}", c.state_lag_ms, c.state_lag_max_ms),
             ]);
         }
     }
-    let widths: Vec<usize> = (0..10)
+    let widths: Vec<usize> = (0..11)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     for row in rows {

@@ -109,12 +109,20 @@ pub struct ChannelStats {
     pub dead_lettered: u64,
     /// Messages restored as unfinished when the broker started. After a crash, the
     /// duplicates on this channel are at most this plus the messages delivered in the last
-    /// flush interval (10 ms) before it.
+    /// 10 ms before it (see `state_lag_max_ms`).
     pub recovered: u64,
     /// Messages passed over: routed to other channels, or skipped by the channel's filters
     /// and samplers.
     #[serde(default)]
     pub skipped: u64,
+    /// How far the channel's saved state trails its state in memory, in milliseconds: the
+    /// age of the oldest change not yet written (0 when everything is written), and the
+    /// longest any change has waited since the broker started. A crash loses at most
+    /// changes this recent.
+    #[serde(default)]
+    pub state_lag_ms: u64,
+    #[serde(default)]
+    pub state_lag_max_ms: u64,
     /// 0 means unlimited.
     pub max_attempts: u16,
     pub consumers: Vec<ConsumerStats>,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ops::{Deref, DerefMut, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use super::lookahead::Lookahead;
 use super::stats::{ChannelStats, ConsumerStats, TopicStats};
 use super::{Broker, BrokerError};
 use crate::message::{ChannelName, StoredMessage, TopicName};
-use crate::storage::{ChannelStore, Durable, TopicLog, TopicMeta};
+use crate::storage::{ChannelStore, Durable, StateEvent, TopicLog, TopicMeta};
 
 /// Appends between two attempts to trim the log below every channel's ack floor.
 pub(super) const TRIM_EVERY: u64 = 1024;
@@ -241,8 +241,13 @@ impl Topic {
                     self.log.end()
                 };
                 let state = ChannelState::new(cursor, broker.config().max_attempts);
-                // Saved at once, so that replaying its journal starts from this cursor.
-                store.checkpoint(state.snapshot(now));
+                // Its start is its first events, so that its journal replays from this
+                // cursor even before a checkpoint is installed.
+                let mut start = vec![
+                    StateEvent::Empty(cursor),
+                    StateEvent::Options(state.options()),
+                ];
+                store.record(&mut start, now.mono);
                 state
             }
         };
@@ -451,6 +456,7 @@ impl Channel {
         let senders = self.senders();
         let state = self.state();
         let counters = state.counters();
+        let lag = self.store.lag(Instant::now());
         let mut consumers: Vec<ConsumerStats> = state
             .consumers()
             .map(|(id, c)| ConsumerStats {
@@ -479,14 +485,17 @@ impl Channel {
             dead_lettered: counters.dead_lettered,
             recovered: counters.recovered,
             skipped: counters.skipped,
+            state_lag_ms: lag.current.as_millis() as u64,
+            state_lag_max_ms: lag.max.as_millis() as u64,
             max_attempts: state.max_attempts,
             consumers,
         }
     }
 }
 
-/// A locked [`ChannelState`] that records its changes in the channel's store when dropped,
-/// and checkpoints the whole state when the store's journal has grown enough.
+/// A locked [`ChannelState`] that records its changes in the channel's store when dropped
+/// (which also writes older changes that are overdue), and checkpoints the whole state when
+/// the store's journal has grown enough.
 pub(super) struct StateGuard<'a> {
     state: MutexGuard<'a, ChannelState>,
     store: &'a dyn ChannelStore,
@@ -508,11 +517,11 @@ impl DerefMut for StateGuard<'_> {
 
 impl Drop for StateGuard<'_> {
     fn drop(&mut self) {
-        if self.state.events.is_empty() {
-            return;
-        }
-        self.store.record(&mut self.state.events);
-        if self.store.wants_checkpoint() {
+        // Also with no events: any access to the channel writes older events that are
+        // overdue, so that a busy channel never trails its saved state by much.
+        let had_events = !self.state.events.is_empty();
+        self.store.record(&mut self.state.events, Instant::now());
+        if had_events && self.store.wants_checkpoint() {
             let record = self.state.snapshot(Now::current());
             self.store.checkpoint(record);
         }

@@ -123,7 +123,7 @@ const TOPIC_METRICS: [TopicMetric; 14] = [
     ),
 ];
 
-const CHANNEL_METRICS: [ChannelMetric; 11] = [
+const CHANNEL_METRICS: [ChannelMetric; 13] = [
     (
         "quiver_channel_depth",
         Kind::Gauge,
@@ -189,6 +189,18 @@ const CHANNEL_METRICS: [ChannelMetric; 11] = [
         Kind::Counter,
         "Messages passed over: routed to other channels, or skipped by the channel's plugins.",
         |c| c.skipped,
+    ),
+    (
+        "quiver_channel_state_lag_ms",
+        Kind::Gauge,
+        "Age in milliseconds of the oldest change to the channel's state not yet written.",
+        |c| c.state_lag_ms,
+    ),
+    (
+        "quiver_channel_state_lag_max_ms",
+        Kind::Gauge,
+        "Longest a change to the channel's state waited to be written since start, in ms.",
+        |c| c.state_lag_max_ms,
     ),
 ];
 
@@ -429,6 +441,8 @@ mod tests {
                 channels: vec![ChannelStats {
                     name: "c".into(),
                     finished: 1,
+                    state_lag_ms: 4,
+                    state_lag_max_ms: 12,
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -439,6 +453,8 @@ mod tests {
         assert!(text.contains("# TYPE quiver_topic_messages_total counter\n"));
         assert!(text.contains("quiver_topic_messages_total{topic=\"t\"} 2\n"));
         assert!(text.contains("quiver_channel_finished_total{topic=\"t\",channel=\"c\"} 1\n"));
+        assert!(text.contains("# TYPE quiver_channel_state_lag_ms gauge\n"));
+        assert!(text.contains("quiver_channel_state_lag_max_ms{topic=\"t\",channel=\"c\"} 12\n"));
         let families = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         // Uptime, authentication failures and denials, then the per-topic and per-channel ones.
         assert_eq!(families, 3 + TOPIC_METRICS.len() + CHANNEL_METRICS.len());

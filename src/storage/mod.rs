@@ -22,9 +22,10 @@
 //! - Offsets increase by one per message. A corrupt record leaves a gap: reads skip it.
 //!   [`TopicLog::trim`] and retention only drop whole prefixes; reads below
 //!   [`TopicLog::start`] return nothing.
-//! - Channel state ([`ChannelStore`]) is written within one flush interval of the change
-//!   (10 ms) and fsynced on the topic's policy. It errs only toward redelivery: a lost record
-//!   can bring back a message that was finished, never drop one that was not.
+//! - Channel state ([`ChannelStore`]) is written within [`WRITE_WITHIN`] (10 ms) of the
+//!   change while the broker runs, whoever's thread does it (see the store's write
+//!   deadline), and fsynced on the topic's policy. It errs only toward redelivery: a lost
+//!   record can bring back a message that was finished, never drop one that was not.
 
 pub mod file;
 pub mod journal;
@@ -40,6 +41,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::message::{ChannelName, StoredMessage, TopicName};
 
@@ -242,19 +244,60 @@ impl ChannelRecord {
 }
 
 /// A channel's durable state: a journal of [`StateEvent`]s since the last checkpoint.
+///
+/// # Write deadline
+/// A recorded event is written (to the operating system, which keeps it across a process
+/// crash) within [`WRITE_WITHIN`] of being recorded while the broker runs: a write thread
+/// calls [`write`] every few milliseconds, and [`record`] itself writes what is buffered
+/// when the oldest unwritten event is [`RECORD_WRITES_AFTER`] old. Every access to a
+/// channel's state ends with a `record` call, so a busy channel cannot fall behind however
+/// late the write thread runs. Only a broker that gets no CPU at all (or whose writes the
+/// operating system holds up) can trail longer, and [`lag`] reports how far it does.
+///
+/// [`write`]: ChannelStore::write
+/// [`record`]: ChannelStore::record
+/// [`lag`]: ChannelStore::lag
 pub trait ChannelStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Buffers `events` (draining the vector); they are written within the flush interval.
-    fn record(&self, events: &mut Vec<StateEvent>);
+    /// Buffers `events` (draining the vector), recorded at `now`. If the oldest event not yet
+    /// written was recorded [`RECORD_WRITES_AFTER`] or longer before `now`, writes what is
+    /// buffered before returning. May be called with no events, to enforce that deadline.
+    fn record(&self, events: &mut Vec<StateEvent>, now: Instant);
     /// True when the journal has grown enough that the caller should call [`checkpoint`]
     /// with the channel's current state.
     ///
     /// [`checkpoint`]: ChannelStore::checkpoint
     fn wants_checkpoint(&self) -> bool;
     /// Replaces everything recorded so far with `record`, the channel's whole current state.
-    /// The write happens in the background; events recorded after this call follow it.
+    /// The write happens in the background; events recorded after this call follow it. While
+    /// an earlier checkpoint is still being installed the call may do nothing: the journal
+    /// keeps every event meanwhile, and `wants_checkpoint` asks again later.
     fn checkpoint(&self, record: ChannelRecord);
-    /// Writes what is buffered now, fsyncing if `sync`.
-    fn flush(&self, sync: bool) -> Result<(), StorageError>;
+    /// Writes the buffered events (no checkpoint, no fsync); `now` is the time for [`lag`].
+    ///
+    /// [`lag`]: ChannelStore::lag
+    fn write(&self, now: Instant) -> Result<(), StorageError>;
+    /// Writes what is buffered now and any checkpoint asked for, fsyncing if `sync`.
+    fn flush(&self, sync: bool, now: Instant) -> Result<(), StorageError>;
+    /// How far the written state trails the recorded one at `now`.
+    fn lag(&self, now: Instant) -> StateLag;
+}
+
+/// Events recorded this long ago and not yet written are written by the next
+/// [`ChannelStore::record`] call.
+pub const RECORD_WRITES_AFTER: Duration = Duration::from_millis(8);
+/// The bound the broker states: a recorded event is written within this time while the
+/// broker runs (the write thread writes every 5 ms, and `record` enforces
+/// [`RECORD_WRITES_AFTER`]).
+pub const WRITE_WITHIN: Duration = Duration::from_millis(10);
+
+/// How far a channel's written state trails its recorded (in-memory) state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateLag {
+    /// Age of the oldest event not yet written; zero when everything is written.
+    pub current: Duration,
+    /// The longest any event has waited to be written since the store was opened, the
+    /// current one included.
+    pub max: Duration,
 }
 
 /// A channel store that keeps nothing: for `#ephemeral` channels and the memory log.
@@ -262,7 +305,7 @@ pub trait ChannelStore: Send + Sync + std::fmt::Debug + 'static {
 pub struct NoChannelStore;
 
 impl ChannelStore for NoChannelStore {
-    fn record(&self, events: &mut Vec<StateEvent>) {
+    fn record(&self, events: &mut Vec<StateEvent>, _now: Instant) {
         events.clear();
     }
 
@@ -272,7 +315,15 @@ impl ChannelStore for NoChannelStore {
 
     fn checkpoint(&self, _record: ChannelRecord) {}
 
-    fn flush(&self, _sync: bool) -> Result<(), StorageError> {
+    fn write(&self, _now: Instant) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    fn flush(&self, _sync: bool, _now: Instant) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn lag(&self, _now: Instant) -> StateLag {
+        StateLag::default()
     }
 }

@@ -124,12 +124,16 @@ async fn consumer_close_requeues_what_it_did_not_start() {
         concurrency: 1,
         ..ConsumerConfig::default()
     };
+    let (started, mut handling) = tokio::sync::mpsc::unbounded_channel();
     let run = tokio::spawn({
         let (client, stop) = (client.clone(), stop.clone());
         async move {
-            let handler = |_d| async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                Ok::<(), String>(())
+            let handler = move |_d| {
+                let _ = started.send(());
+                async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<(), String>(())
+                }
             };
             consumer::run(
                 &client,
@@ -142,7 +146,11 @@ async fn consumer_close_requeues_what_it_did_not_start() {
             .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    // Stop once a handler has started: it finishes; what was not started is requeued.
+    tokio::time::timeout(SOON, handling.recv())
+        .await
+        .expect("a handler started")
+        .unwrap();
     stop.cancel();
     let summary = run.await.unwrap().unwrap();
     assert!(summary.finished >= 1);

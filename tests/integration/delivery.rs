@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use quiver::client::SubEvent;
 use quiver::message::NewMessage;
 use quiver::protocol::ErrorCode;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -33,22 +34,28 @@ async fn fan_out_copies_every_message_to_every_channel() {
 #[tokio::test]
 async fn three_consumers_share_ten_thousand_messages_without_duplicates() {
     let broker = TestBroker::start().await;
+    let done = CancellationToken::new();
     let mut tasks = Vec::new();
     for _ in 0..3 {
         let client = broker.client().await;
         let mut sub = subscribe(&client, "share", "c", None).await;
         sub.rdy(100).await.unwrap();
+        let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             let mut errors = 0;
             loop {
-                match tokio::time::timeout(Duration::from_millis(1500), sub.next_event()).await {
-                    Ok(Some(SubEvent::Message(d))) => {
+                let event = tokio::select! {
+                    event = sub.next_event() => event,
+                    _ = done.cancelled() => break,
+                };
+                match event {
+                    Some(SubEvent::Message(d)) => {
                         sub.fin(d.id).await.unwrap();
                         ids.push(d.id);
                     }
-                    Ok(Some(SubEvent::Error(_))) => errors += 1,
-                    _ => break,
+                    Some(SubEvent::Error(_)) => errors += 1,
+                    other => panic!("subscription ended: {other:?}"),
                 }
             }
             drop(client);
@@ -57,6 +64,12 @@ async fn three_consumers_share_ten_thousand_messages_without_duplicates() {
     }
     let client = broker.client().await;
     publish(&client, "share", (0..10_000).map(|i| i.to_string())).await;
+    // Every message finished and nothing left: the consumers have seen all they will.
+    wait_for_channel(&client, "share", "c", "10 000 finished", |c| {
+        c.finished == 10_000 && settled(c)
+    })
+    .await;
+    done.cancel();
     let mut all = HashSet::new();
     for task in tasks {
         let (ids, errors) = task.await.unwrap();
@@ -105,11 +118,12 @@ async fn message_past_its_deadline_is_redelivered() {
     let client = broker.client().await;
     let mut sub = subscribe(&client, "deadline", "c", Some(Duration::from_secs(1))).await;
     sub.rdy(10).await.unwrap();
+    // Taken before the publish, so before the delivery that starts the deadline.
+    let published = Instant::now();
     publish(&client, "deadline", ["x".to_string()]).await;
     let first = next_message(&mut sub, SOON).await;
-    let delivered_at = Instant::now();
     let again = next_message(&mut sub, SOON).await;
-    assert!(delivered_at.elapsed() >= Duration::from_millis(950));
+    assert!(published.elapsed() >= Duration::from_secs(1));
     assert_eq!((again.id, again.attempts), (first.id, 2));
     let stats = broker
         .broker()
@@ -128,26 +142,32 @@ async fn message_past_its_deadline_is_redelivered() {
 
 #[tokio::test]
 async fn touch_keeps_a_message_past_its_original_deadline() {
+    // `x` and `y` are delivered with the same timeout; only `x` is touched, halfway. The
+    // margins (half the timeout each way) absorb a late test or a late timer.
+    let timeout = Duration::from_secs(6);
     let broker = TestBroker::start().await;
     let client = broker.client().await;
-    let mut sub = subscribe(&client, "touch", "c", Some(Duration::from_secs(1))).await;
+    let mut sub = subscribe(&client, "touch", "c", Some(timeout)).await;
     sub.rdy(10).await.unwrap();
-    publish(&client, "touch", ["x".to_string()]).await;
-    let d = next_message(&mut sub, SOON).await;
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        sub.touch(d.id).await.unwrap();
-    }
-    // 1.8 s after delivery, well past the original 1 s deadline: still ours.
-    expect_silence(&mut sub, Duration::from_millis(300)).await;
-    sub.fin(d.id).await.unwrap();
-    expect_silence(&mut sub, Duration::from_millis(1200)).await;
-    let stats = broker
-        .broker()
-        .stats(&quiver::broker::Principal::internal(), None)
-        .unwrap();
-    let c = stats.topic("touch").unwrap().channel("c").unwrap();
-    assert_eq!((c.finished, c.timed_out), (1, 0));
+    publish(&client, "touch", ["x".to_string(), "y".to_string()]).await;
+    let x = next_message(&mut sub, SOON).await;
+    let y = next_message(&mut sub, SOON).await;
+    assert_eq!((body(&x), body(&y)), ("x".to_string(), "y".to_string()));
+    tokio::time::sleep(timeout / 2).await;
+    sub.touch(x.id).await.unwrap();
+    // `y` times out first: the timer has passed `x`'s original deadline (which is no later
+    // than `y`'s), and `x` is still ours.
+    let again = next_message(&mut sub, SOON).await;
+    assert_eq!((again.id, again.attempts), (y.id, 2));
+    let c = channel_stats(&client, "touch", "c").await.unwrap();
+    assert_eq!((c.timed_out, c.in_flight), (1, 2));
+    sub.fin(x.id).await.unwrap();
+    sub.fin(again.id).await.unwrap();
+    let c = wait_for_channel(&client, "touch", "c", "both finished", |c| {
+        c.finished == 2 && settled(c)
+    })
+    .await;
+    assert_eq!(c.timed_out, 1);
 }
 
 #[tokio::test]
@@ -164,47 +184,53 @@ async fn dropped_connection_hands_its_in_flight_messages_to_another_consumer_at_
     }
     let mut b = subscribe(&publisher, "drop", "c", None).await;
     b.rdy(10).await.unwrap();
-    expect_silence(&mut b, Duration::from_millis(200)).await;
+    // `b` has credit, but everything is in flight to `a`.
+    wait_for_channel(&publisher, "drop", "c", "b's credit", |c| {
+        c.consumers.iter().any(|k| k.rdy == 10) && c.in_flight == 5 && c.depth == 0
+    })
+    .await;
     doomed.close().await;
-    let started = Instant::now();
     for _ in 0..5 {
         let d = next_message(&mut b, SOON).await;
         assert!(held.remove(&d.id));
         assert_eq!(d.attempts, 2);
     }
     // The default 60 s timeout played no part.
-    assert!(started.elapsed() < Duration::from_secs(2));
+    let c = channel_stats(&publisher, "drop", "c").await.unwrap();
+    assert_eq!(c.timed_out, 0);
 }
 
 #[tokio::test]
 async fn rdy_zero_stops_delivery_and_rdy_n_caps_in_flight() {
     let broker = TestBroker::start().await;
     let client = broker.client().await;
+    // The broker counts what it delivers in `in_flight` before sending it, so its stats
+    // show what it has sent: each check waits for proof that the broker handled the last
+    // command, then reads what was delivered.
     let mut sub = subscribe(&client, "rdy", "c", None).await;
     publish(&client, "rdy", (0..10).map(|i| i.to_string())).await;
-    expect_silence(&mut sub, Duration::from_millis(300)).await;
+    wait_for_channel(&client, "rdy", "c", "10 held at RDY 0", |c| {
+        c.depth == 10 && c.in_flight == 0 && c.consumers.len() == 1
+    })
+    .await;
     sub.rdy(3).await.unwrap();
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(next_message(&mut sub, SOON).await);
     }
-    expect_silence(&mut sub, Duration::from_millis(300)).await;
-    let stats = broker
-        .broker()
-        .stats(&quiver::broker::Principal::internal(), None)
-        .unwrap();
-    assert_eq!(
-        stats.topic("rdy").unwrap().channel("c").unwrap().in_flight,
-        3
-    );
+    let c = channel_stats(&client, "rdy", "c").await.unwrap();
+    assert_eq!((c.in_flight, c.depth, c.consumers[0].rdy), (3, 7, 3));
     sub.fin(held[0].id).await.unwrap();
-    next_message(&mut sub, SOON).await;
-    expect_silence(&mut sub, Duration::from_millis(300)).await;
+    held[0] = next_message(&mut sub, SOON).await;
+    let c = wait_for_channel(&client, "rdy", "c", "the FIN", |c| c.finished == 1).await;
+    assert_eq!((c.in_flight, c.depth), (3, 6));
+    // RDY 0 is handled before the FINs after it: they free no credit.
     sub.rdy(0).await.unwrap();
     for d in &held[1..] {
         sub.fin(d.id).await.unwrap();
     }
-    expect_silence(&mut sub, Duration::from_millis(300)).await;
+    let c = wait_for_channel(&client, "rdy", "c", "the FINs", |c| c.finished == 3).await;
+    assert_eq!((c.in_flight, c.depth, c.consumers[0].rdy), (1, 6, 0));
 }
 
 #[tokio::test]
@@ -237,8 +263,10 @@ async fn message_past_max_attempts_moves_to_the_dead_letter_topic_with_reasons()
         assert_eq!(d.attempts, attempt);
         sub.req(d.id, Duration::ZERO).await.unwrap();
     }
-    expect_silence(&mut sub, Duration::from_millis(300)).await;
     let d = next_message(&mut dead, SOON).await;
+    // Dead-lettered, so not delivered a third time: the channel holds nothing.
+    let c = wait_for_channel(&client, "orders", "c", "the dead letter settled", settled).await;
+    assert_eq!(c.dead_lettered, 1);
     assert_eq!(body(&d), "poison");
     assert_eq!(d.headers.get("k"), Some("v"));
     assert_eq!(d.headers.get("quiver-dead-reason"), Some("requeue"));
@@ -283,8 +311,9 @@ async fn deferred_publish_is_not_delivered_before_its_delay() {
     assert_eq!(body(&next_message(&mut sub, SOON).await), "now");
     let later = next_message(&mut sub, SOON).await;
     assert_eq!(body(&later), "later");
+    // Due times are wall-clock milliseconds: allow for the rounding.
     assert!(
-        sent.elapsed() >= Duration::from_millis(800),
+        sent.elapsed() >= Duration::from_millis(790),
         "delivered after {:?}",
         sent.elapsed()
     );
@@ -307,8 +336,11 @@ async fn ephemeral_channel_is_gone_after_its_last_consumer_leaves() {
     };
     assert!(has_channel());
     drop(a);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(has_channel(), "one consumer is left");
+    // Once the broker has seen `a` leave, the channel is still there for `b`.
+    wait_for_channel(&client, "eph", "tail#ephemeral", "one consumer left", |c| {
+        c.consumers.len() == 1
+    })
+    .await;
     drop(b);
     eventually("ephemeral channel deleted", || !has_channel()).await;
 }
@@ -324,8 +356,14 @@ async fn cls_drains_in_flight_messages_then_closes() {
     let b = next_message(&mut sub, SOON).await;
     sub.cls().await.unwrap();
     sub.fin(a.id).await.unwrap();
-    expect_silence(&mut sub, Duration::from_millis(200)).await;
+    // After CLS nothing new is delivered, and the stream stays open while `b` is in flight.
+    let c = wait_for_channel(&client, "cls", "c", "the FIN after CLS", |c| {
+        c.finished == 1
+    })
+    .await;
+    assert_eq!((c.in_flight, c.depth), (1, 3));
     sub.fin(b.id).await.unwrap();
+    // Nothing came between: the next event is the close.
     assert_eq!(next_event(&mut sub, SOON).await, Some(SubEvent::Closed));
     let stats = broker
         .broker()
@@ -374,11 +412,9 @@ async fn paused_channel_holds_messages_until_unpaused() {
     };
     client.admin(admin).await.unwrap();
     publish(&client, "pause", ["held".to_string()]).await;
-    expect_silence(&mut sub, Duration::from_millis(300)).await;
-    let stats = client.stats(Some(&topic("pause"))).await.unwrap();
-    let c = stats.topic("pause").unwrap().channel("c").unwrap();
+    let c = channel_stats(&client, "pause", "c").await.unwrap();
     assert!(c.paused);
-    assert_eq!(c.depth, 1);
+    assert_eq!((c.depth, c.in_flight), (1, 0), "held, not delivered");
     let admin = quiver::protocol::AdminRequest::Channel {
         op: quiver::protocol::AdminOp::Unpause,
         topic: topic("pause"),

@@ -115,7 +115,7 @@ async fn curl_publishes_reach_a_quic_consumer_in_order() {
     sub.rdy(100).await.unwrap();
     let mut bodies = Vec::new();
     for _ in 0..6 {
-        let delivery = next_message(&mut sub, Duration::from_secs(5)).await;
+        let delivery = next_message(&mut sub, SOON).await;
         assert!(delivery.headers.is_empty(), "NSQ messages carry no headers");
         assert_eq!(delivery.attempts, 1);
         bodies.push(delivery.body.to_vec());
@@ -130,18 +130,15 @@ async fn curl_publishes_reach_a_quic_consumer_in_order() {
         b"\x00\xffsixth",
     ];
     assert_eq!(bodies, expected);
-    expect_silence(&mut sub, Duration::from_millis(200)).await;
 
-    // The counts show in nsqd's stats once the FINs are in.
-    let mut channel = Value::Null;
-    for _ in 0..100 {
-        let stats = get(addr, "/stats?format=json&topic=orders").await.json();
-        channel = stats["topics"][0]["channels"][0].clone();
-        if channel["in_flight_count"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The counts show in nsqd's stats once the FINs are in; nothing else is left.
+    let stats = poll_json(
+        "the FINs",
+        || get(addr, "/stats?format=json&topic=orders"),
+        |s| s["topics"][0]["channels"][0]["clients"][0]["finish_count"] == 6,
+    )
+    .await;
+    let channel = &stats["topics"][0]["channels"][0];
     assert_eq!(channel["channel_name"], "c");
     assert_eq!(channel["message_count"], 6);
     assert_eq!(
@@ -155,6 +152,7 @@ async fn curl_publishes_reach_a_quic_consumer_in_order() {
 #[tokio::test]
 async fn deferred_publish_waits_before_delivery() {
     let (serve, addr, _dir) = serve();
+    let sent = std::time::Instant::now();
     assert_eq!(
         post(addr, "/pub?topic=later&defer=800", b"x").await.status,
         200
@@ -162,11 +160,37 @@ async fn deferred_publish_waits_before_delivery() {
     let client = Client::connect(&serve.options()).await.unwrap();
     let mut sub = subscribe(&client, "later", "c", None).await;
     sub.rdy(1).await.unwrap();
-    expect_silence(&mut sub, Duration::from_millis(300)).await;
-    let delivery = next_message(&mut sub, Duration::from_secs(5)).await;
+    let delivery = next_message(&mut sub, SOON).await;
     assert_eq!(body(&delivery), "x");
+    // Due times are wall-clock milliseconds: allow for the rounding.
+    assert!(
+        sent.elapsed() >= Duration::from_millis(790),
+        "delivered {:?} after the publish",
+        sent.elapsed()
+    );
     let too_late = post(addr, "/pub?topic=later&defer=3600001", b"x").await;
     assert_eq!(too_late.error(), (400, "INVALID_DEFER".into()));
+}
+
+/// Fetches until `ready` holds for the JSON reply, and returns it; fails after [`DEADLINE`]
+/// with the last reply.
+async fn poll_json<F: std::future::Future<Output = Reply>>(
+    what: &str,
+    mut fetch: impl FnMut() -> F,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let began = std::time::Instant::now();
+    loop {
+        let value = fetch().await.json();
+        if ready(&value) {
+            return value;
+        }
+        assert!(
+            began.elapsed() < DEADLINE,
+            "no {what} within {DEADLINE:?}: {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A JSON type check.
@@ -200,16 +224,12 @@ async fn stats_json_has_nsqd_1_3_shape() {
 
     // nsqd 1.0+ never wraps in {"status_code","data"}, whatever the Accept header says.
     let accept = ["-H", "Accept: application/vnd.nsq; version=1.0"];
-    let mut stats = Value::Null;
-    for _ in 0..100 {
-        stats = curl(addr, "GET", "/stats?format=json", None, &accept)
-            .await
-            .json();
-        if stats["topics"][0]["channels"][0]["in_flight_count"] == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stats = poll_json(
+        "3 in flight",
+        || curl(addr, "GET", "/stats?format=json", None, &accept),
+        |s| s["topics"][0]["channels"][0]["in_flight_count"] == 3,
+    )
+    .await;
     let (string, number, boolean): (Is, Is, Is) =
         (Value::is_string, Value::is_u64, Value::is_boolean);
     let (array, object, signed): (Is, Is, Is) = (Value::is_array, Value::is_object, Value::is_i64);
@@ -372,13 +392,17 @@ async fn topic_and_channel_administration_over_curl() {
     let client = Client::connect(&serve.options()).await.unwrap();
     let mut sub = subscribe(&client, "admin", "c", None).await;
     sub.rdy(1).await.unwrap();
-    expect_silence(&mut sub, Duration::from_millis(300)).await;
     let stats = get(addr, "/stats?format=json&topic=admin&channel=c")
         .await
         .json();
-    assert_eq!(stats["topics"][0]["channels"][0]["paused"], true);
+    let held = &stats["topics"][0]["channels"][0];
+    assert_eq!(held["paused"], true);
+    assert_eq!(
+        (&held["depth"], &held["in_flight_count"]),
+        (&1.into(), &0.into())
+    );
     ok(post(addr, "/channel/unpause?topic=admin&channel=c", b"").await);
-    let delivery = next_message(&mut sub, Duration::from_secs(5)).await;
+    let delivery = next_message(&mut sub, SOON).await;
     assert_eq!(body(&delivery), "held");
     sub.fin(delivery.id).await.unwrap();
 

@@ -16,7 +16,7 @@ use tokio_nsq::{
     NSQProducer, NSQProducerConfig, NSQRequeueDelay, NSQTopic,
 };
 
-use super::support::{eventually, topic, SOON};
+use super::support::{eventually, topic, DEADLINE, SOON};
 
 /// A broker with its NSQ TCP listener on 127.0.0.1:0 and a temp data directory.
 #[allow(dead_code)]
@@ -119,10 +119,13 @@ pub async fn next(consumer: &mut NSQConsumer, within: Duration) -> NSQMessage {
         .expect("consumer open")
 }
 
-pub async fn silence(consumer: &mut NSQConsumer, quiet: Duration) {
-    if let Ok(m) = timeout(quiet, consumer.consume_filtered()).await {
-        panic!("expected no message for {quiet:?}, got {m:?}");
-    }
+/// Publishes a marker to `t` and asserts that it is the next message `consumer` gets (and
+/// FINs it): nothing else was delivered before it.
+pub async fn next_is_marker(producer: &mut NSQProducer, consumer: &mut NSQConsumer, t: &str) {
+    publish(producer, t, "marker").await;
+    let m = next(consumer, SOON).await;
+    assert_eq!(text(&m), "marker", "attempt {}", m.attempt);
+    m.finish().await;
 }
 
 fn text(m: &NSQMessage) -> String {
@@ -131,17 +134,25 @@ fn text(m: &NSQMessage) -> String {
 
 /// Waits until the channel has nothing ready or in flight, and `finished` messages done.
 async fn drained(broker: &Broker, t: &str, finished: u64) {
-    eventually("the channel to be drained", || {
-        let Ok(stats) = broker.stats(&quiver::broker::Principal::internal(), Some(&topic(t)))
-        else {
-            return false;
-        };
-        stats.topics[0]
-            .channels
-            .iter()
-            .all(|c| c.depth == 0 && c.in_flight == 0 && c.deferred == 0 && c.finished >= finished)
-    })
-    .await;
+    eventually("drained channel", || is_drained(broker, t, finished)).await;
+}
+
+fn is_drained(broker: &Broker, t: &str, finished: u64) -> bool {
+    let Ok(stats) = broker.stats(&quiver::broker::Principal::internal(), Some(&topic(t))) else {
+        return false;
+    };
+    stats.topics[0]
+        .channels
+        .iter()
+        .all(|c| c.depth == 0 && c.in_flight == 0 && c.deferred == 0 && c.finished >= finished)
+}
+
+/// The stats of the only channel of `t`.
+fn channel_of(broker: &Broker, t: &str) -> quiver::broker::ChannelStats {
+    let stats = broker
+        .stats(&quiver::broker::Principal::internal(), Some(&topic(t)))
+        .unwrap();
+    stats.topics[0].channels[0].clone()
 }
 
 #[tokio::test]
@@ -162,7 +173,7 @@ async fn nsq_client_publishes_and_consumes_with_fin() {
     }
     assert_eq!(seen, ["order-0", "order-1", "order-2"]);
     drained(broker.broker(), "orders", 3).await;
-    silence(&mut consumer, Duration::from_millis(300)).await;
+    next_is_marker(&mut producer, &mut consumer, "orders").await;
 }
 
 #[tokio::test]
@@ -214,10 +225,11 @@ async fn req_redelivers_with_one_more_attempt() {
         (text(&second), second.attempt, second.id),
         ("retry me".into(), 2, id)
     );
+    // Taken before the REQ is sent, so before the broker starts its delay.
+    let requeued = Instant::now();
     second
         .requeue(NSQRequeueDelay::CustomDelay(Duration::from_millis(800)))
         .await;
-    let requeued = Instant::now();
     let third = next(&mut consumer, SOON).await;
     assert_eq!(third.attempt, 3);
     assert!(requeued.elapsed() >= Duration::from_millis(700));
@@ -230,36 +242,53 @@ async fn a_message_not_finished_in_time_is_delivered_again() {
     let broker = NsqBroker::start_with(|c| c.broker.msg_timeout = Duration::from_secs(1)).await;
     let mut consumer = consumer(broker.nsq, "slow", "c", NSQConfigShared::new());
     let mut producer = producer(broker.nsq, NSQConfigShared::new()).await;
+    // Taken before the publish, so before the delivery that starts the deadline.
+    let published = Instant::now();
     publish(&mut producer, "slow", "late").await;
     // Held, neither finished nor requeued: it times out in the broker.
     let held = next(&mut consumer, SOON).await;
-    let delivered = Instant::now();
     let again = next(&mut consumer, SOON).await;
-    assert!(delivered.elapsed() >= Duration::from_millis(900));
+    assert!(published.elapsed() >= Duration::from_secs(1));
     assert_eq!((text(&again), again.attempt), ("late".into(), 2));
     again.finish().await;
     // The first copy's FIN or REQ would come too late and get E_FIN_FAILED (not fatal; the
     // raw tests check it), which tokio-nsq mistakes for a fatal error: keep it unanswered.
     std::mem::forget(held);
     drained(broker.broker(), "slow", 1).await;
-    silence(&mut consumer, Duration::from_millis(300)).await;
+    next_is_marker(&mut producer, &mut consumer, "slow").await;
 }
 
 #[tokio::test]
 async fn touch_keeps_a_message_in_flight_past_its_timeout() {
-    let broker = NsqBroker::start_with(|c| c.broker.msg_timeout = Duration::from_secs(1)).await;
+    // `work` and `idle` are delivered together; only `work` is touched, halfway. The margins
+    // (half the timeout each way) absorb a late test or a late timer.
+    let timeout = Duration::from_secs(6);
+    let broker = NsqBroker::start_with(|c| c.broker.msg_timeout = timeout).await;
     let mut consumer = consumer(broker.nsq, "long", "c", NSQConfigShared::new());
     let mut producer = producer(broker.nsq, NSQConfigShared::new()).await;
-    publish(&mut producer, "long", "work").await;
-    let m = next(&mut consumer, SOON).await;
-    // 2.5 s of work, touched every 400 ms, with a 1 s timeout.
-    for _ in 0..6 {
-        m.touch().await;
-        silence(&mut consumer, Duration::from_millis(400)).await;
-    }
-    m.finish().await;
-    silence(&mut consumer, Duration::from_millis(1500)).await;
-    drained(broker.broker(), "long", 1).await;
+    let bodies = vec![b"work".to_vec(), b"idle".to_vec()];
+    producer
+        .publish_multiple(&nsq_topic("long"), bodies)
+        .await
+        .unwrap();
+    acked(&mut producer).await;
+    let work = next(&mut consumer, SOON).await;
+    let idle = next(&mut consumer, SOON).await;
+    assert_eq!((text(&work), text(&idle)), ("work".into(), "idle".into()));
+    tokio::time::sleep(timeout / 2).await;
+    work.touch().await;
+    // `idle` times out first: the timer has passed `work`'s original deadline, and `work`
+    // is still in flight.
+    let again = next(&mut consumer, SOON).await;
+    assert_eq!((text(&again), again.attempt), ("idle".into(), 2));
+    let c = channel_of(broker.broker(), "long");
+    assert_eq!((c.timed_out, c.in_flight), (1, 2));
+    work.finish().await;
+    again.finish().await;
+    // The first copy of `idle` is stale: answering it would get E_FIN_FAILED.
+    std::mem::forget(idle);
+    drained(broker.broker(), "long", 2).await;
+    assert_eq!(channel_of(broker.broker(), "long").timed_out, 1);
 }
 
 #[tokio::test]
@@ -269,20 +298,24 @@ async fn heartbeats_keep_idle_nsq_clients_connected() {
     let mut producer = producer(broker.nsq, NSQConfigShared::new()).await;
     publish(&mut producer, "idle", "before").await;
     next(&mut consumer, SOON).await.finish().await;
-    // Idle for 3.5 heartbeat intervals: the clients answer each heartbeat with NOP, so the
-    // broker keeps both connections (it closes after two missed).
-    let idle_until = Instant::now() + Duration::from_millis(3500);
-    while Instant::now() < idle_until {
-        match timeout(Duration::from_millis(100), consumer.consume()).await {
+    // Idle for 3.5 heartbeat intervals (the subject of the test, not a wait for something):
+    // the clients answer each heartbeat with NOP, so the broker keeps both connections (it
+    // closes after two missed).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    publish(&mut producer, "idle", "after").await;
+    // What the consumer saw meanwhile comes before `after`: no drop, no other message.
+    loop {
+        match timeout(SOON, consumer.consume()).await {
+            Ok(Some(NSQEvent::Message(m))) => {
+                assert_eq!(text(&m), "after");
+                m.finish().await;
+                return;
+            }
             Ok(Some(NSQEvent::Unhealthy())) => panic!("the consumer's connection dropped"),
-            Ok(Some(NSQEvent::Message(m))) => panic!("unexpected {m:?}"),
-            _ => {}
+            Ok(Some(_)) => {}
+            other => panic!("expected `after`, got {other:?}"),
         }
     }
-    publish(&mut producer, "idle", "after").await;
-    let m = next(&mut consumer, SOON).await;
-    assert_eq!(text(&m), "after");
-    m.finish().await;
 }
 
 fn tls() -> NSQConfigSharedTLS {
@@ -351,15 +384,28 @@ async fn sample_rate_delivers_a_share_and_finishes_the_rest() {
         .await
         .unwrap();
     acked(&mut producer).await;
+    // Until the broker has finished all 400: the delivered ones by the client's FIN, the
+    // rest at once.
+    let began = Instant::now();
     let mut delivered = 0;
-    while let Ok(Some(m)) = timeout(Duration::from_millis(700), sampled.consume_filtered()).await {
-        delivered += 1;
-        m.finish().await;
+    let mut check = tokio::time::interval(Duration::from_millis(20));
+    while !is_drained(broker.broker(), "sampled", 400) {
+        tokio::select! {
+            m = sampled.consume_filtered() => {
+                delivered += 1;
+                m.expect("consumer open").finish().await;
+            }
+            _ = check.tick() => assert!(
+                began.elapsed() < DEADLINE,
+                "{delivered} delivered; not drained within {DEADLINE:?}: {:?}",
+                channel_of(broker.broker(), "sampled")
+            ),
+        }
     }
     // About 31% (nsqd keeps a draw of 0..=30 out of 0..100); the rest is skipped, not kept.
     assert!(
         (60..=200).contains(&delivered),
         "{delivered} of 400 delivered"
     );
-    drained(broker.broker(), "sampled", 400).await;
+    assert_eq!(channel_of(broker.broker(), "sampled").finished, 400);
 }

@@ -1,13 +1,11 @@
 //! NSQ and QUIC clients on the same topics and channels, and shutdown with NSQ clients.
 
-use std::time::Duration;
-
 use quiver::client::Client;
 use quiver::message::NewMessage;
 use tokio::io::AsyncReadExt;
 use tokio_nsq::NSQConfigShared;
 
-use super::nsq_tcp::{consumer, next, producer, publish, silence, NsqBroker};
+use super::nsq_tcp::{consumer, next, producer, publish, NsqBroker};
 use super::support::{body, eventually, next_message, subscribe, topic, SOON};
 
 #[tokio::test]
@@ -23,7 +21,12 @@ async fn quic_publisher_and_nsq_consumer_share_a_channel() {
     assert_eq!(m.body, b"from quic");
     assert_eq!(m.attempt, 1);
     m.finish().await;
-    silence(&mut nsq, Duration::from_millis(300)).await;
+    // Not delivered again: a later message is the next one.
+    let marker = NewMessage::new("marker");
+    producer.publish(&topic("mixed"), marker).await.unwrap();
+    let m = next(&mut nsq, SOON).await;
+    assert_eq!(m.body, b"marker");
+    m.finish().await;
 }
 
 #[tokio::test]
@@ -89,7 +92,20 @@ async fn nsq_and_quic_consumers_of_one_channel_get_each_message_once() {
         (0..200).collect::<Vec<u32>>(),
         "each message once, to one of the two"
     );
-    silence(&mut nsq, Duration::from_millis(300)).await;
+    // And nothing more: every message finished once, none left in flight or ready.
+    eventually("200 finished", || {
+        broker
+            .broker()
+            .stats(
+                &quiver::broker::Principal::internal(),
+                Some(&topic("split")),
+            )
+            .is_ok_and(|s| {
+                let c = &s.topics[0].channels[0];
+                c.finished == 200 && c.in_flight == 0 && c.depth == 0
+            })
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -117,7 +133,7 @@ async fn shutdown_closes_nsq_connections_and_requeues_their_messages() {
         .unwrap();
     assert_eq!(stats.topics[0].channels[0].in_flight, 1);
     let broker_handle = broker.broker().clone();
-    tokio::time::timeout(Duration::from_secs(10), broker.shutdown())
+    tokio::time::timeout(SOON, broker.shutdown())
         .await
         .expect("shutdown within the grace period");
     let mut rest = Vec::new();

@@ -160,13 +160,13 @@ impl ServeProcess {
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill runs");
-        for _ in 0..200 {
+        for _ in 0..1200 {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("quiver serve did not exit within 10 s of SIGTERM");
+        panic!("quiver serve did not exit within a minute of SIGTERM");
     }
 }
 

@@ -1,8 +1,8 @@
 //! `TestBroker`: a broker on 127.0.0.1:0 with a temp data directory, and helpers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use quiver::broker::Broker;
+use quiver::broker::{Broker, ChannelStats};
 use quiver::client::{Client, ClientOptions, SubEvent, SubscribeOptions, Subscription};
 use quiver::config::Config;
 use quiver::message::{ChannelName, Delivery, NewMessage, TopicName};
@@ -138,13 +138,6 @@ pub async fn next_message(sub: &mut Subscription, within: Duration) -> Delivery 
     }
 }
 
-/// Asserts that no message arrives for `quiet`.
-pub async fn expect_silence(sub: &mut Subscription, quiet: Duration) {
-    if let Ok(event) = tokio::time::timeout(quiet, sub.next_event()).await {
-        panic!("expected nothing for {quiet:?}, got {event:?}");
-    }
-}
-
 /// The next event, failing the test after `within`.
 pub async fn next_event(sub: &mut Subscription, within: Duration) -> Option<SubEvent> {
     tokio::time::timeout(within, sub.next_event())
@@ -156,15 +149,87 @@ pub fn body(d: &Delivery) -> String {
     String::from_utf8(d.body.to_vec()).unwrap()
 }
 
-/// Waits until `check` holds for the broker's stats, or fails after 5 s.
+/// Waits until `check` holds, polling every 20 ms; fails after [`DEADLINE`].
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let began = Instant::now();
+    while !check() {
+        assert!(began.elapsed() < DEADLINE, "no {what} within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for: {what}");
 }
 
-pub const SOON: Duration = Duration::from_secs(5);
+/// How long a test waits for one expected event.
+pub const SOON: Duration = Duration::from_secs(30);
+/// How long a test waits for a condition (a count, a state) before it fails with what it
+/// saw.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The stats of channel `c` of topic `t`, if both exist.
+pub async fn channel_stats(client: &Client, t: &str, c: &str) -> Option<ChannelStats> {
+    let stats = client.stats(Some(&topic(t))).await.unwrap();
+    stats.topic(t).and_then(|t| t.channel(c)).cloned()
+}
+
+/// Whether the channel has decided every message of its topic: none left to read or
+/// requeued, none in flight, none deferred.
+pub fn settled(c: &ChannelStats) -> bool {
+    c.depth == 0 && c.in_flight == 0 && c.deferred == 0
+}
+
+/// Polls the stats of `t`/`c` until `check` holds and returns them; fails after
+/// [`DEADLINE`] with the last stats seen.
+pub async fn wait_for_channel(
+    client: &Client,
+    t: &str,
+    c: &str,
+    what: &str,
+    check: impl Fn(&ChannelStats) -> bool,
+) -> ChannelStats {
+    let began = Instant::now();
+    loop {
+        let stats = channel_stats(client, t, c).await;
+        if let Some(stats) = stats.as_ref().filter(|s| check(s)) {
+            return stats.clone();
+        }
+        assert!(
+            began.elapsed() < DEADLINE,
+            "{t}/{c}: no {what} within {DEADLINE:?}; last stats {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Subscribes to `t`/`c` and receives, FINning each, until the channel has decided every
+/// message of its topic (see [`settled`]); returns what it received. Publish before
+/// calling: a publish is in the log once it is confirmed. Fails after [`DEADLINE`] with the
+/// counts.
+pub async fn drain(client: &Client, t: &str, c: &str) -> Vec<Delivery> {
+    let mut sub = subscribe(client, t, c, None).await;
+    sub.rdy(1000).await.unwrap();
+    let began = Instant::now();
+    let mut got = Vec::new();
+    let mut check = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            event = sub.next_event() => match event {
+                Some(SubEvent::Message(d)) => {
+                    sub.fin(d.id).await.unwrap();
+                    got.push(d);
+                }
+                Some(SubEvent::Error(e)) if !e.fatal => {}
+                other => panic!("subscription to {t}/{c} ended: {other:?}"),
+            },
+            _ = check.tick() => {
+                let stats = channel_stats(client, t, c).await;
+                if stats.as_ref().is_some_and(settled) {
+                    return got;
+                }
+                assert!(
+                    began.elapsed() < DEADLINE,
+                    "{t}/{c}: not settled within {DEADLINE:?} after {} messages; stats {stats:?}",
+                    got.len()
+                );
+            }
+        }
+    }
+}

@@ -124,6 +124,8 @@ async fn record(State(script): State<Arc<Mutex<Script>>>, request: Request) -> S
 struct ToHttp {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The thread collecting stdout: it ends at the end of the pipe.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ToHttp {
@@ -150,20 +152,24 @@ impl ToHttp {
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
                 sink.lock().unwrap().push(line);
             }
         });
-        ToHttp { child, lines }
+        ToHttp {
+            child,
+            lines,
+            reader: Some(reader),
+        }
     }
 
     fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
 
-    /// SIGTERM, then waits (at most 15 s) for the drain and exit; returns the exit status
+    /// SIGTERM, then waits (at most a minute) for the drain and exit; returns the exit status
     /// and everything printed.
     async fn terminate(&mut self) -> (ExitStatus, String) {
         let sent = Command::new("kill")
@@ -171,21 +177,18 @@ impl ToHttp {
             .status()
             .unwrap();
         assert!(sent.success());
-        for _ in 0..300 {
+        for _ in 0..1200 {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // The reader thread ends with the pipe; give it a moment to store the rest.
-                for _ in 0..40 {
-                    if self.output().contains("to-http summary") {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(25)).await;
+                // The reader thread ends with the pipe, having stored every line.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
                 }
                 return (status, self.output());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "to-http did not exit within 15 s of SIGTERM; output:\n{}",
+            "to-http did not exit within a minute of SIGTERM; output:\n{}",
             self.output()
         );
     }

@@ -314,15 +314,24 @@ impl FileLog {
         Ok(())
     }
 
+    /// Writes every open channel store's buffered events: no checkpoint, no fsync, so that
+    /// nothing slow delays any channel's writes. Failures are left to `flush_channels`.
+    pub(super) fn write_channels(&self) {
+        for store in self.channel_stores() {
+            // The time of this write, not of the tick: it measures the store's lag.
+            let _ = store.write(Instant::now());
+        }
+    }
+
     /// Flushes every open channel store; failures are logged when they start and stop.
     pub(super) fn flush_channels(&self, sync: bool) -> Result<(), StorageError> {
-        let mut channels = lock(&self.channels);
         let mut first_error = None;
-        for store in channels.open.values() {
-            if let Err(e) = store.flush(sync) {
+        for store in self.channel_stores() {
+            if let Err(e) = store.flush(sync, Instant::now()) {
                 first_error.get_or_insert(e);
             }
         }
+        let mut channels = lock(&self.channels);
         match &first_error {
             Some(e) if !channels.failing => {
                 tracing::error!(topic = %self.topic, error = %e, "channel state flush failed");
@@ -335,6 +344,12 @@ impl FileLog {
             _ => {}
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The open channel stores, taken out of the lock so that opening a channel never waits
+    /// for their writes. A store deleted meanwhile does nothing when flushed.
+    fn channel_stores(&self) -> Vec<Arc<FileChannelStore>> {
+        lock(&self.channels).open.values().cloned().collect()
     }
 
     /// Writes `start` to meta.json if it moved since it was last written.
@@ -363,7 +378,12 @@ impl FileLog {
     pub(super) fn shut(&self, why: Closed) {
         self.lock().closed.get_or_insert(why);
         if why == Closed::Deleted {
-            lock(&self.channels).open.clear();
+            let stores = std::mem::take(&mut lock(&self.channels).open);
+            // Waits for a flush in progress (the flush thread works on its own list), so that
+            // it writes no file into a removed directory.
+            for store in stores.into_values() {
+                let _ = store.delete();
+            }
             // Waits for a meta.json write in progress; later ones see the deletion.
             drop(lock(&self.meta));
             // Waits for a sync in progress, so that it writes no file into a removed

@@ -86,9 +86,11 @@
 //! - `never`: no fsync except of sealed segments (before their index is written) and at
 //!   close.
 //!
-//! The `quiver-flush` thread also ticks every 5 ms to flush the channel stores (with fsync
-//! under `always`, every interval under `interval`, never under `never`), and about once a
-//! second applies retention and writes a moved start to `meta.json`.
+//! The `quiver-flush` thread also ticks every 5 ms to flush the channel stores (install
+//! checkpoints, and fsync under `always`, every interval under `interval`, never under
+//! `never`), and about once a second applies retention and writes a moved start to
+//! `meta.json`. The `quiver-write` thread writes the channel stores' buffered events every
+//! 5 ms and does nothing else, so no fsync delays those writes.
 //!
 //! # Reads
 //! The newest messages (up to `cache_bytes` of bodies and headers) are kept decoded, one
@@ -244,6 +246,14 @@ impl FileStorage {
             .spawn(move || {
                 let logs = || lock(&shared.topics).open.values().cloned().collect();
                 shared.ticker.run(logs)
+            })?;
+        threads.push(thread);
+        let shared = self.shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("quiver-write".into())
+            .spawn(move || {
+                let logs = || lock(&shared.topics).open.values().cloned().collect();
+                shared.ticker.run_writes(logs)
             })?;
         threads.push(thread);
         Ok(())

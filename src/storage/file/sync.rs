@@ -370,7 +370,7 @@ impl Committer {
     }
 }
 
-/// Tells the flush thread to stop, and when it should wake.
+/// Tells the flush and write threads to stop, and when they should wake.
 #[derive(Debug, Default)]
 pub(super) struct Ticker {
     stopped: Mutex<bool>,
@@ -379,25 +379,19 @@ pub(super) struct Ticker {
 
 /// How often the flush thread runs.
 pub(super) const TICK: Duration = Duration::from_millis(5);
+/// How often the write thread writes the channel stores' buffered events: well inside
+/// [`RECORD_WRITES_AFTER`](crate::storage::RECORD_WRITES_AFTER), so that channels rarely
+/// have to write themselves.
+pub(super) const WRITE_TICK: Duration = Duration::from_millis(5);
 /// How often retention runs and a moved start is written to meta.json.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
 impl Ticker {
-    /// The flush thread: every [`TICK`], each log's [`FileLog::tick`]; every second,
-    /// retention and meta.json.
+    /// The flush thread: every [`TICK`], each log's [`FileLog::tick`] (fsyncs, channel
+    /// checkpoints); every second, retention and meta.json.
     pub(super) fn run(&self, logs: impl Fn() -> Vec<Arc<FileLog>>) {
         let mut housekept = Instant::now();
-        loop {
-            {
-                let stopped = lock(&self.stopped);
-                let (stopped, _) = self
-                    .wake
-                    .wait_timeout_while(stopped, TICK, |s| !*s)
-                    .unwrap_or_else(|e| e.into_inner());
-                if *stopped {
-                    return;
-                }
-            }
+        while self.sleep(TICK) {
             let now = Instant::now();
             let housekeeping = now.duration_since(housekept) >= HOUSEKEEPING_EVERY;
             if housekeeping {
@@ -414,6 +408,26 @@ impl Ticker {
                 }
             }
         }
+    }
+
+    /// The write thread: every [`WRITE_TICK`], each log's channel writes. It never waits
+    /// for an fsync or a checkpoint, so the flush thread's slow work does not delay them.
+    pub(super) fn run_writes(&self, logs: impl Fn() -> Vec<Arc<FileLog>>) {
+        while self.sleep(WRITE_TICK) {
+            for log in logs() {
+                log.write_channels();
+            }
+        }
+    }
+
+    /// Sleeps for `period` or until stopped; false once stopped.
+    fn sleep(&self, period: Duration) -> bool {
+        let stopped = lock(&self.stopped);
+        let (stopped, _) = self
+            .wake
+            .wait_timeout_while(stopped, period, |s| !*s)
+            .unwrap_or_else(|e| e.into_inner());
+        !*stopped
     }
 
     pub(super) fn stop(&self) {

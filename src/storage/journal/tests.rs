@@ -1,10 +1,27 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use super::files::{journal_name, CHECKPOINT, CHECKPOINT_TMP};
 use super::*;
 use crate::storage::{ChannelOptions, PendingEntry};
+
+/// The time every test records at unless it says otherwise: records at one instant never
+/// find a write overdue, so only flushes write.
+fn t0() -> Instant {
+    static T0: OnceLock<Instant> = OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Whether every recorded event is written.
+fn all_written(store: &FileChannelStore) -> bool {
+    lock(&store.buffered).unwritten_since().is_none()
+}
 
 fn open(dir: &Path) -> (Arc<FileChannelStore>, Option<ChannelRecord>) {
     FileChannelStore::open(dir, "orders", "ch1").unwrap()
@@ -15,7 +32,7 @@ fn record(store: &FileChannelStore, model: &mut ChannelRecord, events: &[StateEv
     for event in events {
         model.apply(event);
     }
-    store.record(&mut events.to_vec());
+    store.record(&mut events.to_vec(), t0());
 }
 
 fn pending(offset: u64, attempts: u16, due_ms: u64) -> StateEvent {
@@ -101,7 +118,7 @@ fn flushed_events_replay_on_reopen() {
         &mut model,
         &[StateEvent::Options(options), StateEvent::Settle(6)],
     );
-    store.flush(true).unwrap();
+    store.flush(true, t0()).unwrap();
     drop(store);
 
     let expected = ChannelRecord {
@@ -131,7 +148,7 @@ fn events_after_a_checkpoint_replay_over_it() {
         &mut model,
         &[StateEvent::Cursor(10), StateEvent::Settle(1)],
     );
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
     record(&store, &mut model, &[StateEvent::Settle(2)]);
     store.checkpoint(model.clone());
     record(
@@ -139,10 +156,10 @@ fn events_after_a_checkpoint_replay_over_it() {
         &mut model,
         &[StateEvent::Cursor(12), pending(0, 2, 5)],
     );
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
     assert_eq!(file_names(tmp.path()), ["checkpoint", "journal-1"]);
     record(&store, &mut model, &[StateEvent::Settle(11)]);
-    store.flush(true).unwrap();
+    store.flush(true, t0()).unwrap();
     drop(store);
     assert_eq!(open(tmp.path()).1, Some(model));
 }
@@ -153,7 +170,7 @@ fn unflushed_checkpoint_is_not_recovered() {
     let (store, _) = open(tmp.path());
     let mut model = ChannelRecord::default();
     record(&store, &mut model, &[StateEvent::Cursor(4)]);
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
     let written = model.clone();
     record(&store, &mut model, &[StateEvent::Settle(0)]);
     store.checkpoint(model.clone());
@@ -170,7 +187,7 @@ fn unflushed_second_checkpoint_leaves_the_first_and_its_journal() {
     record(&store, &mut model, &[StateEvent::Cursor(4)]);
     store.checkpoint(model.clone());
     record(&store, &mut model, &[StateEvent::Settle(2)]);
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
     let written = model.clone();
     record(&store, &mut model, &[StateEvent::Settle(3)]);
     store.checkpoint(model.clone());
@@ -188,7 +205,7 @@ fn three_flushed_records(store: &FileChannelStore) -> Vec<ChannelRecord> {
         vec![StateEvent::Settle(2), StateEvent::Cursor(6)],
     ] {
         record(store, &mut model, &events);
-        store.flush(false).unwrap();
+        store.flush(false, t0()).unwrap();
         states.push(model.clone());
     }
     states
@@ -214,7 +231,7 @@ fn torn_journal_tail_is_ignored_with_a_warning() {
     // The torn tail is gone: records written after recovery replay.
     let mut model = states[1].clone();
     record(&store, &mut model, &[StateEvent::Settle(1)]);
-    store.flush(true).unwrap();
+    store.flush(true, t0()).unwrap();
     drop(store);
     assert_eq!(open(tmp.path()).1, Some(model));
 }
@@ -253,8 +270,8 @@ fn zero_filled_tail_is_ignored() {
 fn journal_with_a_torn_first_record_is_a_new_channel() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = open(tmp.path());
-    store.record(&mut vec![StateEvent::Cursor(3)]);
-    store.flush(false).unwrap();
+    store.record(&mut vec![StateEvent::Cursor(3)], t0());
+    store.flush(false, t0()).unwrap();
     let path = journal_path(tmp.path(), &store);
     drop(store);
     let file = OpenOptions::new().write(true).open(&path).unwrap();
@@ -264,7 +281,7 @@ fn journal_with_a_torn_first_record_is_a_new_channel() {
     // The journal was emptied, so new records are not hidden behind the torn one.
     let mut model = ChannelRecord::default();
     record(&store, &mut model, &[StateEvent::Cursor(1)]);
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
     drop(store);
     assert_eq!(open(tmp.path()).1, Some(model));
 }
@@ -275,7 +292,7 @@ fn corrupt_checkpoint_is_an_error() {
     let (store, _) = open(tmp.path());
     let mut model = ChannelRecord::default();
     record(&store, &mut model, &[StateEvent::Cursor(3)]);
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
     drop(store);
     drop(open(tmp.path())); // writes a checkpoint
     let path = tmp.path().join(CHECKPOINT);
@@ -302,8 +319,8 @@ fn corrupt_checkpoint_is_an_error() {
 fn stray_files_are_removed_on_open() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = open(tmp.path());
-    store.record(&mut vec![StateEvent::Cursor(1)]);
-    store.flush(false).unwrap();
+    store.record(&mut vec![StateEvent::Cursor(1)], t0());
+    store.flush(false, t0()).unwrap();
     drop(store);
     fs::write(tmp.path().join(CHECKPOINT_TMP), b"half").unwrap();
     fs::write(tmp.path().join("journal-7"), b"old").unwrap();
@@ -324,10 +341,10 @@ fn wants_checkpoint_after_a_mebibyte_of_journal() {
     let batch: Vec<StateEvent> = (0..1000).map(StateEvent::Settle).collect();
     let mut records = 0;
     while !store.wants_checkpoint() {
-        store.record(&mut batch.clone());
+        store.record(&mut batch.clone(), t0());
         records += 1;
         if records % 10 == 0 {
-            store.flush(false).unwrap();
+            store.flush(false, t0()).unwrap();
         }
     }
     assert_eq!(records, (1 << 20) / 9008 + 1);
@@ -339,9 +356,9 @@ fn wants_checkpoint_after_a_mebibyte_of_journal() {
 fn wants_checkpoint_after_the_cursor_advances() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = open(tmp.path());
-    store.record(&mut vec![StateEvent::Cursor(65_536)]);
+    store.record(&mut vec![StateEvent::Cursor(65_536)], t0());
     assert!(!store.wants_checkpoint());
-    store.record(&mut vec![StateEvent::Cursor(65_537)]);
+    store.record(&mut vec![StateEvent::Cursor(65_537)], t0());
     assert!(store.wants_checkpoint());
     let record = ChannelRecord {
         cursor: 65_537,
@@ -349,14 +366,14 @@ fn wants_checkpoint_after_the_cursor_advances() {
     };
     store.checkpoint(record.clone());
     assert!(!store.wants_checkpoint());
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
     drop(store);
 
     // Counted from the recovered cursor after a restart.
     let (store, _) = open(tmp.path());
-    store.record(&mut vec![StateEvent::Cursor(65_537 + 65_536)]);
+    store.record(&mut vec![StateEvent::Cursor(65_537 + 65_536)], t0());
     assert!(!store.wants_checkpoint());
-    store.record(&mut vec![StateEvent::Cursor(65_537 + 65_537)]);
+    store.record(&mut vec![StateEvent::Cursor(65_537 + 65_537)], t0());
     assert!(store.wants_checkpoint());
 }
 
@@ -365,16 +382,16 @@ fn delete_makes_every_call_a_noop() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ch1");
     let (store, _) = open(&dir);
-    store.record(&mut vec![StateEvent::Cursor(70_000)]);
-    store.flush(false).unwrap();
+    store.record(&mut vec![StateEvent::Cursor(70_000)], t0());
+    store.flush(false, t0()).unwrap();
     store.delete().unwrap();
     assert!(!dir.exists());
     let mut events = vec![StateEvent::Settle(1)];
-    store.record(&mut events);
+    store.record(&mut events, t0());
     assert!(events.is_empty());
     store.checkpoint(ChannelRecord::default());
     assert!(!store.wants_checkpoint());
-    store.flush(true).unwrap();
+    store.flush(true, t0()).unwrap();
     assert!(!dir.exists());
     store.delete().unwrap();
 }
@@ -386,18 +403,18 @@ fn failed_checkpoint_is_retried_and_later_events_follow_it() {
     let (store, _) = open(&dir);
     let mut model = ChannelRecord::default();
     record(&store, &mut model, &[StateEvent::Cursor(5)]);
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
     fs::remove_dir_all(&dir).unwrap();
 
     store.checkpoint(model.clone());
     record(&store, &mut model, &[StateEvent::Settle(1)]);
-    assert!(store.flush(true).is_err());
+    assert!(store.flush(true, t0()).is_err());
     // Order matters from here: replayed the other way round, 1 would be settled.
     record(&store, &mut model, &[pending(1, 3, 0)]);
-    assert!(store.flush(true).is_err());
+    assert!(store.flush(true, t0()).is_err());
 
     fs::create_dir(&dir).unwrap();
-    store.flush(true).unwrap();
+    store.flush(true, t0()).unwrap();
     drop(store);
     assert_eq!(open(&dir).1, Some(model));
 }
@@ -408,20 +425,20 @@ fn failed_journal_write_is_retried_before_newer_records() {
     let (store, _) = open(tmp.path());
     let mut model = ChannelRecord::default();
     record(&store, &mut model, &[StateEvent::Cursor(5)]);
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
 
     // A read-only handle makes the next write fail.
     let path = journal_path(tmp.path(), &store);
     let good = lock(&store.writer)
         .journal
-        .replace(File::open(&path).unwrap())
+        .replace(Arc::new(File::open(&path).unwrap()))
         .unwrap();
     record(&store, &mut model, &[StateEvent::Settle(1)]);
-    assert!(store.flush(false).is_err());
+    assert!(store.flush(false, t0()).is_err());
     // Order matters: replayed the other way round, 1 would be settled.
     record(&store, &mut model, &[pending(1, 4, 0)]);
     lock(&store.writer).journal = Some(good);
-    store.flush(true).unwrap();
+    store.flush(true, t0()).unwrap();
     drop(store);
     assert_eq!(open(tmp.path()).1, Some(model));
 }
@@ -432,7 +449,7 @@ fn bytes_of_a_failed_write_are_cut_before_the_retry() {
     let (store, _) = open(tmp.path());
     let mut model = ChannelRecord::default();
     record(&store, &mut model, &[StateEvent::Cursor(5)]);
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
 
     // As if a write failed halfway and the truncation after it failed too.
     let path = journal_path(tmp.path(), &store);
@@ -440,7 +457,7 @@ fn bytes_of_a_failed_write_are_cut_before_the_retry() {
     file.write_all(&[7; 5]).unwrap();
     lock(&store.writer).dirty = true;
     record(&store, &mut model, &[StateEvent::Settle(4)]);
-    store.flush(false).unwrap();
+    store.flush(false, t0()).unwrap();
     drop(store);
     assert_eq!(open(tmp.path()).1, Some(model));
 }
@@ -477,32 +494,35 @@ fn random_event(rng: &mut Rng, model: &ChannelRecord) -> StateEvent {
     }
 }
 
-/// Random histories of records, flushes, checkpoints, clean reopens and crashes (dropping
-/// the store without a flush) recover exactly what a model applied up to the last flush.
+/// Random histories of records at an advancing clock (so that some records find a write
+/// overdue), flushes, checkpoints, clean reopens and crashes (dropping the store without a
+/// flush) recover exactly what a model applied up to the last write.
 #[test]
-fn random_histories_recover_the_flushed_model() {
+fn random_histories_recover_the_written_model() {
     for seed in 0..40 {
         let tmp = tempfile::tempdir().unwrap();
         let mut rng = Rng(seed);
         let (mut store, _) = open(tmp.path());
         let mut model = ChannelRecord::default();
-        let mut flushed = ChannelRecord::default();
+        let mut written = ChannelRecord::default();
+        let mut clock = t0();
         for step in 0..400 {
+            clock += ms(rng.below(3));
             let mut events = Vec::new();
             for _ in 0..rng.below(5) + 1 {
                 let event = random_event(&mut rng, &model);
                 model.apply(&event);
                 events.push(event);
             }
-            store.record(&mut events);
+            store.record(&mut events, clock);
+            if all_written(&store) {
+                written = model.clone();
+            }
             match rng.below(100) {
-                0..=14 => {
-                    store.flush(rng.below(4) == 0).unwrap();
-                    flushed = model.clone();
-                }
+                0..=14 => store.flush(rng.below(4) == 0, clock).unwrap(),
                 15..=19 => store.checkpoint(model.clone()),
                 20..=21 => {
-                    store.flush(false).unwrap();
+                    store.flush(false, clock).unwrap();
                     drop(store);
                     let recovered;
                     (store, recovered) = open(tmp.path());
@@ -511,7 +531,6 @@ fn random_histories_recover_the_flushed_model() {
                         model,
                         "seed {seed} step {step}"
                     );
-                    flushed = model.clone();
                 }
                 22 => {
                     drop(store);
@@ -519,27 +538,97 @@ fn random_histories_recover_the_flushed_model() {
                     (store, recovered) = open(tmp.path());
                     assert_eq!(
                         recovered.unwrap_or_default(),
-                        flushed,
+                        written,
                         "seed {seed} step {step}"
                     );
-                    model = flushed.clone();
+                    model = written.clone();
                 }
                 _ => {}
             }
+            if all_written(&store) {
+                written = model.clone();
+            }
         }
-        store.flush(true).unwrap();
+        store.flush(true, clock).unwrap();
         drop(store);
         assert_eq!(open(tmp.path()).1.unwrap_or_default(), model, "seed {seed}");
     }
 }
 
-/// Channels record and checkpoint under their own lock while two threads flush: the result
-/// is still the model's state, so flushes neither lose nor reorder records.
 #[test]
-fn concurrent_flushes_keep_records_in_order() {
+fn an_overdue_event_is_written_by_the_next_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    let mut model = ChannelRecord::default();
+    let mut events = vec![StateEvent::Cursor(3)];
+    model.apply(&events[0]);
+    store.record(&mut events, t0());
+    let mut events = vec![StateEvent::Settle(0)];
+    model.apply(&events[0]);
+    store.record(&mut events, t0() + ms(4));
+    assert!(!all_written(&store));
+    let lag = store.lag(t0() + ms(4));
+    assert_eq!((lag.current, lag.max), (ms(4), ms(4)));
+
+    // No event, but the oldest one is due: written before `record` returns.
+    store.record(&mut Vec::new(), t0() + RECORD_WRITES_AFTER);
+    assert!(all_written(&store));
+    let lag = store.lag(t0() + ms(9));
+    assert_eq!(
+        (lag.current, lag.max),
+        (Duration::ZERO, RECORD_WRITES_AFTER)
+    );
+    // A crash: no flush.
+    drop(store);
+    assert_eq!(open(tmp.path()).1, Some(model));
+}
+
+/// While a flush writes a checkpoint's files (without the write lock), records are still
+/// written, and a crash on either side of the rename recovers all of them.
+#[test]
+fn records_written_while_a_checkpoint_is_installed_survive_a_crash_on_either_side() {
+    for crash_before_rename in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let mut model = ChannelRecord::default();
+        record(&store, &mut model, &[StateEvent::Cursor(6)]);
+        store.flush(false, t0()).unwrap();
+        record(&store, &mut model, &[StateEvent::Settle(1)]);
+        store.checkpoint(model.clone());
+        record(&store, &mut model, &[StateEvent::Settle(2)]);
+        // A write takes the checkpoint; the flush writes its files.
+        store.write(t0()).unwrap();
+        let prepared = store.prepare_checkpoint().unwrap().unwrap();
+        assert!(!store.wants_checkpoint());
+        record(&store, &mut model, &[pending(3, 2, 0)]);
+        store.record(&mut Vec::new(), t0() + RECORD_WRITES_AFTER);
+        assert!(all_written(&store));
+        if crash_before_rename {
+            drop((prepared, store));
+            assert_eq!(open(tmp.path()).1, Some(model));
+            continue;
+        }
+        store
+            .finish_checkpoint(prepared, &mut Flushing::default(), t0())
+            .unwrap();
+        assert_eq!(file_names(tmp.path()), ["checkpoint", "journal-1"]);
+        record(&store, &mut model, &[StateEvent::Settle(4)]);
+        store.record(&mut Vec::new(), t0() + RECORD_WRITES_AFTER);
+        assert!(all_written(&store));
+        drop(store);
+        assert_eq!(open(tmp.path()).1, Some(model));
+    }
+}
+
+/// Channels record and checkpoint under their own lock, at a clock that makes many records
+/// write, while two threads flush and install checkpoints: what a crash after the last
+/// record leaves is still the model's state, so writes neither lose nor reorder records.
+#[test]
+fn concurrent_writes_and_flushes_keep_records_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = open(tmp.path());
     let channel = Arc::new(Mutex::new((ChannelRecord::default(), Rng(7))));
+    let clock = std::sync::atomic::AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let writers: Vec<_> = (0..3)
@@ -550,7 +639,8 @@ fn concurrent_flushes_keep_records_in_order() {
                         let (model, rng) = &mut *guard;
                         let event = random_event(rng, model);
                         model.apply(&event);
-                        store.record(&mut vec![event]);
+                        let now = t0() + ms(clock.fetch_add(1, Ordering::Relaxed));
+                        store.record(&mut vec![event], now);
                         if rng.below(200) == 0 {
                             store.checkpoint(model.clone());
                         }
@@ -561,7 +651,7 @@ fn concurrent_flushes_keep_records_in_order() {
         for _ in 0..2 {
             scope.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    store.flush(false).unwrap();
+                    store.flush(false, t0()).unwrap();
                 }
             });
         }
@@ -570,7 +660,9 @@ fn concurrent_flushes_keep_records_in_order() {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    store.flush(true).unwrap();
+    store.record(&mut Vec::new(), t0() + Duration::from_secs(3600));
+    assert!(all_written(&store));
+    // A crash: no flush.
     drop(store);
     let model = channel.lock().unwrap().0.clone();
     assert_eq!(open(tmp.path()).1.unwrap_or_default(), model);
