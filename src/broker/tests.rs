@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::message::Headers;
+use crate::message::{Headers, MessageId};
 use crate::storage::{FileStorage, MemoryStorage, StorageConfig};
 
 /// Routes by the `to` header: `all`, `drop`, `dead`, `reject`, `fwd:<topic>`, or a

@@ -51,16 +51,8 @@ async fn nsq_and_quic_consumers_of_one_channel_get_each_message_once() {
     quic.rdy(5).await.unwrap();
     let mut nsq = consumer(broker.nsq, "split", "c", NSQConfigShared::new());
     eventually("both consumers to have credit", || {
-        broker
-            .broker()
-            .stats(
-                &quiver::broker::Principal::internal(),
-                Some(&topic("split")),
-            )
-            .is_ok_and(|s| {
-                let consumers = &s.topics[0].channels[0].consumers;
-                consumers.len() == 2 && consumers.iter().all(|c| c.rdy > 0)
-            })
+        split_channel(&broker)
+            .is_some_and(|c| c.consumers.len() == 2 && c.consumers.iter().all(|c| c.rdy > 0))
     })
     .await;
     let mut producer = producer(broker.nsq, NSQConfigShared::new()).await;
@@ -94,16 +86,8 @@ async fn nsq_and_quic_consumers_of_one_channel_get_each_message_once() {
     );
     // And nothing more: every message finished once, none left in flight or ready.
     eventually("200 finished", || {
-        broker
-            .broker()
-            .stats(
-                &quiver::broker::Principal::internal(),
-                Some(&topic("split")),
-            )
-            .is_ok_and(|s| {
-                let c = &s.topics[0].channels[0];
-                c.finished == 200 && c.in_flight == 0 && c.depth == 0
-            })
+        split_channel(&broker)
+            .is_some_and(|c| c.finished == 200 && c.in_flight == 0 && c.depth == 0)
     })
     .await;
 }
@@ -144,4 +128,16 @@ async fn shutdown_closes_nsq_connections_and_requeues_their_messages() {
         .unwrap();
     let channel = &stats.topics[0].channels[0];
     assert_eq!((channel.in_flight, channel.depth), (0, 1), "requeued");
+}
+
+/// The stats of channel `split/c`, as the broker has them now.
+fn split_channel(broker: &NsqBroker) -> Option<quiver::broker::ChannelStats> {
+    let stats = broker
+        .broker()
+        .stats(
+            &quiver::broker::Principal::internal(),
+            Some(&topic("split")),
+        )
+        .ok()?;
+    stats.topic("split")?.channel("c").cloned()
 }
