@@ -200,6 +200,112 @@ impl fmt::Debug for MessageId {
     }
 }
 
+/// How a channel orders its deliveries: at most one message of a key in flight at a time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OrderBy {
+    /// Messages are delivered in parallel, in no promised order.
+    #[default]
+    Unordered,
+    /// The whole channel is one key: strictly one message at a time.
+    Channel,
+    /// The key is the value of this header; messages without it are not ordered.
+    Key(HeaderName),
+}
+
+impl OrderBy {
+    /// The header that carries a message's key when a channel is ordered by key and names
+    /// no other.
+    pub const DEFAULT_KEY_HEADER: &'static str = "quiver-order-key";
+
+    /// Reads `ordering` (`none`, `channel` or `key`) and `order_key_header` as the rules file
+    /// and the HTTP APIs take them. The header is for `key` only, where it defaults to
+    /// [`OrderBy::DEFAULT_KEY_HEADER`].
+    pub fn parse(ordering: &str, header: Option<&str>) -> Result<OrderBy, String> {
+        let order = match ordering {
+            "none" => OrderBy::Unordered,
+            "channel" => OrderBy::Channel,
+            "key" => {
+                let name = header.unwrap_or(Self::DEFAULT_KEY_HEADER);
+                return HeaderName::new(name).map(OrderBy::Key).ok_or_else(|| {
+                    format!(
+                        "order_key_header must be 1 to {} bytes, got {}",
+                        HeaderName::MAX_LEN,
+                        name.len()
+                    )
+                });
+            }
+            other => {
+                return Err(format!(
+                    "ordering must be \"none\", \"channel\" or \"key\", not {other:?}"
+                ))
+            }
+        };
+        match header {
+            Some(_) => Err(format!(
+                "order_key_header applies to ordering = \"key\" only, not {ordering:?}"
+            )),
+            None => Ok(order),
+        }
+    }
+}
+
+/// `none`, `channel`, or `key:<header>`, as stats show it.
+impl std::fmt::Display for OrderBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderBy::Unordered => f.write_str("none"),
+            OrderBy::Channel => f.write_str("channel"),
+            OrderBy::Key(header) => write!(f, "key:{}", header.as_str()),
+        }
+    }
+}
+
+/// A header name that an [`OrderBy`] reads, interned so that options stay `Copy`: there are
+/// only as many as operators configure.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HeaderName(&'static str);
+
+impl HeaderName {
+    /// Longest header name a channel can be ordered by.
+    pub const MAX_LEN: usize = 255;
+
+    /// None when the name is empty or longer than [`HeaderName::MAX_LEN`].
+    pub fn new(name: &str) -> Option<HeaderName> {
+        static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+        if name.is_empty() || name.len() > Self::MAX_LEN {
+            return None;
+        }
+        let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&known) = names.iter().find(|&&known| known == name) {
+            return Some(HeaderName(known));
+        }
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.push(leaked);
+        Some(HeaderName(leaked))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Options of a channel that its creator or the rules file may set. `None` leaves the
+/// channel's current value (or, on creation, the broker's default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelSettings {
+    /// Deliveries before a message is dead-lettered; 0 means unlimited.
+    pub max_attempts: Option<u16>,
+    /// Deadline for consumers that ask for none.
+    pub msg_timeout: Option<std::time::Duration>,
+    pub ordering: Option<OrderBy>,
+}
+
 /// Ordered string key/value pairs. Keys may repeat; order is kept.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers(Vec<(String, String)>);

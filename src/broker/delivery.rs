@@ -35,13 +35,24 @@
 //! - Requeued messages are delivered before messages the cursor has not reached yet.
 //! - One `take` gets at most its fair share of the ready messages (ready divided by the
 //!   consumers that have credit), so consumers of a channel share its load.
+//!
+//! # Ordered channels
+//! With `ordering` set, a message the cursor reaches whose key is held by an older message
+//! waits in [`Keys`] instead of being delivered (one more place an offset below the cursor
+//! can be). The head of a key is in flight, requeued, deferred or dead like any message; when
+//! it is finished or its dead-letter copy is durable, the next message of the key is
+//! requeued. A REQ, timeout or disconnect leaves the key held by the same message, so it
+//! goes back to the head of its key.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::ordering::{self, Keys, ORDER_WINDOW};
 use crate::message::StoredMessage;
-use crate::storage::{ChannelOptions, ChannelRecord, PendingEntry, StateEvent, TopicLog};
+use crate::storage::{OrderBy, PendingEntry, StateEvent, TopicLog};
+
+mod saved;
 
 /// Identifies one consumer (one subscription stream) within the broker.
 pub type ConsumerId = u64;
@@ -181,6 +192,11 @@ pub struct ChannelState {
     deadlines: BTreeSet<(Instant, u64)>,
     /// Dead-lettered, waiting for the copy to be durable: offset → attempts.
     dead: BTreeMap<u64, u16>,
+    /// How the channel orders its deliveries, and its keys when it does.
+    ordering: OrderBy,
+    keys: Keys,
+    /// A key was released to its next message since [`ChannelState::take_released`].
+    released: bool,
     consumers: HashMap<ConsumerId, ConsumerState>,
     /// 0 means unlimited.
     pub max_attempts: u16,
@@ -205,6 +221,9 @@ impl ChannelState {
             in_flight: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             dead: BTreeMap::new(),
+            ordering: OrderBy::Unordered,
+            keys: Keys::default(),
+            released: false,
             consumers: HashMap::new(),
             max_attempts,
             paused: false,
@@ -214,83 +233,6 @@ impl ChannelState {
             counters: ChannelCounters::default(),
             events: Vec::new(),
         }
-    }
-
-    /// A channel as it was saved: what was pending is ready again (or deferred until its due
-    /// time), with its attempts kept. `log` is the range of offsets the log holds: pending
-    /// offsets outside it are gone and dropped, and the cursor is brought inside it (after a
-    /// power loss the log can have lost a tail the channel had already read, and new
-    /// messages will be appended there).
-    pub fn restore(record: &ChannelRecord, log: std::ops::Range<u64>, now: Now) -> Self {
-        let options = record.options;
-        let cursor = record.cursor.clamp(log.start, log.end.max(log.start));
-        let mut state = ChannelState::new(cursor, options.max_attempts);
-        state.apply(options);
-        for (&offset, entry) in record.pending.range(log.start..cursor) {
-            if entry.due_ms > now.wall_ms {
-                let wait = Duration::from_millis(entry.due_ms - now.wall_ms);
-                state
-                    .deferred
-                    .insert((now.mono + wait, offset), entry.attempts);
-            } else {
-                state.requeued.push_back((offset, entry.attempts));
-            }
-            state.counters.recovered += 1;
-        }
-        state
-    }
-
-    /// The whole durable state, for a checkpoint. In-flight and dead-lettered messages are
-    /// saved as pending, due at once.
-    pub fn snapshot(&self, now: Now) -> ChannelRecord {
-        let at_once = |attempts| PendingEntry {
-            attempts,
-            due_ms: 0,
-        };
-        let mut pending = BTreeMap::new();
-        for (&offset, f) in &self.in_flight {
-            pending.insert(offset, at_once(f.attempts));
-        }
-        for &(offset, attempts) in &self.requeued {
-            pending.insert(offset, at_once(attempts));
-        }
-        for (&offset, &attempts) in &self.dead {
-            pending.insert(offset, at_once(attempts));
-        }
-        for (&(due, offset), &attempts) in &self.deferred {
-            let wait = due.saturating_duration_since(now.mono);
-            let entry = PendingEntry {
-                attempts,
-                due_ms: now.wall_ms + wait.as_millis() as u64,
-            };
-            pending.insert(offset, entry);
-        }
-        ChannelRecord {
-            cursor: self.cursor,
-            options: self.options(),
-            pending,
-        }
-    }
-
-    pub fn options(&self) -> ChannelOptions {
-        ChannelOptions {
-            paused: self.paused,
-            max_attempts: self.max_attempts,
-            msg_timeout_ms: self.msg_timeout.map_or(0, |d| d.as_millis() as u64),
-        }
-    }
-
-    /// Changes the channel's options, recording them.
-    pub fn set_options(&mut self, options: ChannelOptions) {
-        self.apply(options);
-        self.events.push(StateEvent::Options(options));
-    }
-
-    fn apply(&mut self, options: ChannelOptions) {
-        self.paused = options.paused;
-        self.max_attempts = options.max_attempts;
-        self.msg_timeout =
-            (options.msg_timeout_ms > 0).then(|| Duration::from_millis(options.msg_timeout_ms));
     }
 
     pub fn add_consumer(&mut self, id: ConsumerId, timeout: Duration) {
@@ -415,6 +357,11 @@ impl ChannelState {
             };
             // A message emptied out of the log meanwhile is simply gone.
             if let Some(message) = log.get(offset) {
+                if attempts == 0 && message.deliver_at_ms > now.wall_ms {
+                    // The next message of a key, published with a delay not over yet.
+                    self.defer_new(offset, message.deliver_at_ms, now);
+                    continue;
+                }
                 let taken = self.fly(id, offset, attempts, deadline, message);
                 self.events.push(StateEvent::Pending {
                     offset,
@@ -449,6 +396,11 @@ impl ChannelState {
             scanned += batch.len();
             let mut pending = false;
             for (offset, message) in batch.drain(..) {
+                if self.keys.waiting_count() >= ORDER_WINDOW {
+                    // Enough waits behind held keys: read on once some are released.
+                    pending = true;
+                    break;
+                }
                 let verdict = admit(offset, &message);
                 if verdict == Verdict::Pending {
                     pending = true;
@@ -482,16 +434,22 @@ impl ChannelState {
                     }
                 }
                 self.counters.message_count += 1;
+                if let Some(key) = ordering::key_of(self.ordering, &message) {
+                    if !self.keys.admit(key, offset, 0) {
+                        // Behind its key's head; never delivered yet, whatever a replay of
+                        // the cursor would say.
+                        self.events.push(StateEvent::Pending {
+                            offset,
+                            entry: PendingEntry {
+                                attempts: 0,
+                                due_ms: 0,
+                            },
+                        });
+                        continue;
+                    }
+                }
                 if message.deliver_at_ms > now.wall_ms {
-                    let wait = Duration::from_millis(message.deliver_at_ms - now.wall_ms);
-                    self.deferred.insert((now.mono + wait, offset), 0);
-                    self.events.push(StateEvent::Pending {
-                        offset,
-                        entry: PendingEntry {
-                            attempts: 0,
-                            due_ms: message.deliver_at_ms,
-                        },
-                    });
+                    self.defer_new(offset, message.deliver_at_ms, now);
                     continue;
                 }
                 out.push(self.fly(id, offset, 0, deadline, message));
@@ -505,6 +463,19 @@ impl ChannelState {
             self.events.push(StateEvent::Cursor(self.cursor));
         }
         given
+    }
+
+    /// Defers a message not delivered yet until its DPUB due time.
+    fn defer_new(&mut self, offset: u64, due_ms: u64, now: Now) {
+        let wait = Duration::from_millis(due_ms - now.wall_ms);
+        self.deferred.insert((now.mono + wait, offset), 0);
+        self.events.push(StateEvent::Pending {
+            offset,
+            entry: PendingEntry {
+                attempts: 0,
+                due_ms,
+            },
+        });
     }
 
     /// True when the last [`ChannelState::take`] stopped at [`SCAN_BUDGET`] messages with
@@ -521,7 +492,7 @@ impl ChannelState {
             .values()
             .filter(|c| !c.closing && c.rdy > c.in_flight)
             .count();
-        let ready = self.depth(log_end) as usize;
+        let ready = log_end.saturating_sub(self.cursor) as usize + self.requeued.len();
         ready.div_ceil(hungry.max(1)).max(1)
     }
 
@@ -562,6 +533,7 @@ impl ChannelState {
             .is_some_and(|c| c.in_flight >= c.rdy);
         self.unflight(offset);
         self.events.push(StateEvent::Settle(offset));
+        self.release(offset);
         self.counters.finished += 1;
         if let Some(c) = self.consumers.get_mut(&id) {
             c.finished += 1;
@@ -656,7 +628,22 @@ impl ChannelState {
     pub fn dead_settled(&mut self, offset: u64) {
         if self.dead.remove(&offset).is_some() {
             self.events.push(StateEvent::Settle(offset));
+            self.release(offset);
         }
+    }
+
+    /// `offset` is done with: if it held its key, the key's next message is ready.
+    fn release(&mut self, offset: u64) {
+        if let Some(next) = self.keys.release(offset) {
+            self.requeued.push_back(next);
+            self.released = true;
+        }
+    }
+
+    /// True once after a finished or dead-lettered message released its key to a waiting
+    /// one: the caller wakes the channel's consumers, since any of them may take it.
+    pub fn take_released(&mut self) -> bool {
+        std::mem::take(&mut self.released)
     }
 
     /// The dead-letter copy of `offset` could not be stored: the message stays in the
@@ -738,6 +725,7 @@ impl ChannelState {
         self.in_flight.clear();
         self.deadlines.clear();
         self.dead.clear();
+        self.keys.clear();
         self.consumers.values_mut().for_each(|c| c.in_flight = 0);
         self.events.push(StateEvent::Empty(self.cursor));
     }
@@ -752,12 +740,26 @@ impl ChannelState {
             .chain(deferred)
             .chain(flying)
             .chain(dead)
+            .chain(self.keys.first_waiting())
             .fold(self.cursor, u64::min)
     }
 
-    /// Messages waiting to be delivered: the unread log plus the requeued queue.
+    /// Messages waiting to be delivered: the unread log, the requeued queue, and the messages
+    /// waiting behind their keys.
     pub fn depth(&self, log_end: u64) -> u64 {
-        log_end.saturating_sub(self.cursor) + self.requeued.len() as u64
+        log_end.saturating_sub(self.cursor)
+            + self.requeued.len() as u64
+            + self.keys.waiting_count() as u64
+    }
+
+    /// Keys with a message in the channel (ordered channels only).
+    pub fn active_keys(&self) -> usize {
+        self.keys.active()
+    }
+
+    /// Messages waiting behind an older message of their key.
+    pub fn waiting_on_key(&self) -> usize {
+        self.keys.waiting_count()
     }
 
     pub fn in_flight_count(&self) -> usize {
@@ -789,7 +791,8 @@ impl ChannelState {
             .map(|&(o, _)| o)
             .chain(self.deferred.keys().map(|&(_, o)| o))
             .chain(self.in_flight.keys().copied())
-            .chain(self.dead.keys().copied());
+            .chain(self.dead.keys().copied())
+            .chain(self.keys.waiting().map(|(o, _)| o));
         for offset in places {
             assert!(offset < self.cursor, "offset {offset} past cursor held");
             assert!(seen.insert(offset), "offset {offset} in two places");
@@ -802,6 +805,7 @@ impl ChannelState {
             let n = self.in_flight.values().filter(|f| f.consumer == id).count();
             assert_eq!(c.in_flight as usize, n, "consumer {id} in-flight count");
         }
+        self.keys.check_invariants();
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 pub mod hooks;
 mod judge;
 mod lookahead;
+pub mod ordering;
 pub mod pool;
 mod published;
 mod routing;
@@ -33,6 +34,8 @@ pub use pool::{Lane, PluginPool, PoolClosed};
 pub use published::Published;
 pub use stats::{AccessStats, BrokerStats, ChannelStats, ConsumerStats, TopicStats};
 pub use subscription::Subscription;
+
+pub use crate::message::ChannelSettings;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -72,16 +75,6 @@ pub struct BrokerConfig {
     /// Deliveries after which a failing message goes to `<topic>.dead`, for channels that set
     /// none. 0 means unlimited.
     pub max_attempts: u16,
-}
-
-/// Channel options set from outside the wire protocol (the rules file). `None` keeps the
-/// channel's current value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ChannelSettings {
-    /// Deliveries before a message is dead-lettered; 0 means unlimited.
-    pub max_attempts: Option<u16>,
-    /// Deadline for consumers that ask for none.
-    pub msg_timeout: Option<Duration>,
 }
 
 /// Shortest message timeout a consumer may ask for.
@@ -376,29 +369,21 @@ impl Broker {
         Ok(())
     }
 
+    /// Creates a channel (and its topic) if needed, with the settings given; an existing
+    /// channel takes the settings that are set.
     pub fn create_channel(
         &self,
         who: &Principal,
         topic: &TopicName,
         channel: &ChannelName,
-        max_attempts: Option<u16>,
+        settings: ChannelSettings,
     ) -> Result<(), BrokerError> {
         self.administer(
             who,
             Operation::Admin(topic, Some(channel)),
             "create channel",
         )?;
-        let topic = self.topic(topic)?;
-        let channel = topic.channel(channel, self)?;
-        if let Some(max) = max_attempts {
-            let mut state = channel.state();
-            let options = state.options();
-            state.set_options(crate::storage::ChannelOptions {
-                max_attempts: max,
-                ..options
-            });
-        }
-        Ok(())
+        self.configure_channel(topic, channel, settings)
     }
 
     /// Creates the channel (and its topic) if needed and sets the options given; `None`
@@ -419,16 +404,26 @@ impl Broker {
         }
         let topic = self.topic(topic)?;
         let channel = topic.channel(channel, self)?;
-        let mut state = channel.state();
-        let mut options = state.options();
-        if let Some(max) = settings.max_attempts {
-            options.max_attempts = max;
-        }
-        if let Some(timeout) = settings.msg_timeout {
-            options.msg_timeout_ms = timeout.as_millis() as u64;
-        }
-        if options != state.options() {
-            state.set_options(options);
+        let released = {
+            let mut state = channel.state();
+            let mut options = state.options();
+            if let Some(max) = settings.max_attempts {
+                options.max_attempts = max;
+            }
+            if let Some(timeout) = settings.msg_timeout {
+                options.msg_timeout_ms = timeout.as_millis() as u64;
+            }
+            if let Some(ordering) = settings.ordering {
+                options.ordering = ordering;
+            }
+            if options != state.options() {
+                state.set_options(options);
+            }
+            state.take_released()
+        };
+        if released {
+            // A new ordering let go of messages that waited behind their keys.
+            channel.wake_all();
         }
         Ok(())
     }
@@ -559,6 +554,12 @@ impl Broker {
             match result {
                 Ok(()) => {
                     offsets.iter().for_each(|&o| state.dead_settled(o));
+                    let released = state.take_released();
+                    drop(state);
+                    if released {
+                        // The next message of a key is ready, for any consumer.
+                        channel.wake_all();
+                    }
                     tracing::debug!(topic = %name, channel = %channel_name, count, "dead-lettered");
                 }
                 Err(e) => {

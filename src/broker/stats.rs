@@ -125,6 +125,17 @@ pub struct ChannelStats {
     pub state_lag_max_ms: u64,
     /// 0 means unlimited.
     pub max_attempts: u16,
+    /// `none`, `channel` (one message at a time), or `key:<header>` (one message of each
+    /// value of the header at a time).
+    #[serde(default)]
+    pub ordering: String,
+    /// Ordered channels: keys that have a message in flight, requeued, deferred or waiting.
+    #[serde(default)]
+    pub active_keys: u64,
+    /// Ordered channels: messages read from the log that wait for an older message of their
+    /// key to be finished (counted in `depth`).
+    #[serde(default)]
+    pub waiting_on_key: u64,
     pub consumers: Vec<ConsumerStats>,
 }
 

@@ -239,12 +239,17 @@ impl Subscription {
 
     pub fn fin(&self, id: MessageId) -> Result<(), BrokerError> {
         let offset = self.offset(id, SettleOp::Fin)?;
-        let was_full = self
-            .channel
-            .state()
-            .fin(self.id, offset)
-            .map_err(|source| settle(SettleOp::Fin, id, source))?;
-        if was_full {
+        let (was_full, released) = {
+            let mut state = self.channel.state();
+            let was_full = state
+                .fin(self.id, offset)
+                .map_err(|source| settle(SettleOp::Fin, id, source))?;
+            (was_full, state.take_released())
+        };
+        if released {
+            // The next message of the key is ready, for whichever consumer has credit.
+            self.channel.wake_all();
+        } else if was_full {
             self.waker.notify_one();
         }
         Ok(())

@@ -143,10 +143,10 @@ async fn routed_messages_reach_only_their_channels_and_routers_see_their_ids() {
     let (broker, hooks) = broker_on(Arc::new(MemoryStorage));
     let t = topic("routed");
     broker
-        .create_channel(&Principal::internal(), &t, &channel("a"), None)
+        .create_channel(&Principal::internal(), &t, &channel("a"), ChannelSettings::default())
         .unwrap();
     broker
-        .create_channel(&Principal::internal(), &t, &channel("b"), None)
+        .create_channel(&Principal::internal(), &t, &channel("b"), ChannelSettings::default())
         .unwrap();
     let batch = vec![
         msg("a", "1"),
@@ -194,7 +194,7 @@ async fn drop_dead_letter_and_reject_follow_the_routers_answer() {
     let (broker, _) = broker_on(Arc::new(MemoryStorage));
     let t = topic("routed");
     broker
-        .create_channel(&Principal::internal(), &t, &channel("a"), None)
+        .create_channel(&Principal::internal(), &t, &channel("a"), ChannelSettings::default())
         .unwrap();
     let range = broker
         .publish(
@@ -240,19 +240,19 @@ async fn drop_dead_letter_and_reject_follow_the_routers_answer() {
 async fn forwards_are_routed_by_the_target_and_never_loop() {
     let (broker, _) = broker_on(Arc::new(MemoryStorage));
     broker
-        .create_channel(&Principal::internal(), &topic("plain"), &channel("c"), None)
+        .create_channel(&Principal::internal(), &topic("plain"), &channel("c"), ChannelSettings::default())
         .unwrap();
     broker
         .create_channel(
             &Principal::internal(),
             &topic("routed-2"),
             &channel("c"),
-            None,
+            ChannelSettings::default(),
         )
         .unwrap();
     let t = topic("routed");
     broker
-        .create_channel(&Principal::internal(), &t, &channel("c"), None)
+        .create_channel(&Principal::internal(), &t, &channel("c"), ChannelSettings::default())
         .unwrap();
     broker
         .publish(
@@ -289,10 +289,10 @@ async fn gates_skip_and_dead_letter_at_the_cursor_to_the_channels_dead_letter_to
     let (broker, _) = broker_on(Arc::new(MemoryStorage));
     let t = topic("plain");
     broker
-        .create_channel(&Principal::internal(), &t, &channel("gated"), None)
+        .create_channel(&Principal::internal(), &t, &channel("gated"), ChannelSettings::default())
         .unwrap();
     broker
-        .create_channel(&Principal::internal(), &t, &channel("open"), None)
+        .create_channel(&Principal::internal(), &t, &channel("open"), ChannelSettings::default())
         .unwrap();
     let batch = vec![
         msg("all", "keep-1"),
@@ -341,10 +341,10 @@ async fn the_routing_decision_survives_a_restart() {
         let storage = FileStorage::open(dir.path(), StorageConfig::default()).unwrap();
         let (broker, _) = broker_on(Arc::new(storage));
         broker
-            .create_channel(&Principal::internal(), &t, &channel("a"), None)
+            .create_channel(&Principal::internal(), &t, &channel("a"), ChannelSettings::default())
             .unwrap();
         broker
-            .create_channel(&Principal::internal(), &t, &channel("b"), None)
+            .create_channel(&Principal::internal(), &t, &channel("b"), ChannelSettings::default())
             .unwrap();
         broker
             .publish(

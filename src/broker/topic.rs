@@ -231,7 +231,7 @@ impl Topic {
                 })?;
         let now = Now::current();
         let state = match record {
-            Some(record) => ChannelState::restore(&record, self.log.start()..self.log.end(), now),
+            Some(record) => ChannelState::restore(&record, &*self.log, now),
             None => {
                 // The first channel inherits the backlog kept for it; later ones start at
                 // the end.
@@ -488,6 +488,9 @@ impl Channel {
             state_lag_ms: lag.current.as_millis() as u64,
             state_lag_max_ms: lag.max.as_millis() as u64,
             max_attempts: state.max_attempts,
+            ordering: state.ordering().to_string(),
+            active_keys: state.active_keys() as u64,
+            waiting_on_key: state.waiting_on_key() as u64,
             consumers,
         }
     }

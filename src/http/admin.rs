@@ -82,7 +82,8 @@ pub(crate) async fn topic(
     Ok("OK")
 }
 
-/// `POST /channel/<op>?topic=T&channel=C[&max_attempts=N]`; `max_attempts` only on create.
+/// `POST /channel/<op>?topic=T&channel=C[&max_attempts=N][&ordering=O[&order_key_header=H]]`;
+/// the settings only on create.
 pub(crate) async fn channel(
     State(broker): State<Broker>,
     Extension(who): Extension<Arc<Principal>>,
@@ -93,7 +94,9 @@ pub(crate) async fn channel(
     let channel = params.channel()?;
     refuse_if_shutting_down(&broker)?;
     match op {
-        AdminOp::Create => broker.create_channel(&who, &topic, &channel, params.max_attempts()?),
+        AdminOp::Create => {
+            broker.create_channel(&who, &topic, &channel, params.channel_settings()?)
+        }
         AdminOp::Delete => broker.delete_channel(&who, &topic, &channel),
         AdminOp::Pause => broker.pause_channel(&who, &topic, &channel, true),
         AdminOp::Unpause => broker.pause_channel(&who, &topic, &channel, false),

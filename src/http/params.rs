@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::message::{ChannelName, TopicName};
+use crate::message::{ChannelName, ChannelSettings, OrderBy, TopicName};
 
 /// The query parameters any endpoint may take. Each endpoint reads the ones it uses.
 #[derive(Debug, Default, Deserialize)]
@@ -17,6 +17,8 @@ pub(crate) struct Params {
     channel: Option<String>,
     defer: Option<String>,
     max_attempts: Option<String>,
+    ordering: Option<String>,
+    order_key_header: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
@@ -72,6 +74,30 @@ impl Params {
             return Err(ApiError::bad("defer", why));
         }
         Ok(delay)
+    }
+
+    /// A channel create's settings: `max_attempts`, `ordering` and `order_key_header`.
+    pub(crate) fn channel_settings(&self) -> Result<ChannelSettings, ApiError> {
+        Ok(ChannelSettings {
+            max_attempts: self.max_attempts()?,
+            ordering: self.ordering()?,
+            ..ChannelSettings::default()
+        })
+    }
+
+    /// `ordering` (`none`, `channel`, `key`) with `order_key_header` for `key`.
+    pub(crate) fn ordering(&self) -> Result<Option<OrderBy>, ApiError> {
+        let header = self.order_key_header.as_deref();
+        match self.ordering.as_deref() {
+            Some(ordering) => OrderBy::parse(ordering, header)
+                .map(Some)
+                .map_err(|why| ApiError::bad("ordering", why)),
+            None if header.is_some() => Err(ApiError::bad(
+                "order_key_header",
+                "applies to ordering=key only; ordering is missing",
+            )),
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn max_attempts(&self) -> Result<Option<u16>, ApiError> {

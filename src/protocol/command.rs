@@ -6,7 +6,9 @@ use bytes::{BufMut, BytesMut};
 
 use super::wire::{self, Reader};
 use super::{FrameError, RawFrame};
-use crate::message::{ChannelName, MessageId, NewMessage, TopicName};
+use crate::message::{
+    ChannelName, ChannelSettings, HeaderName, MessageId, NewMessage, OrderBy, TopicName,
+};
 
 pub(super) const PUB: u8 = 0x01;
 pub(super) const MPUB: u8 = 0x02;
@@ -88,8 +90,18 @@ pub enum AdminRequest {
         op: AdminOp,
         topic: TopicName,
         channel: ChannelName,
+        /// Options of a channel create; ignored (and not sent) for other ops.
+        settings: ChannelSettings,
     },
 }
+
+/// Flags of the settings block a channel create may carry after its names.
+const SET_MAX_ATTEMPTS: u8 = 0x01;
+const SET_MSG_TIMEOUT: u8 = 0x02;
+const SET_ORDERING: u8 = 0x04;
+const ORDER_NONE: u8 = 0;
+const ORDER_CHANNEL: u8 = 1;
+const ORDER_KEY: u8 = 2;
 
 /// What an admin request does to its topic or channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,13 +291,21 @@ impl AdminRequest {
         let (op, topic, channel) = match self {
             AdminRequest::Stats { topic } => (ADMIN_STATS, topic.as_ref(), None),
             AdminRequest::Topic { op, topic } => (ADMIN_TOPIC | op.code(), Some(topic), None),
-            AdminRequest::Channel { op, topic, channel } => {
-                (ADMIN_CHANNEL | op.code(), Some(topic), Some(channel))
-            }
+            AdminRequest::Channel {
+                op, topic, channel, ..
+            } => (ADMIN_CHANNEL | op.code(), Some(topic), Some(channel)),
         };
         dst.put_u8(op);
         wire::put_str8(dst, topic.map_or("", |t| t.as_str()));
         wire::put_str8(dst, channel.map_or("", |c| c.as_str()));
+        if let AdminRequest::Channel {
+            op: AdminOp::Create,
+            settings,
+            ..
+        } = self
+        {
+            encode_settings(dst, settings);
+        }
         wire::finish(dst, start);
     }
 
@@ -313,17 +333,88 @@ impl AdminRequest {
                 op: op()?,
                 topic: topic_name()?,
             }),
-            ADMIN_CHANNEL => Ok(AdminRequest::Channel {
-                op: op()?,
-                topic: topic_name()?,
-                channel: channel_name()?,
-            }),
+            ADMIN_CHANNEL => {
+                let op = op()?;
+                let settings = if op == AdminOp::Create && !r.is_empty() {
+                    decode_settings(r)?
+                } else {
+                    ChannelSettings::default()
+                };
+                Ok(AdminRequest::Channel {
+                    op,
+                    topic: topic_name()?,
+                    channel: channel_name()?,
+                    settings,
+                })
+            }
             _ => Err(FrameError::OutOfRange {
                 what: "admin operation",
                 value: code.into(),
             }),
         }
     }
+}
+
+/// The settings block of a channel create: `flags: u8`, then `max_attempts: u16`,
+/// `msg_timeout: u32 ms` and `ordering: u8, order_key_header: str8`, each only when its flag
+/// is set. Nothing at all when no setting is given, so such a frame is as before.
+fn encode_settings(dst: &mut BytesMut, settings: &ChannelSettings) {
+    let mut flags = 0;
+    flags |= if settings.max_attempts.is_some() { SET_MAX_ATTEMPTS } else { 0 };
+    flags |= if settings.msg_timeout.is_some() { SET_MSG_TIMEOUT } else { 0 };
+    flags |= if settings.ordering.is_some() { SET_ORDERING } else { 0 };
+    if flags == 0 {
+        return;
+    }
+    dst.put_u8(flags);
+    if let Some(max) = settings.max_attempts {
+        dst.put_u16(max);
+    }
+    if let Some(timeout) = settings.msg_timeout {
+        dst.put_u32(millis(timeout));
+    }
+    if let Some(ordering) = settings.ordering {
+        let (mode, header) = match ordering {
+            OrderBy::Unordered => (ORDER_NONE, ""),
+            OrderBy::Channel => (ORDER_CHANNEL, ""),
+            OrderBy::Key(header) => (ORDER_KEY, header.as_str()),
+        };
+        dst.put_u8(mode);
+        wire::put_str8(dst, header);
+    }
+}
+
+fn decode_settings(r: &mut Reader) -> Result<ChannelSettings, FrameError> {
+    let flags = r.u8("channel settings")?;
+    if flags & !(SET_MAX_ATTEMPTS | SET_MSG_TIMEOUT | SET_ORDERING) != 0 {
+        return Err(FrameError::OutOfRange {
+            what: "channel settings flags",
+            value: flags.into(),
+        });
+    }
+    let mut settings = ChannelSettings::default();
+    if flags & SET_MAX_ATTEMPTS != 0 {
+        settings.max_attempts = Some(r.u16("max attempts")?);
+    }
+    if flags & SET_MSG_TIMEOUT != 0 {
+        let ms = r.u32("message timeout")?;
+        settings.msg_timeout = Some(Duration::from_millis(ms.into()));
+    }
+    if flags & SET_ORDERING != 0 {
+        let mode = r.u8("ordering")?;
+        let header = r.str8("order key header")?;
+        let bad = |value: u64| FrameError::OutOfRange {
+            what: "ordering",
+            value,
+        };
+        settings.ordering = Some(match (mode, header.is_empty()) {
+            (ORDER_NONE, true) => OrderBy::Unordered,
+            (ORDER_CHANNEL, true) => OrderBy::Channel,
+            (ORDER_KEY, false) => OrderBy::Key(HeaderName::new(&header).ok_or(bad(mode.into()))?),
+            _ => return Err(bad(mode.into())),
+        });
+    }
+    Ok(settings)
 }
 
 fn publish_header(dst: &mut BytesMut, kind: u8, seq: u64, topic: &TopicName) -> usize {

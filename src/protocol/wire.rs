@@ -164,6 +164,11 @@ impl Reader {
         Ok(NewMessage { headers, body })
     }
 
+    /// Whether every byte has been read.
+    pub(super) fn is_empty(&self) -> bool {
+        self.buf.remaining() == 0
+    }
+
     /// Takes everything that is left.
     pub(super) fn rest(self) -> Bytes {
         self.buf

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::acl::{Acl, RawGrant};
 use crate::broker::MIN_MSG_TIMEOUT;
 use crate::config::parse_duration;
-use crate::message::{ChannelName, TopicName};
+use crate::message::{ChannelName, OrderBy, TopicName};
 use crate::plugin::PluginKind;
 
 /// Where a rule set is read from.
@@ -119,6 +119,8 @@ pub struct ChannelSpec {
     pub name: ChannelName,
     pub max_attempts: Option<u16>,
     pub msg_timeout: Option<Duration>,
+    /// `ordering` with `order_key_header`; None leaves the channel's ordering as it is.
+    pub ordering: Option<OrderBy>,
     /// None: `<topic>.dead`.
     pub dead_letter_topic: Option<TopicName>,
     /// Filters and samplers, applied in order.
@@ -234,6 +236,8 @@ struct RawChannel {
     name: String,
     max_attempts: Option<u16>,
     msg_timeout: Option<String>,
+    ordering: Option<String>,
+    order_key_header: Option<String>,
     dead_letter_topic: Option<String>,
     #[serde(default)]
     plugins: Vec<RawGatePlugin>,
@@ -320,6 +324,16 @@ impl RawChannel {
                 })
                 .map_err(|why| problems.add(&format!("{at} msg_timeout"), why))
         });
+        let ordering = match (self.ordering.as_deref(), self.order_key_header.as_deref()) {
+            (Some(ordering), header) => OrderBy::parse(ordering, header)
+                .map(Some)
+                .map_err(|why| problems.add(&format!("{at} ordering"), why)),
+            (None, Some(_)) => Err(problems.add(
+                &format!("{at} order_key_header"),
+                "applies to ordering = \"key\" only, and ordering is not set",
+            )),
+            (None, None) => Ok(None),
+        };
         let dead_letter_topic = self.dead_letter_topic.map(|text| {
             TopicName::new(&text).map_err(|e| problems.add(&format!("{at} dead_letter_topic"), e))
         });
@@ -348,6 +362,7 @@ impl RawChannel {
             name: name.ok()?,
             max_attempts: self.max_attempts,
             msg_timeout: msg_timeout.transpose().ok()?,
+            ordering: ordering.ok()?,
             dead_letter_topic: dead_letter_topic.transpose().ok()?,
             plugins,
         })

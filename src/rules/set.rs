@@ -465,6 +465,7 @@ impl RuleSet {
             let settings = ChannelSettings {
                 max_attempts: channel.max_attempts,
                 msg_timeout: channel.msg_timeout,
+                ordering: channel.ordering,
             };
             broker
                 .configure_channel(&channel.topic, &channel.name, settings)

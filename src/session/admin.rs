@@ -60,9 +60,14 @@ pub fn execute(
             .map_err(fail)?;
             done()
         }
-        AdminRequest::Channel { op, topic, channel } => {
+        AdminRequest::Channel {
+            op,
+            topic,
+            channel,
+            settings,
+        } => {
             match op {
-                AdminOp::Create => broker.create_channel(who, topic, channel, None),
+                AdminOp::Create => broker.create_channel(who, topic, channel, *settings),
                 AdminOp::Delete => broker.delete_channel(who, topic, channel),
                 AdminOp::Pause => broker.pause_channel(who, topic, channel, true),
                 AdminOp::Unpause => broker.pause_channel(who, topic, channel, false),

@@ -36,6 +36,7 @@ pub use file::FileStorage;
 pub use memory::MemoryStorage;
 pub use policy::{FsyncPolicy, StorageConfig, TopicStorageConfig};
 
+pub use crate::message::{HeaderName, OrderBy};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::Range;
@@ -173,7 +174,9 @@ pub struct ChannelOptions {
     /// Message timeout for consumers that ask for none, in milliseconds; 0 means the broker's
     /// default.
     pub msg_timeout_ms: u64,
+    pub ordering: OrderBy,
 }
+
 
 /// A message of a channel that was taken from the log but is not settled: in flight,
 /// requeued, deferred, or on its way to the dead-letter topic.

@@ -242,7 +242,10 @@ async fn message_past_max_attempts_moves_to_the_dead_letter_topic_with_reasons()
             &quiver::broker::Principal::internal(),
             &topic("orders"),
             &channel("c"),
-            Some(2),
+            quiver::broker::ChannelSettings {
+                max_attempts: Some(2),
+                ..Default::default()
+            },
         )
         .unwrap();
     let client = broker.client().await;
@@ -409,6 +412,7 @@ async fn paused_channel_holds_messages_until_unpaused() {
         op: quiver::protocol::AdminOp::Pause,
         topic: topic("pause"),
         channel: channel("c"),
+        settings: Default::default(),
     };
     client.admin(admin).await.unwrap();
     publish(&client, "pause", ["held".to_string()]).await;
@@ -419,6 +423,7 @@ async fn paused_channel_holds_messages_until_unpaused() {
         op: quiver::protocol::AdminOp::Unpause,
         topic: topic("pause"),
         channel: channel("c"),
+        settings: Default::default(),
     };
     client.admin(admin).await.unwrap();
     assert_eq!(body(&next_message(&mut sub, SOON).await), "held");

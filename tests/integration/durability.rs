@@ -54,7 +54,10 @@ async fn a_restart_keeps_channels_acks_deferred_due_times_and_attempts() {
         &quiver::broker::Principal::internal(),
         &topic("keep"),
         &channel("slow"),
-        Some(7),
+        quiver::broker::ChannelSettings {
+            max_attempts: Some(7),
+            ..Default::default()
+        },
     )
     .unwrap();
     b.pause_channel(

@@ -86,7 +86,8 @@ pub(super) async fn create_channel(
     let (topic, channel) = params.topic_channel()?;
     refuse_if_exiting(&state.broker)?;
     require_topic(&state.broker, &who, &topic)?;
-    state.broker.create_channel(&who, &topic, &channel, None)?;
+    let settings = params.channel_settings()?;
+    state.broker.create_channel(&who, &topic, &channel, settings)?;
     Ok(Reply::Empty)
 }
 

@@ -5,7 +5,7 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 
 use super::reply::NsqError;
-use crate::message::{ChannelName, TopicName};
+use crate::message::{ChannelName, ChannelSettings, OrderBy, TopicName};
 
 /// The query string, in order. Extraction fails (`INVALID_REQUEST`) only on a query that
 /// cannot be decoded.
@@ -69,6 +69,24 @@ impl Params {
         let channel =
             ChannelName::new(name).map_err(|_| NsqError::bad_request("INVALID_ARG_CHANNEL"))?;
         Ok((topic, channel))
+    }
+
+    /// Quiver's channel settings on `/channel/create`: `ordering` (`none`, `channel`, `key`)
+    /// and `order_key_header`. nsqd has neither; its clients simply never send them.
+    pub(crate) fn channel_settings(&self) -> Result<ChannelSettings, NsqError> {
+        let header = self.get("order_key_header");
+        let ordering = match self.get("ordering") {
+            Some(ordering) => Some(
+                OrderBy::parse(ordering, header)
+                    .map_err(|_| NsqError::bad_request("INVALID_ARG_ORDERING"))?,
+            ),
+            None if header.is_some() => return Err(NsqError::bad_request("MISSING_ARG_ORDERING")),
+            None => None,
+        };
+        Ok(ChannelSettings {
+            ordering,
+            ..ChannelSettings::default()
+        })
     }
 
     /// A boolean as nsqd reads one: `true`/`1` and `false`/`0`; `None` when absent or

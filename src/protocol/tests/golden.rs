@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
+use crate::message::{ChannelSettings, HeaderName, OrderBy};
 
 fn assert_command_bytes(command: Command, expected: &[u8]) {
     assert_eq!(
@@ -187,10 +188,41 @@ fn golden_admin_requests() {
                 op,
                 topic: t.clone(),
                 channel: c.clone(),
+                settings: ChannelSettings::default(),
             }),
             &hex(&["00000006", "20", code, "01 74", "01 63"]),
         );
     }
+}
+
+#[test]
+fn golden_channel_create_with_settings() {
+    let settings = ChannelSettings {
+        max_attempts: Some(5),
+        msg_timeout: None,
+        ordering: Some(OrderBy::Key(HeaderName::new("user").unwrap())),
+    };
+    let create = |settings| {
+        Command::Admin(AdminRequest::Channel {
+            op: AdminOp::Create,
+            topic: TopicName::new("t").unwrap(),
+            channel: ChannelName::new("c").unwrap(),
+            settings,
+        })
+    };
+    // flags 0x05: max_attempts, then ordering 2 (key) with its header.
+    assert_command_bytes(
+        create(settings),
+        &hex(&["0000000f", "20", "21", "01 74", "01 63", "05", "0005", "02", "04 75736572"]),
+    );
+    let channel = ChannelSettings {
+        ordering: Some(OrderBy::Channel),
+        ..ChannelSettings::default()
+    };
+    assert_command_bytes(
+        create(channel),
+        &hex(&["00000009", "20", "21", "01 74", "01 63", "04", "01", "00"]),
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+use crate::message::{ChannelSettings, HeaderName, OrderBy};
 
 /// 1..=max bytes of the name alphabet, except `.` and `..` (refused as directory names).
 fn name_base(min: usize, max: usize) -> impl Strategy<Value = String> {
@@ -82,9 +83,38 @@ fn admin_request() -> impl Strategy<Value = AdminRequest> {
         Just(AdminRequest::Stats { topic: None }),
         topic_name().prop_map(|topic| AdminRequest::Stats { topic: Some(topic) }),
         (admin_op(), topic_name()).prop_map(|(op, topic)| AdminRequest::Topic { op, topic }),
-        (admin_op(), topic_name(), channel_name())
-            .prop_map(|(op, topic, channel)| AdminRequest::Channel { op, topic, channel }),
+        (admin_op(), topic_name(), channel_name(), channel_settings()).prop_map(
+            |(op, topic, channel, settings)| AdminRequest::Channel {
+                op,
+                topic,
+                channel,
+                // Only a create carries settings.
+                settings: if op == AdminOp::Create {
+                    settings
+                } else {
+                    ChannelSettings::default()
+                },
+            }
+        ),
     ]
+}
+
+fn channel_settings() -> impl Strategy<Value = ChannelSettings> {
+    let ordering = prop_oneof![
+        Just(OrderBy::Unordered),
+        Just(OrderBy::Channel),
+        "[a-z-]{1,40}".prop_map(|h| OrderBy::Key(HeaderName::new(&h).unwrap())),
+    ];
+    (
+        proptest::option::of(any::<u16>()),
+        proptest::option::of(0u32..u32::MAX),
+        proptest::option::of(ordering),
+    )
+        .prop_map(|(max_attempts, ms, ordering)| ChannelSettings {
+            max_attempts,
+            msg_timeout: ms.map(|ms| Duration::from_millis(ms.into())),
+            ordering,
+        })
 }
 
 pub(super) fn command() -> impl Strategy<Value = Command> {

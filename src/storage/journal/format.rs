@@ -5,21 +5,25 @@
 //! Decoding never trusts a length read from disk: a frame's length is checked against the
 //! limit and against the bytes actually present before anything is sliced or allocated.
 
-use crate::storage::{ChannelOptions, ChannelRecord, PendingEntry, StateEvent};
+use crate::storage::{ChannelOptions, ChannelRecord, HeaderName, OrderBy, PendingEntry, StateEvent};
 
-pub(super) const CHECKPOINT_MAGIC: [u8; 8] = *b"QVCHKPT1";
+pub(super) const CHECKPOINT_MAGIC: [u8; 8] = *b"QVCHKPT2";
+/// Checkpoints written before channels could be ordered: no ordering after the options.
+const CHECKPOINT_MAGIC_V1: [u8; 8] = *b"QVCHKPT1";
 pub(super) const JOURNAL_MAGIC: [u8; 8] = *b"QVJRNL01";
 /// `[u32 payload_len][u32 crc32c(payload)]`, before every payload.
 const FRAME_HEADER: usize = 8;
 /// Largest journal record payload accepted, and so the most replay ever reads at once.
 pub(super) const MAX_JOURNAL_RECORD: usize = 16 << 20;
-/// Largest encoded event (`Pending`: tag, u64, u16, u64).
-const MAX_EVENT_BYTES: usize = 19;
+/// Largest encoded event (`Ordered options`: tag, u8, u16, u64, u8, u16, a header name).
+const MAX_EVENT_BYTES: usize = 1 + ORDERED_OPTIONS_FIXED + HeaderName::MAX_LEN;
+/// Options with their ordering, before the header name: paused, max_attempts,
+/// msg_timeout_ms, mode, name length.
+const ORDERED_OPTIONS_FIXED: usize = 1 + 2 + 8 + 1 + 2;
 /// Events per journal record, so that an encoded record never exceeds the limit.
 const EVENTS_PER_RECORD: usize = MAX_JOURNAL_RECORD / MAX_EVENT_BYTES;
-/// Checkpoint payload before its entries: generation, cursor, paused, max_attempts,
-/// msg_timeout_ms, count.
-const CHECKPOINT_FIXED: usize = 8 + 8 + 1 + 2 + 8 + 8;
+/// Checkpoint payload before its entries, options aside: generation, cursor, count.
+const CHECKPOINT_FIXED: usize = 8 + 8 + 8;
 /// One checkpoint entry: offset, attempts, due_ms.
 const CHECKPOINT_ENTRY: usize = 8 + 2 + 8;
 
@@ -27,7 +31,12 @@ const TAG_CURSOR: u8 = 1;
 const TAG_SETTLE: u8 = 2;
 const TAG_PENDING: u8 = 3;
 const TAG_EMPTY: u8 = 4;
+/// Options without an ordering, as written before channels could be ordered; still read.
 const TAG_OPTIONS: u8 = 5;
+const TAG_ORDERED_OPTIONS: u8 = 6;
+const ORDER_UNORDERED: u8 = 0;
+const ORDER_CHANNEL: u8 = 1;
+const ORDER_KEY: u8 = 2;
 
 /// Why bytes could not be decoded; becomes a log field or the text of a `Corrupt` error.
 pub(super) type Reason = &'static str;
@@ -65,7 +74,7 @@ fn encode_event(event: &StateEvent, out: &mut Vec<u8>) {
             out.extend_from_slice(&end.to_le_bytes());
         }
         StateEvent::Options(options) => {
-            out.push(TAG_OPTIONS);
+            out.push(TAG_ORDERED_OPTIONS);
             encode_options(options, out);
         }
     }
@@ -81,6 +90,23 @@ fn encode_options(options: ChannelOptions, out: &mut Vec<u8>) {
     out.push(u8::from(options.paused));
     out.extend_from_slice(&options.max_attempts.to_le_bytes());
     out.extend_from_slice(&options.msg_timeout_ms.to_le_bytes());
+    let (mode, header) = match options.ordering {
+        OrderBy::Unordered => (ORDER_UNORDERED, ""),
+        OrderBy::Channel => (ORDER_CHANNEL, ""),
+        OrderBy::Key(header) => (ORDER_KEY, header.as_str()),
+    };
+    out.push(mode);
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+}
+
+/// The encoded size of `options`.
+fn options_len(options: ChannelOptions) -> usize {
+    let header = match options.ordering {
+        OrderBy::Key(header) => header.as_str().len(),
+        _ => 0,
+    };
+    ORDERED_OPTIONS_FIXED + header
 }
 
 /// Fills in the header reserved at `start` for the payload that follows it. Callers keep the
@@ -101,7 +127,7 @@ pub(super) fn encode_checkpoint(generation: u64, record: &ChannelRecord) -> Opti
         .pending
         .len()
         .checked_mul(CHECKPOINT_ENTRY)?
-        .checked_add(CHECKPOINT_FIXED)?;
+        .checked_add(CHECKPOINT_FIXED + options_len(record.options))?;
     u32::try_from(payload_len).ok()?;
     let mut out = Vec::with_capacity(CHECKPOINT_MAGIC.len() + FRAME_HEADER + payload_len);
     out.extend_from_slice(&CHECKPOINT_MAGIC);
@@ -168,6 +194,7 @@ pub(super) fn decode_events(payload: &[u8], events: &mut Vec<StateEvent>) -> Res
                 .map(|(offset, entry)| StateEvent::Pending { offset, entry }),
             TAG_EMPTY => fields.u64().map(StateEvent::Empty),
             TAG_OPTIONS => fields.options()?.map(StateEvent::Options),
+            TAG_ORDERED_OPTIONS => fields.ordered_options()?.map(StateEvent::Options),
             _ => return Err("unknown event tag"),
         };
         events.push(event.ok_or("event cut short")?);
@@ -180,7 +207,10 @@ pub(super) fn decode_checkpoint(bytes: &[u8]) -> Result<(u64, ChannelRecord), Re
     let (header, rest) = bytes
         .split_first_chunk::<8>()
         .ok_or("shorter than the file header")?;
-    check_magic(header, &CHECKPOINT_MAGIC)?;
+    let ordered = check_magic(header, &CHECKPOINT_MAGIC_V1).is_err();
+    if ordered {
+        check_magic(header, &CHECKPOINT_MAGIC)?;
+    }
     // The file is already in memory, so its own size bounds the frame.
     let (payload, rest) = split_frame(rest, usize::MAX)?;
     if !rest.is_empty() {
@@ -190,12 +220,18 @@ pub(super) fn decode_checkpoint(bytes: &[u8]) -> Result<(u64, ChannelRecord), Re
     let short = "record cut short";
     let generation = fields.u64().ok_or(short)?;
     let cursor = fields.u64().ok_or(short)?;
-    let options = fields.options()?.ok_or(short)?;
+    let options = if ordered {
+        fields.ordered_options()?
+    } else {
+        fields.options()?
+    };
+    let options = options.ok_or(short)?;
     let count = fields.u64().ok_or(short)?;
+    let options_len = if ordered { options_len(options) } else { 11 };
     let expected = usize::try_from(count)
         .ok()
         .and_then(|count| count.checked_mul(CHECKPOINT_ENTRY))
-        .and_then(|len| len.checked_add(CHECKPOINT_FIXED));
+        .and_then(|len| len.checked_add(CHECKPOINT_FIXED + options_len));
     if expected != Some(payload.len()) {
         return Err("entry count does not match the record length");
     }
@@ -264,7 +300,34 @@ impl Fields<'_> {
             paused,
             max_attempts,
             msg_timeout_ms,
+            ordering: OrderBy::Unordered,
         }))
+    }
+
+    /// [`Fields::options`] followed by the ordering: `u8 mode, u16 len, header name`.
+    fn ordered_options(&mut self) -> Result<Option<ChannelOptions>, Reason> {
+        let Some(options) = self.options()? else {
+            return Ok(None);
+        };
+        let (Some(mode), Some(len)) = (self.u8(), self.u16()) else {
+            return Ok(None);
+        };
+        let len = usize::from(len);
+        if len > self.0.len() {
+            return Ok(None);
+        }
+        let (name, rest) = self.0.split_at(len);
+        self.0 = rest;
+        let ordering = match (mode, len) {
+            (ORDER_UNORDERED, 0) => OrderBy::Unordered,
+            (ORDER_CHANNEL, 0) => OrderBy::Channel,
+            (ORDER_KEY, _) => {
+                let name = std::str::from_utf8(name).map_err(|_| "order key header is not UTF-8")?;
+                OrderBy::Key(HeaderName::new(name).ok_or("bad order key header name")?)
+            }
+            _ => return Err("unknown ordering"),
+        };
+        Ok(Some(ChannelOptions { ordering, ..options }))
     }
 }
 
@@ -288,6 +351,11 @@ mod tests {
                 paused: true,
                 max_attempts: 5,
                 msg_timeout_ms: 60_000,
+                ordering: OrderBy::Key(HeaderName::new("user-id").unwrap()),
+            }),
+            StateEvent::Options(ChannelOptions {
+                ordering: OrderBy::Channel,
+                ..ChannelOptions::default()
             }),
         ]
     }
@@ -359,6 +427,44 @@ mod tests {
     }
 
     #[test]
+    fn files_from_before_ordering_still_read() {
+        // A version 1 checkpoint: options without an ordering, one entry.
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&3u64.to_le_bytes()); // generation
+        payload.extend_from_slice(&9u64.to_le_bytes()); // cursor
+        payload.extend_from_slice(&[1, 5, 0]); // paused, max_attempts 5
+        payload.extend_from_slice(&1000u64.to_le_bytes()); // msg_timeout_ms
+        payload.extend_from_slice(&1u64.to_le_bytes()); // count
+        payload.extend_from_slice(&4u64.to_le_bytes());
+        payload.extend_from_slice(&[2, 0]);
+        payload.extend_from_slice(&0u64.to_le_bytes());
+        let mut file = CHECKPOINT_MAGIC_V1.to_vec();
+        file.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        file.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        file.extend_from_slice(&payload);
+        let (generation, record) = decode_checkpoint(&file).unwrap();
+        assert_eq!((generation, record.cursor), (3, 9));
+        let options = ChannelOptions {
+            paused: true,
+            max_attempts: 5,
+            msg_timeout_ms: 1000,
+            ordering: OrderBy::Unordered,
+        };
+        assert_eq!(record.options, options);
+        assert_eq!(record.pending[&4].attempts, 2);
+        // A tag 5 event: options without an ordering.
+        let mut event = vec![TAG_OPTIONS, 0, 7, 0];
+        event.extend_from_slice(&0u64.to_le_bytes());
+        let mut events = Vec::new();
+        decode_events(&event, &mut events).unwrap();
+        let expected = ChannelOptions {
+            max_attempts: 7,
+            ..ChannelOptions::default()
+        };
+        assert_eq!(events, vec![StateEvent::Options(expected)]);
+    }
+
+    #[test]
     fn checkpoint_checks_magic_version_length_and_count() {
         let bytes = encode_checkpoint(1, &sample_record()).unwrap();
         let mut bad = bytes.clone();
@@ -368,7 +474,7 @@ mod tests {
             Err("bad magic: not a file of this kind")
         );
         bad = bytes.clone();
-        bad[7] = b'2';
+        bad[7] = b'9';
         assert_eq!(decode_checkpoint(&bad), Err("unsupported format version"));
         assert_eq!(
             decode_checkpoint(&bytes[..5]),

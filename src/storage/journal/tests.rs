@@ -112,6 +112,7 @@ fn flushed_events_replay_on_reopen() {
         paused: true,
         max_attempts: 4,
         msg_timeout_ms: 30_000,
+        ordering: crate::storage::OrderBy::Channel,
     };
     record(
         &store,
@@ -490,6 +491,11 @@ fn random_event(rng: &mut Rng, model: &ChannelRecord) -> StateEvent {
             paused: rng.below(2) == 1,
             max_attempts: rng.below(20) as u16,
             msg_timeout_ms: rng.below(100_000),
+            ordering: match rng.below(3) {
+                0 => crate::storage::OrderBy::Unordered,
+                1 => crate::storage::OrderBy::Channel,
+                _ => crate::storage::OrderBy::Key(crate::storage::HeaderName::new("k").unwrap()),
+            },
         }),
     }
 }

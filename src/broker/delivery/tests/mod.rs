@@ -18,6 +18,7 @@ use crate::storage::{ChannelRecord, MemoryStorage, Storage, TopicLog};
 mod backlog;
 mod consumers;
 mod dead_letters;
+mod ordered;
 mod settle;
 mod state_machine;
 mod take;

@@ -504,7 +504,7 @@ impl Machine {
             normalize(&snapshot),
             "journal replay"
         );
-        let restored = ChannelState::restore(&snapshot, self.log.start()..self.log.end(), self.now);
+        let restored = ChannelState::restore(&snapshot, &*self.log, self.now);
         restored.check_invariants();
         assert_eq!(restored.in_flight_count(), 0);
         assert_eq!(
