@@ -491,7 +491,8 @@ mod tests {
         // A count that disagrees with the length, with a valid checksum: rejected, and
         // nothing allocated for it.
         bad = bytes.clone();
-        let count_at = 8 + FRAME_HEADER + CHECKPOINT_FIXED - 8;
+        // After the magic, the frame header, generation, cursor and options.
+        let count_at = 8 + FRAME_HEADER + 16 + options_len(sample_record().options);
         bad[count_at..count_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         let crc = crc32c::crc32c(&bad[16..]);
         bad[12..16].copy_from_slice(&crc.to_le_bytes());
