@@ -92,7 +92,9 @@ impl Keys {
 
     /// Messages waiting behind their keys' heads, with their attempts, in offset order.
     pub fn waiting(&self) -> impl Iterator<Item = (u64, u16)> + '_ {
-        self.waiting.iter().map(|(&offset, &attempts)| (offset, attempts))
+        self.waiting
+            .iter()
+            .map(|(&offset, &attempts)| (offset, attempts))
     }
 
     pub fn waiting_count(&self) -> usize {

@@ -143,10 +143,20 @@ async fn routed_messages_reach_only_their_channels_and_routers_see_their_ids() {
     let (broker, hooks) = broker_on(Arc::new(MemoryStorage));
     let t = topic("routed");
     broker
-        .create_channel(&Principal::internal(), &t, &channel("a"), ChannelSettings::default())
+        .create_channel(
+            &Principal::internal(),
+            &t,
+            &channel("a"),
+            ChannelSettings::default(),
+        )
         .unwrap();
     broker
-        .create_channel(&Principal::internal(), &t, &channel("b"), ChannelSettings::default())
+        .create_channel(
+            &Principal::internal(),
+            &t,
+            &channel("b"),
+            ChannelSettings::default(),
+        )
         .unwrap();
     let batch = vec![
         msg("a", "1"),
@@ -194,7 +204,12 @@ async fn drop_dead_letter_and_reject_follow_the_routers_answer() {
     let (broker, _) = broker_on(Arc::new(MemoryStorage));
     let t = topic("routed");
     broker
-        .create_channel(&Principal::internal(), &t, &channel("a"), ChannelSettings::default())
+        .create_channel(
+            &Principal::internal(),
+            &t,
+            &channel("a"),
+            ChannelSettings::default(),
+        )
         .unwrap();
     let range = broker
         .publish(
@@ -240,7 +255,12 @@ async fn drop_dead_letter_and_reject_follow_the_routers_answer() {
 async fn forwards_are_routed_by_the_target_and_never_loop() {
     let (broker, _) = broker_on(Arc::new(MemoryStorage));
     broker
-        .create_channel(&Principal::internal(), &topic("plain"), &channel("c"), ChannelSettings::default())
+        .create_channel(
+            &Principal::internal(),
+            &topic("plain"),
+            &channel("c"),
+            ChannelSettings::default(),
+        )
         .unwrap();
     broker
         .create_channel(
@@ -252,7 +272,12 @@ async fn forwards_are_routed_by_the_target_and_never_loop() {
         .unwrap();
     let t = topic("routed");
     broker
-        .create_channel(&Principal::internal(), &t, &channel("c"), ChannelSettings::default())
+        .create_channel(
+            &Principal::internal(),
+            &t,
+            &channel("c"),
+            ChannelSettings::default(),
+        )
         .unwrap();
     broker
         .publish(
@@ -289,10 +314,20 @@ async fn gates_skip_and_dead_letter_at_the_cursor_to_the_channels_dead_letter_to
     let (broker, _) = broker_on(Arc::new(MemoryStorage));
     let t = topic("plain");
     broker
-        .create_channel(&Principal::internal(), &t, &channel("gated"), ChannelSettings::default())
+        .create_channel(
+            &Principal::internal(),
+            &t,
+            &channel("gated"),
+            ChannelSettings::default(),
+        )
         .unwrap();
     broker
-        .create_channel(&Principal::internal(), &t, &channel("open"), ChannelSettings::default())
+        .create_channel(
+            &Principal::internal(),
+            &t,
+            &channel("open"),
+            ChannelSettings::default(),
+        )
         .unwrap();
     let batch = vec![
         msg("all", "keep-1"),
@@ -341,10 +376,20 @@ async fn the_routing_decision_survives_a_restart() {
         let storage = FileStorage::open(dir.path(), StorageConfig::default()).unwrap();
         let (broker, _) = broker_on(Arc::new(storage));
         broker
-            .create_channel(&Principal::internal(), &t, &channel("a"), ChannelSettings::default())
+            .create_channel(
+                &Principal::internal(),
+                &t,
+                &channel("a"),
+                ChannelSettings::default(),
+            )
             .unwrap();
         broker
-            .create_channel(&Principal::internal(), &t, &channel("b"), ChannelSettings::default())
+            .create_channel(
+                &Principal::internal(),
+                &t,
+                &channel("b"),
+                ChannelSettings::default(),
+            )
             .unwrap();
         broker
             .publish(

@@ -360,9 +360,21 @@ impl AdminRequest {
 /// is set. Nothing at all when no setting is given, so such a frame is as before.
 fn encode_settings(dst: &mut BytesMut, settings: &ChannelSettings) {
     let mut flags = 0;
-    flags |= if settings.max_attempts.is_some() { SET_MAX_ATTEMPTS } else { 0 };
-    flags |= if settings.msg_timeout.is_some() { SET_MSG_TIMEOUT } else { 0 };
-    flags |= if settings.ordering.is_some() { SET_ORDERING } else { 0 };
+    flags |= if settings.max_attempts.is_some() {
+        SET_MAX_ATTEMPTS
+    } else {
+        0
+    };
+    flags |= if settings.msg_timeout.is_some() {
+        SET_MSG_TIMEOUT
+    } else {
+        0
+    };
+    flags |= if settings.ordering.is_some() {
+        SET_ORDERING
+    } else {
+        0
+    };
     if flags == 0 {
         return;
     }

@@ -177,7 +177,6 @@ pub struct ChannelOptions {
     pub ordering: OrderBy,
 }
 
-
 /// A message of a channel that was taken from the log but is not settled: in flight,
 /// requeued, deferred, or on its way to the dead-letter topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,7 @@ mod nsq_tcp;
 mod nsq_tcp_quic;
 mod nsq_tcp_raw;
 mod nsq_tcp_tls;
+mod ordering;
 mod plugin_isolation;
 mod plugins;
 mod process;

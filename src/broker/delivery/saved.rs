@@ -94,7 +94,8 @@ impl ChannelState {
     /// Changes the channel's options, recording them.
     pub fn set_options(&mut self, options: ChannelOptions) {
         self.apply(options);
-        self.events.push(crate::storage::StateEvent::Options(options));
+        self.events
+            .push(crate::storage::StateEvent::Options(options));
     }
 
     /// How the channel orders its deliveries.

@@ -87,7 +87,9 @@ pub(super) async fn create_channel(
     refuse_if_exiting(&state.broker)?;
     require_topic(&state.broker, &who, &topic)?;
     let settings = params.channel_settings()?;
-    state.broker.create_channel(&who, &topic, &channel, settings)?;
+    state
+        .broker
+        .create_channel(&who, &topic, &channel, settings)?;
     Ok(Reply::Empty)
 }
 

@@ -213,7 +213,17 @@ fn golden_channel_create_with_settings() {
     // flags 0x05: max_attempts, then ordering 2 (key) with its header.
     assert_command_bytes(
         create(settings),
-        &hex(&["0000000f", "20", "21", "01 74", "01 63", "05", "0005", "02", "04 75736572"]),
+        &hex(&[
+            "0000000f",
+            "20",
+            "21",
+            "01 74",
+            "01 63",
+            "05",
+            "0005",
+            "02",
+            "04 75736572",
+        ]),
     );
     let channel = ChannelSettings {
         ordering: Some(OrderBy::Channel),

@@ -5,7 +5,9 @@
 //! Decoding never trusts a length read from disk: a frame's length is checked against the
 //! limit and against the bytes actually present before anything is sliced or allocated.
 
-use crate::storage::{ChannelOptions, ChannelRecord, HeaderName, OrderBy, PendingEntry, StateEvent};
+use crate::storage::{
+    ChannelOptions, ChannelRecord, HeaderName, OrderBy, PendingEntry, StateEvent,
+};
 
 pub(super) const CHECKPOINT_MAGIC: [u8; 8] = *b"QVCHKPT2";
 /// Checkpoints written before channels could be ordered: no ordering after the options.
@@ -322,12 +324,16 @@ impl Fields<'_> {
             (ORDER_UNORDERED, 0) => OrderBy::Unordered,
             (ORDER_CHANNEL, 0) => OrderBy::Channel,
             (ORDER_KEY, _) => {
-                let name = std::str::from_utf8(name).map_err(|_| "order key header is not UTF-8")?;
+                let name =
+                    std::str::from_utf8(name).map_err(|_| "order key header is not UTF-8")?;
                 OrderBy::Key(HeaderName::new(name).ok_or("bad order key header name")?)
             }
             _ => return Err("unknown ordering"),
         };
-        Ok(Some(ChannelOptions { ordering, ..options }))
+        Ok(Some(ChannelOptions {
+            ordering,
+            ..options
+        }))
     }
 }
 

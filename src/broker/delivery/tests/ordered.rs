@@ -55,7 +55,11 @@ impl Fixture {
 fn one_message_of_a_key_is_out_at_a_time_and_fin_releases_the_next() {
     let mut f = Fixture::ordered(10, by_key());
     f.publish_keyed(&[Some("a"), Some("b"), Some("a"), Some("b"), Some("a"), None]);
-    assert_eq!(f.take(A, f.t0), vec![0, 1, 5], "the unkeyed message is not held back");
+    assert_eq!(
+        f.take(A, f.t0),
+        vec![0, 1, 5],
+        "the unkeyed message is not held back"
+    );
     assert_eq!((f.ch.active_keys(), f.ch.waiting_on_key()), (2, 3));
     assert_eq!(f.depth(), 3, "waiting messages count in the depth");
     assert!(f.take(A, f.t0).is_empty(), "both keys are held");
@@ -69,7 +73,11 @@ fn one_message_of_a_key_is_out_at_a_time_and_fin_releases_the_next() {
     f.fin(A, 3).unwrap();
     f.fin(A, 4).unwrap();
     f.fin(A, 5).unwrap();
-    assert_eq!((f.ch.active_keys(), f.ch.waiting_on_key()), (0, 0), "keys cost nothing idle");
+    assert_eq!(
+        (f.ch.active_keys(), f.ch.waiting_on_key()),
+        (0, 0),
+        "keys cost nothing idle"
+    );
     assert_eq!(f.ch.ack_floor(), 6);
 }
 
@@ -107,7 +115,10 @@ fn a_dead_letter_releases_its_key_once_its_copy_is_durable() {
     assert!(f.take(A, f.t0).is_empty(), "held until the copy is stored");
     f.ch.dead_failed(0, secs(5), f.t0);
     f.ch.check_invariants();
-    assert!(f.take(A, f.at(secs(1))).is_empty(), "a failed copy keeps its place");
+    assert!(
+        f.take(A, f.at(secs(1))).is_empty(),
+        "a failed copy keeps its place"
+    );
     f.expire(f.at(secs(5)));
     assert_eq!(f.take(A, f.at(secs(5))), vec![0]);
     let dead = f.req(A, 0, Duration::ZERO, f.at(secs(5))).unwrap();
@@ -176,7 +187,11 @@ fn a_restore_gives_each_key_its_oldest_unfinished_message_first() {
     restored.set_rdy(A, 10);
     assert_eq!((restored.active_keys(), restored.waiting_on_key()), (2, 2));
     f.ch = restored;
-    assert_eq!(f.take(A, f.at(secs(1))), vec![3], "key a waits for its deferred head");
+    assert_eq!(
+        f.take(A, f.at(secs(1))),
+        vec![3],
+        "key a waits for its deferred head"
+    );
     f.fin(A, 3).unwrap();
     f.expire(f.at(secs(30)));
     assert_eq!(f.take(A, f.at(secs(30))), vec![0]);
