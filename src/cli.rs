@@ -725,6 +725,12 @@ async fn stats(args: StatsArgs) -> Result<()> {
             t.corrupt_records,
         );
         for c in &t.channels {
+            if !c.ordering.is_empty() && c.ordering != "none" {
+                println!(
+                    "  {}/{} ordered by {}: {} active keys, {} messages waiting on their key",
+                    t.name, c.name, c.ordering, c.active_keys, c.waiting_on_key
+                );
+            }
             for consumer in &c.consumers {
                 println!(
                     "  {}/{} consumer {}: {} from {}, RDY {}, in flight {}",

@@ -123,7 +123,7 @@ const TOPIC_METRICS: [TopicMetric; 14] = [
     ),
 ];
 
-const CHANNEL_METRICS: [ChannelMetric; 13] = [
+const CHANNEL_METRICS: [ChannelMetric; 15] = [
     (
         "quiver_channel_depth",
         Kind::Gauge,
@@ -201,6 +201,18 @@ const CHANNEL_METRICS: [ChannelMetric; 13] = [
         Kind::Gauge,
         "Longest a change to the channel's state waited to be written since start, in ms.",
         |c| c.state_lag_max_ms,
+    ),
+    (
+        "quiver_channel_active_keys",
+        Kind::Gauge,
+        "Ordered channels: keys with a message in the channel.",
+        |c| c.active_keys,
+    ),
+    (
+        "quiver_channel_waiting_on_key",
+        Kind::Gauge,
+        "Ordered channels: messages waiting for an older message of their key.",
+        |c| c.waiting_on_key,
     ),
 ];
 

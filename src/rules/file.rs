@@ -328,10 +328,11 @@ impl RawChannel {
             (Some(ordering), header) => OrderBy::parse(ordering, header)
                 .map(Some)
                 .map_err(|why| problems.add(&format!("{at} ordering"), why)),
-            (None, Some(_)) => Err(problems.add(
-                &format!("{at} order_key_header"),
-                "applies to ordering = \"key\" only, and ordering is not set",
-            )),
+            (None, Some(_)) => {
+                let why = "applies to ordering = \"key\" only, and ordering is not set";
+                problems.add(&format!("{at} order_key_header"), why);
+                Err(())
+            }
             (None, None) => Ok(None),
         };
         let dead_letter_topic = self.dead_letter_topic.map(|text| {

@@ -372,12 +372,14 @@ async fn four_consumers_over_quic_and_nsq_finish_every_key_in_publish_order() {
     for consumer in consumers {
         consumer.await.unwrap();
     }
-    let ledger = ledger.lock().unwrap();
-    assert!(
-        ledger.requeued > 0 && ledger.abandoned > 0,
-        "REQs and timeouts happened"
-    );
-    assert!(ledger.next.values().all(|&n| n == per_key as u32));
+    {
+        let ledger = ledger.lock().unwrap();
+        assert!(
+            ledger.requeued > 0 && ledger.abandoned > 0,
+            "REQs and timeouts happened"
+        );
+        assert!(ledger.next.values().all(|&n| n == per_key as u32));
+    }
     let stats = channel_stats(&client, "ord", "c").await.unwrap();
     assert!(settled(&stats), "{stats:?}");
     assert!(stats.timed_out > 0, "{stats:?}");
@@ -441,17 +443,16 @@ async fn key_order_holds_across_a_sigkill_and_restart() {
     for consumer in consumers {
         consumer.await.unwrap();
     }
-    let ledger = ledger.lock().unwrap();
-    assert!(ledger.next.values().all(|&n| n == per_key as u32));
+    let again = {
+        let ledger = ledger.lock().unwrap();
+        assert!(ledger.next.values().all(|&n| n == per_key as u32));
+        ledger.again
+    };
     let client = Client::connect(&serve.options()).await.unwrap();
     let stats = channel_stats(&client, "ord", "c").await.unwrap();
     assert!(settled(&stats), "{stats:?}");
     // Each message finished again was finished just before the kill.
-    assert!(
-        ledger.again as u64 <= stats.recovered,
-        "{} > {stats:?}",
-        ledger.again
-    );
+    assert!(again as u64 <= stats.recovered, "{again} > {stats:?}",);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,19 +14,22 @@
 //! All integers are little-endian. A *framed record* is `[u32 payload_len][u32
 //! crc32c(payload)][payload]`, with `payload_len` at least 1.
 //!
-//! - `checkpoint`: the 8-byte magic `QVCHKPT1`, then one framed record and nothing after it.
+//! - `checkpoint`: the 8-byte magic `QVCHKPT2`, then one framed record and nothing after it.
 //!   Its payload is `u64 generation, u64 cursor, u8 paused (0 or 1), u16 max_attempts,
-//!   u64 msg_timeout_ms, u64 count`, then `count` pending entries `(u64 offset, u16 attempts,
-//!   u64 due_ms)` in increasing offset order. The payload length must be exactly
-//!   `35 + 18 * count`.
+//!   u64 msg_timeout_ms, u8 ordering (0 none, 1 channel, 2 key), u16 header_len, header,
+//!   u64 count`, then `count` pending entries `(u64 offset, u16 attempts, u64 due_ms)` in
+//!   increasing offset order. The payload length must be exactly
+//!   `38 + header_len + 18 * count`. Version 1 (`QVCHKPT1`) lacks the three ordering fields
+//!   (`35 + 18 * count`) and is still read.
 //! - `journal-N` (N decimal, no padding): the journal that follows the checkpoint of
 //!   generation N. The 8-byte magic `QVJRNL01`, then framed records of at most 16 MiB. Each
 //!   record holds the events of one `record` call, so a batch (say, the settles of one FIN
 //!   batch) is replayed all or nothing. An event is a tag byte and its fields:
 //!   `1 Cursor(u64 offset)`, `2 Settle(u64 offset)`,
 //!   `3 Pending(u64 offset, u16 attempts, u64 due_ms)`, `4 Empty(u64 end)`,
-//!   `5 Options(u8 paused, u16 max_attempts, u64 msg_timeout_ms)`. An unknown tag or a cut
-//!   event makes the record corrupt.
+//!   `6 Options(u8 paused, u16 max_attempts, u64 msg_timeout_ms, u8 ordering, u16 header_len,
+//!   header)`; `5` is the same without the ordering fields and is still read. An unknown tag
+//!   or a cut event makes the record corrupt.
 //! - `checkpoint.tmp`: a checkpoint being written; removed by recovery.
 //!
 //! The last magic byte is the format version. A new channel has no checkpoint and starts at
