@@ -129,6 +129,9 @@ pub enum Verdict {
 /// channel whose filter skips a long run of messages does not hold its lock for all of them.
 pub const SCAN_BUDGET: usize = 4096;
 
+/// Messages an ordered channel's take reads from the log at a time, at least.
+const ORDERED_READ: usize = 64;
+
 /// Why a FIN, REQ or TOUCH was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SettleError {
@@ -309,17 +312,24 @@ impl ChannelState {
                 break;
             }
             batch.clear();
-            log.read(
-                self.cursor,
-                (want - given).min(SCAN_BUDGET - scanned),
-                &mut batch,
-            );
+            // An ordered channel may pass many messages that wait behind their keys for each
+            // one it delivers: read ahead in larger steps than the credit left.
+            let step = match self.ordering {
+                OrderBy::Unordered => want - given,
+                _ => (want - given).max(ORDERED_READ),
+            };
+            log.read(self.cursor, step.min(SCAN_BUDGET - scanned), &mut batch);
             if batch.is_empty() {
                 break;
             }
             scanned += batch.len();
             let mut pending = false;
             for (offset, message) in batch.drain(..) {
+                if given >= want {
+                    // Read ahead but not needed: the cursor stays on it.
+                    pending = true;
+                    break;
+                }
                 if self.keys.waiting_count() >= ORDER_WINDOW {
                     // Enough waits behind held keys: read on once some are released.
                     pending = true;
