@@ -113,7 +113,7 @@ async fn publish_lane(
             producer.publish_batch(&lane.topic, messages).await
         };
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 shared.published.fetch_add(n as u64, Ordering::Relaxed);
                 let micros = sent.elapsed().as_micros() as u64;
                 if let Ok(mut h) = shared.publish_latency.lock() {
