@@ -753,6 +753,12 @@ async fn stats(args: StatsArgs) -> Result<()> {
             t.retention_dropped_messages,
             t.corrupt_records,
         );
+        if t.dedup_window_ms > 0 || t.duplicates > 0 {
+            println!(
+                "{}: dedup window {} ms: {} ids, {} duplicates, {} evicted early",
+                t.name, t.dedup_window_ms, t.dedup_ids, t.duplicates, t.dedup_evicted,
+            );
+        }
         for c in &t.channels {
             for consumer in &c.consumers {
                 println!(

@@ -208,6 +208,20 @@ impl Broker {
             .await
     }
 
+    /// [`Broker::publish`], also telling which messages were duplicates of ones in the
+    /// topic's dedup window (see [`Published::duplicates`]).
+    pub async fn publish_marked(
+        &self,
+        who: &Principal,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+        delay: Duration,
+    ) -> Result<(Range<u64>, Vec<bool>), BrokerError> {
+        let mut published = self.append(who, topic, messages, delay).await?;
+        let duplicates = published.take_duplicates();
+        Ok((published.confirmed().await?, duplicates))
+    }
+
     /// The first half of [`Broker::publish`]: appends, in call order, and returns the
     /// confirmation to await. Several confirmations can be awaited together, so that
     /// pipelined publishes share one fsync. It waits only for a topic's router (on the
