@@ -409,8 +409,7 @@ impl Plan {
         if args.nsq && (!args.headers.is_empty() || args.msg_ids || args.keys.is_some()) {
             return invalid(
                 "nsq",
-                "NSQ messages have no headers; --header, --msg-ids and --keys are for QUIC"
-                    .into(),
+                "NSQ messages have no headers; --header, --msg-ids and --keys are for QUIC".into(),
             );
         }
         if args.keys == Some(0) {

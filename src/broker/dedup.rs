@@ -125,7 +125,10 @@ impl DedupWindow {
     /// The key of a message's id, if it has one.
     pub(super) fn key_of(&self, message: &StoredMessage) -> Option<Key> {
         let id = message.headers.get(MSG_ID_HEADER)?;
-        Some(Key(self.hashers.0.hash_one(id), self.hashers.1.hash_one(id)))
+        Some(Key(
+            self.hashers.0.hash_one(id),
+            self.hashers.1.hash_one(id),
+        ))
     }
 
     /// The offset of the stored message with this key, if it is in the window.
@@ -367,7 +370,12 @@ pub(super) fn screen(
 }
 
 /// Records the ids of a batch appended at `first`, consecutively.
-pub(super) fn record(window: &mut DedupWindow, keys: &[Option<Key>], first: u64, timestamp_ns: u64) {
+pub(super) fn record(
+    window: &mut DedupWindow,
+    keys: &[Option<Key>],
+    first: u64,
+    timestamp_ns: u64,
+) {
     if !window.is_on() {
         return;
     }

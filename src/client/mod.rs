@@ -20,8 +20,8 @@ mod producer;
 mod subscription;
 mod writer;
 
-pub use consumer::{ConsumerConfig, ConsumerSummary};
 pub use crate::message::{MSG_ID_HEADER, ORDER_KEY_HEADER};
+pub use consumer::{ConsumerConfig, ConsumerSummary};
 pub use producer::{Confirmation, Producer, ProducerOptions, Receipt};
 pub use subscription::{Acker, SubEvent, Subscription};
 

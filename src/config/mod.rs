@@ -425,7 +425,10 @@ mod tests {
         assert_eq!(config.broker.dedup_max_ids, 10);
         let off: Config = toml::from_str("[broker]\ndedup_window = \"0\"\n").unwrap();
         assert!(off.broker.dedup_window.is_zero());
-        assert_eq!(Config::default().broker.dedup_window, Duration::from_secs(120));
+        assert_eq!(
+            Config::default().broker.dedup_window,
+            Duration::from_secs(120)
+        );
         let mut config = Config::default();
         config.broker.dedup_max_ids = 0;
         let err = config.validate().unwrap_err().to_string();

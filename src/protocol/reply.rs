@@ -136,7 +136,9 @@ fn bitmap(r: &mut Reader) -> Result<Vec<bool>, FrameError> {
     let count = r.u32("duplicate count")? as usize;
     // The bytes must be there before anything is allocated for them.
     let bytes = r.bytes(count.div_ceil(8), "duplicate bitmap")?;
-    Ok((0..count).map(|i| bytes[i / 8] & (1 << (i % 8)) != 0).collect())
+    Ok((0..count)
+        .map(|i| bytes[i / 8] & (1 << (i % 8)) != 0)
+        .collect())
 }
 
 /// Appends a MESSAGE frame straight from its parts, so the broker need not build a

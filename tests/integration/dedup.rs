@@ -83,7 +83,10 @@ async fn an_id_is_stored_again_once_the_window_has_passed() {
         let sent = Instant::now();
         let receipt = producer.publish(&t, with_id("x", "later")).await.unwrap();
         if !receipt.is_duplicate(0) {
-            assert!(sent.duration_since(began) >= window, "stored again too soon");
+            assert!(
+                sent.duration_since(began) >= window,
+                "stored again too soon"
+            );
             break;
         }
         assert!(began.elapsed() < DEADLINE, "the id never expired");
@@ -122,7 +125,10 @@ async fn the_window_survives_a_sigkill() {
     }
     let stats = client.stats(Some(&t)).await.unwrap();
     assert_eq!(stats.topics[0].duplicates, 50);
-    assert_eq!(stats.topics[0].message_count, 0, "nothing stored since the restart");
+    assert_eq!(
+        stats.topics[0].message_count, 0,
+        "nothing stored since the restart"
+    );
     let new = producer.publish(&t, with_id("k50", "m50")).await.unwrap();
     assert!(!new.is_duplicate(0));
     let received = drain(&client, "survivor", "c").await;
