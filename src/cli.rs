@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use quiver::broker::BrokerStats;
-use quiver::client::{Client, ClientOptions, Confirmation, SubEvent, SubscribeOptions};
+use quiver::client::{
+    Client, ClientOptions, Confirmation, ProducerOptions, SubEvent, SubscribeOptions,
+};
 use quiver::config::{parse_duration, Config};
 use quiver::message::{ChannelName, Delivery, NewMessage, TopicName};
 use quiver::plugin::{BindingStats, BreakerState, BreakerStatus};
@@ -174,6 +176,17 @@ struct PubArgs {
     /// Deliver no earlier than this delay from now (DPUB), e.g. 30s.
     #[arg(long, value_parser = parse_duration)]
     defer: Option<Duration>,
+    /// Order key (header quiver-order-key): an ordered channel delivers one key's messages
+    /// one at a time, in order.
+    #[arg(long)]
+    key: Option<String>,
+    /// Message id (header quiver-msg-id): within the topic's dedup window the broker stores
+    /// an id once. Only with a MESSAGE argument.
+    #[arg(long, requires = "message", conflicts_with = "auto_id")]
+    id: Option<String>,
+    /// Give every message a random message id.
+    #[arg(long)]
+    auto_id: bool,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -471,33 +484,46 @@ async fn connect(args: &ConnectArgs) -> Result<Client> {
 }
 
 async fn publish(args: PubArgs) -> Result<()> {
+    if let Some(id) = &args.id {
+        quiver::message::validate_msg_id(id)?;
+    }
     let client = connect(&args.connect).await?;
-    let producer = client.producer().await?;
+    let options = ProducerOptions::default().auto_msg_id(args.auto_id);
+    let producer = client.producer_with(options).await?;
     let make = |body: String| {
         let mut m = NewMessage::new(body);
         for (k, v) in &args.headers {
             m.headers.push(k.clone(), v.clone());
         }
+        if let Some(key) = &args.key {
+            m = m.with_order_key(key.clone());
+        }
+        if let Some(id) = &args.id {
+            m = m.with_msg_id(id.clone());
+        }
         m
     };
     let mut published = 0u64;
+    let mut duplicates = 0u64;
     if let Some(message) = &args.message {
         let message = make(message.clone());
-        match args.defer {
+        let receipt = match args.defer {
             Some(delay) => {
                 producer
                     .publish_deferred(&args.topic, message, delay)
                     .await?
             }
             None => producer.publish(&args.topic, message).await?,
-        }
+        };
+        duplicates += receipt.duplicate_count() as u64;
         published += 1;
     } else if let Some(delay) = args.defer {
         for line in std::io::stdin().lock().lines() {
             let line = line.context("reading stdin")?;
-            producer
+            let receipt = producer
                 .publish_deferred(&args.topic, make(line), delay)
                 .await?;
+            duplicates += receipt.duplicate_count() as u64;
             published += 1;
         }
     } else {
@@ -507,18 +533,21 @@ async fn publish(args: PubArgs) -> Result<()> {
             let line = line.context("reading stdin")?;
             if waiting.len() >= 256 {
                 if let Some(confirm) = waiting.pop_front() {
-                    confirm.wait().await?;
+                    duplicates += confirm.wait().await?.duplicate_count() as u64;
                     published += 1;
                 }
             }
             waiting.push_back(producer.start_publish(&args.topic, make(line)).await?);
         }
         for confirm in waiting {
-            confirm.wait().await?;
+            duplicates += confirm.wait().await?.duplicate_count() as u64;
             published += 1;
         }
     }
-    tracing::debug!(published, "done");
+    if duplicates > 0 {
+        eprintln!("{duplicates} of {published} published were duplicates of messages already stored (same message id); not stored again");
+    }
+    tracing::debug!(published, duplicates, "done");
     client.close().await;
     Ok(())
 }
@@ -724,6 +753,12 @@ async fn stats(args: StatsArgs) -> Result<()> {
             t.retention_dropped_messages,
             t.corrupt_records,
         );
+        if t.dedup_window_ms > 0 || t.duplicates > 0 {
+            println!(
+                "{}: dedup window {} ms: {} ids, {} duplicates, {} evicted early",
+                t.name, t.dedup_window_ms, t.dedup_ids, t.duplicates, t.dedup_evicted,
+            );
+        }
         for c in &t.channels {
             if !c.ordering.is_empty() && c.ordering != "none" {
                 println!(

@@ -19,6 +19,14 @@ pub const EPHEMERAL_SUFFIX: &str = "#ephemeral";
 /// Suffix of the dead-letter topic that receives a topic's exhausted messages.
 pub const DEAD_LETTER_SUFFIX: &str = ".dead";
 
+/// The header that carries a publisher's message id: within its topic's dedup window, a
+/// second publish with the same id is confirmed as a duplicate and not stored again.
+pub const MSG_ID_HEADER: &str = "quiver-msg-id";
+/// Longest message id, in bytes.
+pub const MAX_MSG_ID_LEN: usize = 128;
+/// The header ordered channels read a message's order key from, unless they name another.
+pub const ORDER_KEY_HEADER: &str = "quiver-order-key";
+
 /// Why a name, header block or body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidInput {
@@ -34,6 +42,34 @@ pub enum InvalidInput {
     EmptyHeaderName,
     #[error("body is {len} bytes, over the {max}-byte limit")]
     BodyTooLarge { len: usize, max: usize },
+    #[error("message id ({MSG_ID_HEADER}) is {len} bytes: it must be 1 to {MAX_MSG_ID_LEN}")]
+    BadMsgId { len: usize },
+}
+
+/// Checks a message id: 1 to [`MAX_MSG_ID_LEN`] bytes.
+pub fn validate_msg_id(id: &str) -> Result<(), InvalidInput> {
+    if id.is_empty() || id.len() > MAX_MSG_ID_LEN {
+        return Err(InvalidInput::BadMsgId { len: id.len() });
+    }
+    Ok(())
+}
+
+/// A random message id: 128 bits as 32 hex digits, for publishers that want every publish
+/// deduplicated without naming their messages.
+pub fn random_msg_id() -> String {
+    let mut bytes = [0u8; 16];
+    // The system RNG only fails without any entropy source; the clock and a counter still
+    // make the id unique within this process.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&now.to_be_bytes());
+        bytes[8..].copy_from_slice(&n.to_be_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 macro_rules! name_type {
@@ -213,19 +249,15 @@ pub enum OrderBy {
 }
 
 impl OrderBy {
-    /// The header that carries a message's key when a channel is ordered by key and names
-    /// no other.
-    pub const DEFAULT_KEY_HEADER: &'static str = "quiver-order-key";
-
     /// Reads `ordering` (`none`, `channel` or `key`) and `order_key_header` as the rules file
     /// and the HTTP APIs take them. The header is for `key` only, where it defaults to
-    /// [`OrderBy::DEFAULT_KEY_HEADER`].
+    /// [`ORDER_KEY_HEADER`].
     pub fn parse(ordering: &str, header: Option<&str>) -> Result<OrderBy, String> {
         let order = match ordering {
             "none" => OrderBy::Unordered,
             "channel" => OrderBy::Channel,
             "key" => {
-                let name = header.unwrap_or(Self::DEFAULT_KEY_HEADER);
+                let name = header.unwrap_or(ORDER_KEY_HEADER);
                 return HeaderName::new(name).map(OrderBy::Key).ok_or_else(|| {
                     format!(
                         "order_key_header must be 1 to {} bytes, got {}",
@@ -350,6 +382,22 @@ impl Headers {
         self.0.push((key.into(), value.into()));
     }
 
+    /// Replaces every value of `key` with one `value`, at the place of the first.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        let value = value.into();
+        match self.0.iter().position(|(k, _)| k == key) {
+            Some(at) => {
+                self.0[at].1 = value;
+                let mut i = 0;
+                self.0.retain(|(k, _)| {
+                    i += 1;
+                    i - 1 == at || k != key
+                });
+            }
+            None => self.0.push((key.to_owned(), value)),
+        }
+    }
+
     /// The first value for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
@@ -395,6 +443,33 @@ impl NewMessage {
     pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push(key, value);
         self
+    }
+
+    /// Sets the message id ([`MSG_ID_HEADER`]), replacing any: a publish of the same id
+    /// within the topic's dedup window is confirmed as a duplicate and not stored again.
+    pub fn with_msg_id(mut self, id: impl Into<String>) -> Self {
+        self.headers.set(MSG_ID_HEADER, id);
+        self
+    }
+
+    /// Gives the message a random id ([`random_msg_id`]) unless it has one.
+    pub fn with_auto_msg_id(mut self) -> Self {
+        if self.msg_id().is_none() {
+            self.headers.push(MSG_ID_HEADER, random_msg_id());
+        }
+        self
+    }
+
+    /// Sets the order key ([`ORDER_KEY_HEADER`]), replacing any: an ordered channel delivers
+    /// the messages of one key one at a time, in publish order.
+    pub fn with_order_key(mut self, key: impl Into<String>) -> Self {
+        self.headers.set(ORDER_KEY_HEADER, key);
+        self
+    }
+
+    /// The message id, if it has one.
+    pub fn msg_id(&self) -> Option<&str> {
+        self.headers.get(MSG_ID_HEADER)
     }
 
     pub fn validate(&self) -> Result<(), InvalidInput> {

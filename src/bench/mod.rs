@@ -124,6 +124,14 @@ pub struct BenchArgs {
     /// With --addr, that is the NSQ TCP address.
     #[arg(long)]
     pub nsq: bool,
+    /// Give every message a unique message id (header quiver-msg-id), so that the topic's
+    /// dedup window checks and records each one.
+    #[arg(long)]
+    pub msg_ids: bool,
+    /// Give messages order keys (header quiver-order-key) round-robin over this many keys,
+    /// for ordered channels (`ordering = "key"` in a --rules file).
+    #[arg(long, value_name = "N")]
+    pub keys: Option<u32>,
 }
 
 impl Default for BenchArgs {
@@ -154,6 +162,8 @@ impl Default for BenchArgs {
             token: None,
             headers: Vec::new(),
             nsq: false,
+            msg_ids: false,
+            keys: None,
         }
     }
 }
@@ -396,11 +406,14 @@ impl Plan {
         if args.consumers > 0 && args.rdy == 0 {
             return invalid("rdy", "must be at least 1".into());
         }
-        if args.nsq && !args.headers.is_empty() {
+        if args.nsq && (!args.headers.is_empty() || args.msg_ids || args.keys.is_some()) {
             return invalid(
                 "nsq",
-                "NSQ messages have no headers; --header is for QUIC".into(),
+                "NSQ messages have no headers; --header, --msg-ids and --keys are for QUIC".into(),
             );
+        }
+        if args.keys == Some(0) {
+            return invalid("keys", "must be at least 1".into());
         }
         if args.count == Some(0) {
             return invalid("count", "must be at least 1".into());
@@ -559,6 +572,8 @@ async fn load(
             deadline,
             batch_period: plan.batch_period,
             headers: plan.headers.clone(),
+            msg_ids: args.msg_ids.then(crate::message::random_msg_id),
+            keys: args.keys,
         };
         publishing.spawn(producer::run(producer, lane, args.pipeline, shared.clone()));
     }

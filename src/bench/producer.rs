@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{wall_ns, Shared, HEADER_LEN};
 use crate::client::{ClientError, Producer};
-use crate::message::{Headers, NewMessage, TopicName};
+use crate::message::{Headers, NewMessage, TopicName, MSG_ID_HEADER, ORDER_KEY_HEADER};
 
 /// What one producer publishes.
 #[derive(Debug, Clone)]
@@ -29,6 +29,10 @@ pub(super) struct Lane {
     pub batch_period: Option<f64>,
     /// Headers on every message.
     pub headers: Headers,
+    /// With `--msg-ids`: this lane's random prefix; message `n` gets the id `<prefix>-<n>`.
+    pub msg_ids: Option<String>,
+    /// With `--keys N`: message `n` gets the order key `k<n mod N>`.
+    pub keys: Option<u32>,
 }
 
 /// State shared by the lanes of one producer.
@@ -100,20 +104,31 @@ async fn publish_lane(
         }
         let all = buf.freeze();
         let sent = Instant::now();
-        let message = |body| NewMessage {
-            headers: lane.headers.clone(),
-            body,
+        let message = |body, i: usize| {
+            let mut m = NewMessage {
+                headers: lane.headers.clone(),
+                body,
+            };
+            let n = first + i as u64;
+            if let Some(prefix) = &lane.msg_ids {
+                m.headers.push(MSG_ID_HEADER, format!("{prefix}-{n}"));
+            }
+            if let Some(keys) = lane.keys {
+                m.headers
+                    .push(ORDER_KEY_HEADER, format!("k{}", n % u64::from(keys)));
+            }
+            m
         };
         let result = if lane.batch == 1 {
-            producer.publish(&lane.topic, message(all)).await
+            producer.publish(&lane.topic, message(all, 0)).await
         } else {
             let messages = (0..n)
-                .map(|i| message(all.slice(i * lane.size..(i + 1) * lane.size)))
+                .map(|i| message(all.slice(i * lane.size..(i + 1) * lane.size), i))
                 .collect();
             producer.publish_batch(&lane.topic, messages).await
         };
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 shared.published.fetch_add(n as u64, Ordering::Relaxed);
                 let micros = sent.elapsed().as_micros() as u64;
                 if let Ok(mut h) = shared.publish_latency.lock() {

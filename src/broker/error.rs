@@ -40,6 +40,8 @@ pub enum BrokerError {
         #[source]
         source: delivery::SettleError,
     },
+    #[error("bad message")]
+    BadMessage(#[source] crate::message::InvalidInput),
     #[error("the topic or channel was deleted")]
     Deleted,
     #[error("the broker is shutting down")]
@@ -127,7 +129,9 @@ impl BrokerError {
                 limit: Limit::ReqDelay,
                 ..
             } => ErrorKind::ReqFailed,
-            BrokerError::OutOfRange { .. } | BrokerError::RdyTooHigh { .. } => ErrorKind::Invalid,
+            BrokerError::OutOfRange { .. }
+            | BrokerError::RdyTooHigh { .. }
+            | BrokerError::BadMessage(_) => ErrorKind::Invalid,
             BrokerError::Settle { op, .. } => match op {
                 SettleOp::Fin => ErrorKind::FinFailed,
                 SettleOp::Req => ErrorKind::ReqFailed,

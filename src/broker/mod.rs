@@ -11,6 +11,7 @@
 //! `std::sync::Mutex`/`RwLock`, never held across `.await`.
 
 mod access;
+mod dedup;
 pub mod delivery;
 mod error;
 pub mod hooks;
@@ -75,6 +76,20 @@ pub struct BrokerConfig {
     /// Deliveries after which a failing message goes to `<topic>.dead`, for channels that set
     /// none. 0 means unlimited.
     pub max_attempts: u16,
+    /// How long a topic remembers the ids (`quiver-msg-id`) of published messages, for
+    /// topics whose rules set none; `0` turns deduplication off.
+    #[serde(with = "crate::config::duration")]
+    pub dedup_window: Duration,
+    /// Most ids one topic's window holds (about 64 bytes each); at the cap the oldest are
+    /// forgotten early.
+    pub dedup_max_ids: usize,
+}
+
+/// Topic options set from outside the wire protocol (the rules file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// The publish dedup window; None takes the broker's `dedup_window`.
+    pub dedup_window: Option<Duration>,
 }
 
 /// Shortest message timeout a consumer may ask for.
@@ -89,6 +104,8 @@ impl Default for BrokerConfig {
             max_req_delay: Duration::from_secs(3600),
             max_defer: Duration::from_secs(3600),
             max_attempts: 0,
+            dedup_window: Duration::from_secs(120),
+            dedup_max_ids: 1_000_000,
         }
     }
 }
@@ -184,6 +201,20 @@ impl Broker {
             .await
     }
 
+    /// [`Broker::publish`], also telling which messages were duplicates of ones in the
+    /// topic's dedup window (see [`Published::duplicates`]).
+    pub async fn publish_marked(
+        &self,
+        who: &Principal,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+        delay: Duration,
+    ) -> Result<(Range<u64>, Vec<bool>), BrokerError> {
+        let mut published = self.append(who, topic, messages, delay).await?;
+        let duplicates = published.take_duplicates();
+        Ok((published.confirmed().await?, duplicates))
+    }
+
     /// The first half of [`Broker::publish`]: appends, in call order, and returns the
     /// confirmation to await. Several confirmations can be awaited together, so that
     /// pipelined publishes share one fsync. It waits only for a topic's router (on the
@@ -205,21 +236,41 @@ impl Broker {
             Duration::ZERO,
             self.config().max_defer,
         )?;
+        check_msg_ids(&messages)?;
         let topic = self.topic(topic)?;
         let mut confirms = Vec::new();
+        let mut screen = dedup::Screen::new(messages.len());
         let range = self
             .route_and_append(
                 &topic,
                 stamp(messages, delay),
+                Some(&mut screen),
                 &mut Vec::new(),
                 &mut confirms,
             )
             .await?;
+        // A duplicate is confirmed once its original is as durable as the policy promises.
+        if let Some(original) = screen.original {
+            confirms.push((topic.name.clone(), topic.log.durable(original + 1)));
+        }
         Ok(Published {
             topic: topic.name.clone(),
             range,
             confirms,
+            duplicates: screen.duplicates,
         })
+    }
+
+    /// Sets a topic's options, creating it if needed. Used to apply the rules file.
+    pub fn configure_topic(
+        &self,
+        topic: &TopicName,
+        settings: TopicSettings,
+    ) -> Result<(), BrokerError> {
+        let window = settings.dedup_window.unwrap_or(self.config().dedup_window);
+        self.topic(topic)?
+            .set_dedup(window, self.config().dedup_max_ids);
+        Ok(())
     }
 
     /// Adds a consumer to `channel` of `topic`, creating both if needed. Credit starts at 0.
@@ -269,10 +320,12 @@ impl Broker {
                 topic: name.clone(),
                 source,
             })?;
+        let config = self.config();
         let topic = Arc::new(Topic::new(
             name.clone(),
             log,
             self.shared.shutdown.child_token(),
+            (config.dedup_window, config.dedup_max_ids),
         )?);
         topics.insert(name.clone(), topic.clone());
         tracing::info!(topic = %name, "topic opened");
@@ -677,6 +730,16 @@ fn check_range(
             min,
             max,
         });
+    }
+    Ok(())
+}
+
+/// Refuses a publish with an empty or over-long message id, before anything is stored.
+fn check_msg_ids(messages: &[NewMessage]) -> Result<(), BrokerError> {
+    for message in messages {
+        if let Some(id) = message.msg_id() {
+            crate::message::validate_msg_id(id).map_err(BrokerError::BadMessage)?;
+        }
     }
     Ok(())
 }

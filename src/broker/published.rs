@@ -12,6 +12,9 @@ pub struct Published {
     pub(super) range: Range<u64>,
     /// Every append the publish made: to its topic, and to dead-letter and forward targets.
     pub(super) confirms: Vec<(TopicName, Durable)>,
+    /// Per message of the request, whether it was a duplicate of one in the topic's dedup
+    /// window (and so not stored again); empty when none was.
+    pub(super) duplicates: Vec<bool>,
 }
 
 impl std::fmt::Debug for Published {
@@ -19,14 +22,28 @@ impl std::fmt::Debug for Published {
         f.debug_struct("Published")
             .field("topic", &self.topic)
             .field("range", &self.range)
+            .field("duplicates", &self.duplicates)
             .finish_non_exhaustive()
     }
 }
 
 impl Published {
+    /// Per message of the request, in order, whether it was a duplicate of a message the
+    /// topic's dedup window holds, or of an earlier message of the same request, and so was
+    /// not stored again. Empty when none was.
+    pub fn duplicates(&self) -> &[bool] {
+        &self.duplicates
+    }
+
+    /// Takes the duplicate marks out (see [`Published::duplicates`]) before awaiting.
+    pub fn take_duplicates(&mut self) -> Vec<bool> {
+        std::mem::take(&mut self.duplicates)
+    }
+
     /// Resolves with the offsets in the topic once the messages, and every copy the router
-    /// made of them, are as durable as the fsync policy promises. The range is empty when the
-    /// router kept none of them in the topic itself.
+    /// made of them, are as durable as the fsync policy promises; duplicates, once the
+    /// messages they duplicate are. The range is empty when the router kept none of them in
+    /// the topic itself, or all were duplicates.
     pub async fn confirmed(self) -> Result<Range<u64>, BrokerError> {
         for (topic, durable) in self.confirms {
             durable

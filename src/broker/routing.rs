@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::dedup::{Batch, Screen};
 use super::hooks::{Decision, MessageRef, Router, Routing};
 use super::topic::Topic;
 use super::{Broker, BrokerError};
@@ -16,11 +17,14 @@ impl Broker {
     /// Appends `messages` to `topic` as its router decides, if it has one: to some channels,
     /// to none, to the dead-letter topic, or forwarded to other topics (routed there in turn).
     /// `path` holds the topics the messages were forwarded through, so that a forward never
-    /// loops. Pushes one confirmation per append made.
+    /// loops. Pushes one confirmation per append made. A client publish comes with a
+    /// `screen`: its duplicates are dropped before the router sees them (under the routing
+    /// turn) and again under the publish lock, for an unrouted append that raced it.
     pub(super) fn route_and_append<'a>(
         &'a self,
         topic: &'a Arc<Topic>,
         messages: Vec<StoredMessage>,
+        mut screen: Option<&'a mut Screen>,
         path: &'a mut Vec<TopicName>,
         confirms: &'a mut Vec<(TopicName, Durable)>,
     ) -> std::pin::Pin<
@@ -28,16 +32,32 @@ impl Broker {
     > {
         Box::pin(async move {
             let Some(router) = self.hooks().and_then(|h| h.router(&topic.name)) else {
-                let (range, durable) = topic.append(messages)?;
-                confirms.push((topic.name.clone(), durable));
+                let (range, durable) = match screen {
+                    Some(screen) => topic.append_client(messages, screen)?,
+                    None => topic.append(messages).map(|(r, d)| (r, Some(d)))?,
+                };
+                confirms.extend(durable.map(|d| (topic.name.clone(), d)));
                 return Ok(range);
             };
             // Routed publishes to a topic take turns, so that the ids the router sees are
             // the ones the messages get.
             let _turn = topic.routing_turn().await;
             let base = topic.log.end();
-            let (messages, routings) = self.route(&router, topic, messages, base).await?;
-            self.append_routed(topic, messages, routings, base, path, confirms)
+            let mut batch = Batch::new(messages);
+            if let Some(screen) = screen.as_deref_mut() {
+                batch = topic.screen_locked(&topic.publish_lock(), batch, screen);
+                if batch.messages.is_empty() {
+                    return Ok(base..base);
+                }
+            }
+            let (messages, routings) = self.route(&router, topic, batch.messages, base).await?;
+            let routed = RoutedBatch {
+                messages,
+                indexes: batch.indexes,
+                routings,
+                base,
+            };
+            self.append_routed(topic, routed, screen, path, confirms)
                 .await
         })
     }
@@ -95,16 +115,22 @@ impl Broker {
     }
 
     /// Appends the messages their routings keep, under the topic's publish lock, and sorts
-    /// out the rest: dead letters, forwards and the number dropped.
+    /// out the rest: dead letters, forwards and the number dropped. A client publish's kept
+    /// messages are screened for duplicates again, now under the lock.
     fn place_routed(
         &self,
         topic: &Arc<Topic>,
-        messages: Vec<StoredMessage>,
-        routings: Vec<Routing>,
-        base: u64,
+        routed: RoutedBatch,
+        screen: Option<&mut Screen>,
         path: &[TopicName],
         confirms: &mut Vec<(TopicName, Durable)>,
     ) -> Result<Placed, BrokerError> {
+        let RoutedBatch {
+            messages,
+            indexes,
+            routings,
+            base,
+        } = routed;
         let count = |counter: &AtomicU64, n: usize| {
             counter.fetch_add(n as u64, Ordering::Relaxed);
         };
@@ -112,14 +138,17 @@ impl Broker {
         if topic.log.end() != base {
             tracing::debug!(topic = %topic.name, "appended to while routing; the ids the router saw are off");
         }
-        let mut kept = Vec::with_capacity(messages.len());
+        let mut kept = Batch::default();
         let mut dead = Vec::new();
         let mut forwards: Vec<(TopicName, StoredMessage)> = Vec::new();
         let mut dropped = 0;
         let mut ensured: Vec<ChannelName> = Vec::new();
-        for (mut message, routing) in messages.into_iter().zip(routings) {
+        for ((mut message, routing), index) in messages.into_iter().zip(routings).zip(indexes) {
             match routing {
-                Routing::All => kept.push(message),
+                Routing::All => {
+                    kept.messages.push(message);
+                    kept.indexes.push(index);
+                }
                 Routing::To { channels, forward } => {
                     for target in forward {
                         if target == topic.name || path.contains(&target) {
@@ -140,7 +169,8 @@ impl Broker {
                             }
                         }
                         message.route = Some(Route::from(channels));
-                        kept.push(message);
+                        kept.messages.push(message);
+                        kept.indexes.push(index);
                     }
                 }
                 Routing::Drop => dropped += 1,
@@ -154,13 +184,11 @@ impl Broker {
                 }
             }
         }
-        let range = if kept.is_empty() {
-            base..base
-        } else {
-            let (range, durable) = topic.append_locked(&lock, kept)?;
-            confirms.push((topic.name.clone(), durable));
-            range
-        };
+        if let Some(screen) = screen {
+            kept = topic.screen_locked(&lock, kept, screen);
+        }
+        let (range, durable) = topic.append_batch_locked(&lock, kept)?;
+        confirms.extend(durable.map(|d| (topic.name.clone(), d)));
         Ok(Placed {
             range,
             dead,
@@ -173,9 +201,8 @@ impl Broker {
     async fn append_routed(
         &self,
         topic: &Arc<Topic>,
-        messages: Vec<StoredMessage>,
-        routings: Vec<Routing>,
-        base: u64,
+        routed: RoutedBatch,
+        screen: Option<&mut Screen>,
         path: &mut Vec<TopicName>,
         confirms: &mut Vec<(TopicName, Durable)>,
     ) -> Result<Range<u64>, BrokerError> {
@@ -187,7 +214,7 @@ impl Broker {
             dead,
             forwards,
             dropped,
-        } = self.place_routed(topic, messages, routings, base, path, confirms)?;
+        } = self.place_routed(topic, routed, screen, path, confirms)?;
         count(&topic.routing.dropped, dropped);
         if !dead.is_empty() {
             count(&topic.routing.dead_lettered, dead.len());
@@ -216,13 +243,22 @@ impl Broker {
             }
             for (name, batch) in targets {
                 let target = self.topic(&name)?;
-                self.route_and_append(&target, batch, path, confirms)
+                self.route_and_append(&target, batch, None, path, confirms)
                     .await?;
             }
             path.pop();
         }
         Ok(range)
     }
+}
+
+/// A publish its router decided: the messages, each one's index in the request, their
+/// routings, and the log's end when the routing began.
+struct RoutedBatch {
+    messages: Vec<StoredMessage>,
+    indexes: Vec<usize>,
+    routings: Vec<Routing>,
+    base: u64,
 }
 
 /// What a routed publish left to do once its kept messages were appended.

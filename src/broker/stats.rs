@@ -90,6 +90,18 @@ pub struct TopicStats {
     /// Forwards refused because they would loop back to a topic the message came through.
     #[serde(default)]
     pub forward_loops: u64,
+    /// The publish dedup window's length in milliseconds; 0 when it is off.
+    #[serde(default)]
+    pub dedup_window_ms: u64,
+    /// Message ids the dedup window holds now.
+    #[serde(default)]
+    pub dedup_ids: u64,
+    /// Published messages confirmed as duplicates of one in the window, and not stored.
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Ids the window forgot before their time because it was at `dedup_max_ids`.
+    #[serde(default)]
+    pub dedup_evicted: u64,
     pub channels: Vec<ChannelStats>,
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::dedup::{self, Batch, DedupWindow, Screen};
 use super::delivery::{ChannelState, ConsumerId, DeadLetter, Now};
 use super::lookahead::Lookahead;
 use super::stats::{ChannelStats, ConsumerStats, TopicStats};
@@ -40,6 +41,8 @@ pub(super) struct Topic {
     /// routing runs on the plugin pool).
     routing_turn: tokio::sync::Mutex<()>,
     pub(super) routing: RoutingCounters,
+    /// The ids of recent client publishes (see `dedup.rs`). Taken under `publish`.
+    dedup: Mutex<DedupWindow>,
 }
 
 /// What the topic's router did with publishes, since the broker started.
@@ -67,10 +70,12 @@ pub(super) struct DeadMessage {
 impl Topic {
     /// The topic over `log`: recovered with its saved incarnation and pause state, or new
     /// with a fresh incarnation, which is saved.
+    /// The dedup window (`dedup`: its length and cap) is rebuilt from the log's tail.
     pub(super) fn new(
         name: TopicName,
         log: Arc<dyn TopicLog>,
         deleted: CancellationToken,
+        dedup: (Duration, usize),
     ) -> Result<Self, BrokerError> {
         let meta = match log.meta() {
             Some(meta) => meta,
@@ -86,7 +91,13 @@ impl Topic {
                 meta
             }
         };
+        let mut window = DedupWindow::new(dedup.0, dedup.1);
+        let rebuilt = window.rebuild(&*log, wall_ns());
+        if rebuilt > 0 {
+            tracing::info!(topic = %name, ids = rebuilt, "dedup window read back from the log");
+        }
         Ok(Topic {
+            dedup: Mutex::new(window),
             name,
             incarnation: meta.incarnation,
             log,
@@ -130,6 +141,68 @@ impl Topic {
         self.append_locked(&lock, messages)
     }
 
+    /// Appends a client publish: the messages whose id is in the dedup window, or on an
+    /// earlier message of the publish, are marked in `screen` and not stored. The durable
+    /// future is None when nothing was appended.
+    pub(super) fn append_client(
+        &self,
+        messages: Vec<StoredMessage>,
+        screen: &mut Screen,
+    ) -> Result<(Range<u64>, Option<Durable>), BrokerError> {
+        let lock = self.publish_lock();
+        let batch = self.screen_locked(&lock, Batch::new(messages), screen);
+        self.append_batch_locked(&lock, batch)
+    }
+
+    /// Drops the duplicates of `batch` (see [`Topic::append_client`]).
+    pub(super) fn screen_locked(
+        &self,
+        _lock: &MutexGuard<'_, ()>,
+        batch: Batch,
+        screen: &mut Screen,
+    ) -> Batch {
+        let mut window = self.dedup();
+        if !window.is_on() {
+            return batch;
+        }
+        dedup::screen(&mut window, batch, screen, wall_ns())
+    }
+
+    /// Appends what [`Topic::screen_locked`] kept and records its ids in the window.
+    pub(super) fn append_batch_locked(
+        &self,
+        lock: &MutexGuard<'_, ()>,
+        batch: Batch,
+    ) -> Result<(Range<u64>, Option<Durable>), BrokerError> {
+        let Some(first) = batch.messages.first() else {
+            let end = self.log.end();
+            return Ok((end..end, None));
+        };
+        let timestamp_ns = first.timestamp_ns;
+        let (range, durable) = self.append_locked(lock, batch.messages)?;
+        if !batch.keys.is_empty() {
+            dedup::record(&mut self.dedup(), &batch.keys, range.start, timestamp_ns);
+        }
+        Ok((range, Some(durable)))
+    }
+
+    /// Sets the dedup window's length and cap; the window is read again from the log when
+    /// either changed.
+    pub(super) fn set_dedup(&self, window: Duration, max_ids: usize) {
+        let _lock = self.publish_lock();
+        let mut dedup = self.dedup();
+        if dedup.window() == window && dedup.max_ids() == max_ids {
+            return;
+        }
+        dedup.reconfigure(window, max_ids, &*self.log, wall_ns());
+        tracing::info!(topic = %self.name, window = ?window, max_ids, ids = dedup.stats().ids, "dedup window set");
+    }
+
+    fn dedup(&self) -> MutexGuard<'_, DedupWindow> {
+        // Every method leaves the window consistent before anything that could panic.
+        self.dedup.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Stops other appends to this topic, so that `log.end()` is the next message's offset.
     pub(super) async fn routing_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.routing_turn.lock().await
@@ -167,11 +240,18 @@ impl Topic {
 
     /// Drops the log prefix every channel has settled. A topic without channels keeps its
     /// messages for the first channel to come.
+    /// The log also keeps the messages whose ids are in the dedup window, so that a restart
+    /// can read the window back; the window's expired ids are dropped here too.
     pub(super) fn trim(&self) {
+        let keep = {
+            let mut dedup = self.dedup();
+            dedup.expire(wall_ns());
+            dedup.floor().filter(|_| !self.name.is_ephemeral())
+        };
         let channels = self.channels();
         let floor = channels.values().map(|c| c.state().ack_floor()).min();
         if let Some(floor) = floor {
-            self.log.trim(floor);
+            self.log.trim(keep.map_or(floor, |k| k.min(floor)));
         }
     }
 
@@ -351,6 +431,7 @@ impl Topic {
     pub(super) fn stats(&self) -> TopicStats {
         let end = self.log.end();
         let log = self.log.stats();
+        let dedup = self.dedup().stats();
         let channels = self.channels();
         let mut channel_stats: Vec<ChannelStats> =
             channels.values().map(|c| c.stats(end)).collect();
@@ -377,6 +458,10 @@ impl Topic {
             router_rejected: read(&self.routing.rejected),
             forwarded: read(&self.routing.forwarded),
             forward_loops: read(&self.routing.forward_loops),
+            dedup_window_ms: dedup.window_ms,
+            dedup_ids: dedup.ids,
+            duplicates: dedup.duplicates,
+            dedup_evicted: dedup.evicted,
             channels: channel_stats,
         }
     }
@@ -571,6 +656,10 @@ async fn run_timer(broker: Broker, topic_name: TopicName, channel: Arc<Channel>)
         }
         broker.dead_letter(&topic, &channel, dead);
     }
+}
+
+fn wall_ns() -> u64 {
+    super::wall_clock().as_nanos() as u64
 }
 
 fn read(counter: &AtomicU64) -> u64 {

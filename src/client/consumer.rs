@@ -264,7 +264,7 @@ impl DeadLetter {
             Err(e) => Err(e),
         };
         match copied {
-            Ok(()) => {
+            Ok(_) => {
                 let _ = acker.fin(d.id).await;
                 Outcome::GaveUp
             }

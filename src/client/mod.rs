@@ -20,8 +20,9 @@ mod producer;
 mod subscription;
 mod writer;
 
+pub use crate::message::{MSG_ID_HEADER, ORDER_KEY_HEADER};
 pub use consumer::{ConsumerConfig, ConsumerSummary};
-pub use producer::{Confirmation, Producer};
+pub use producer::{Confirmation, Producer, ProducerOptions, Receipt};
 pub use subscription::{Acker, SubEvent, Subscription};
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -162,8 +163,13 @@ impl Client {
 
     /// Opens a publish stream.
     pub async fn producer(&self) -> Result<Producer, ClientError> {
+        self.producer_with(ProducerOptions::default()).await
+    }
+
+    /// Opens a publish stream with options (message ids given automatically, say).
+    pub async fn producer_with(&self, options: ProducerOptions) -> Result<Producer, ClientError> {
         let (send, recv) = self.conn.open_bi().await?;
-        Ok(Producer::start(send, FrameReader::new(recv)))
+        Ok(Producer::start(send, FrameReader::new(recv), options))
     }
 
     /// Opens a subscription stream. Nothing is delivered until [`Subscription::rdy`].

@@ -1,5 +1,14 @@
 //! Publishing with confirms: pipelined requests on one stream, each resolved by the PUB-OK
 //! or ERROR carrying its sequence number.
+//!
+//! A message may carry an id ([`NewMessage::with_msg_id`]); with
+//! [`ProducerOptions::auto_msg_id`] every message without one gets a random id when it is
+//! queued. Within the topic's dedup window the broker stores an id once: a second publish of
+//! it is confirmed with its [`Receipt`] marking it a duplicate. To retry a publish whose
+//! confirmation was lost (the connection dropped), publish the same messages again, ids
+//! included: give them their ids before the first attempt (`with_msg_id` or
+//! [`NewMessage::with_auto_msg_id`]) and keep a copy, since an id the producer adds is not
+//! seen by the caller.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +23,47 @@ use crate::message::{NewMessage, TopicName};
 use crate::protocol::{Command, Reply, WireError};
 use crate::transport::FrameReader;
 
-type Pending = HashMap<u64, oneshot::Sender<Result<(), WireError>>>;
+type Pending = HashMap<u64, oneshot::Sender<Result<Receipt, WireError>>>;
+
+/// How a producer treats the messages it is given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProducerOptions {
+    /// Gives every message without a message id a random one (128 bits in hex) when it is
+    /// queued, so that the broker stores each publish once within its dedup window.
+    pub auto_msg_id: bool,
+}
+
+impl ProducerOptions {
+    pub fn auto_msg_id(mut self, on: bool) -> Self {
+        self.auto_msg_id = on;
+        self
+    }
+}
+
+/// What the broker confirmed for one publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    duplicates: Vec<bool>,
+}
+
+impl Receipt {
+    /// Whether message `index` of the request (0 for a PUB) was a duplicate of one the
+    /// topic's dedup window holds, or of an earlier message of the request: confirmed, not
+    /// stored again.
+    pub fn is_duplicate(&self, index: usize) -> bool {
+        self.duplicates.get(index).copied().unwrap_or(false)
+    }
+
+    /// Per message of the request, whether it was a duplicate; empty when none was.
+    pub fn duplicates(&self) -> &[bool] {
+        &self.duplicates
+    }
+
+    /// How many messages of the request were duplicates.
+    pub fn duplicate_count(&self) -> usize {
+        self.duplicates.iter().filter(|&&d| d).count()
+    }
+}
 
 /// A publish stream. Clone it to publish from many tasks; their requests pipeline.
 #[derive(Debug, Clone)]
@@ -27,10 +76,15 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     pending: Arc<Mutex<Pending>>,
     next_seq: AtomicU64,
+    options: ProducerOptions,
 }
 
 impl Producer {
-    pub(super) fn start(send: SendStream, reader: FrameReader) -> Producer {
+    pub(super) fn start(
+        send: SendStream,
+        reader: FrameReader,
+        options: ProducerOptions,
+    ) -> Producer {
         let (tx, rx) = mpsc::channel(writer::QUEUE);
         writer::spawn(send, rx);
         let pending = Arc::new(Mutex::new(Pending::new()));
@@ -40,12 +94,18 @@ impl Producer {
                 commands: tx,
                 pending,
                 next_seq: AtomicU64::new(1),
+                options,
             }),
         }
     }
 
     /// Publishes one message; resolves when the broker confirms it.
-    pub async fn publish(&self, topic: &TopicName, message: NewMessage) -> Result<(), ClientError> {
+    pub async fn publish(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<Receipt, ClientError> {
+        let message = self.prepare(message);
         self.request(|seq| Command::Pub {
             seq,
             topic: topic.clone(),
@@ -54,12 +114,14 @@ impl Producer {
         .await
     }
 
-    /// Publishes a batch atomically: all of it is stored, or none.
+    /// Publishes a batch atomically: all of it is stored, or none (duplicates aside, which
+    /// are confirmed without being stored again).
     pub async fn publish_batch(
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Receipt, ClientError> {
+        let messages = messages.into_iter().map(|m| self.prepare(m)).collect();
         self.request(|seq| Command::Mpub {
             seq,
             topic: topic.clone(),
@@ -74,7 +136,8 @@ impl Producer {
         topic: &TopicName,
         message: NewMessage,
         delay: Duration,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Receipt, ClientError> {
+        let message = self.prepare(message);
         self.request(|seq| Command::Dpub {
             seq,
             topic: topic.clone(),
@@ -92,6 +155,7 @@ impl Producer {
         topic: &TopicName,
         message: NewMessage,
     ) -> Result<Confirmation, ClientError> {
+        let message = self.prepare(message);
         self.enqueue(|seq| Command::Pub {
             seq,
             topic: topic.clone(),
@@ -100,7 +164,15 @@ impl Producer {
         .await
     }
 
-    async fn request(&self, command: impl FnOnce(u64) -> Command) -> Result<(), ClientError> {
+    /// The message as it will be sent: with a random id if the options ask for one.
+    fn prepare(&self, message: NewMessage) -> NewMessage {
+        if self.inner.options.auto_msg_id {
+            return message.with_auto_msg_id();
+        }
+        message
+    }
+
+    async fn request(&self, command: impl FnOnce(u64) -> Command) -> Result<Receipt, ClientError> {
         self.enqueue(command).await?.wait().await
     }
 
@@ -121,13 +193,13 @@ impl Producer {
 
 /// The broker's answer to one queued publish.
 #[derive(Debug)]
-pub struct Confirmation(oneshot::Receiver<Result<(), WireError>>);
+pub struct Confirmation(oneshot::Receiver<Result<Receipt, WireError>>);
 
 impl Confirmation {
     /// Resolves on the PUB-OK, or the broker's refusal.
-    pub async fn wait(self) -> Result<(), ClientError> {
+    pub async fn wait(self) -> Result<Receipt, ClientError> {
         match self.0.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(receipt)) => Ok(receipt),
             Ok(Err(e)) => Err(ClientError::Broker(e)),
             Err(_) => Err(ClientError::Closed),
         }
@@ -153,9 +225,9 @@ async fn read_replies(mut reader: FrameReader, pending: Arc<Mutex<Pending>>) {
             }
         };
         match reply {
-            Ok(Reply::PubOk { seq }) => {
+            Ok(Reply::PubOk { seq, duplicates }) => {
                 if let Some(tx) = lock(&pending).remove(&seq) {
-                    let _ = tx.send(Ok(()));
+                    let _ = tx.send(Ok(Receipt { duplicates }));
                 }
             }
             Ok(Reply::Error(e)) => {

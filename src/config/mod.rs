@@ -237,6 +237,12 @@ impl Config {
         if b.max_rdy == 0 {
             return invalid("broker.max_rdy", "must be at least 1".into());
         }
+        if b.dedup_max_ids == 0 {
+            return invalid(
+                "broker.dedup_max_ids",
+                "must be at least 1 (set broker.dedup_window = \"0\" to turn dedup off)".into(),
+            );
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid(
                 "tls.cert",
@@ -409,6 +415,24 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         assert!(toml::from_str::<Config>("[broker]\nmsg_timout = \"30s\"\n").is_err());
+    }
+
+    #[test]
+    fn dedup_settings_parse_and_are_checked() {
+        let config: Config =
+            toml::from_str("[broker]\ndedup_window = \"5s\"\ndedup_max_ids = 10\n").unwrap();
+        assert_eq!(config.broker.dedup_window, Duration::from_secs(5));
+        assert_eq!(config.broker.dedup_max_ids, 10);
+        let off: Config = toml::from_str("[broker]\ndedup_window = \"0\"\n").unwrap();
+        assert!(off.broker.dedup_window.is_zero());
+        assert_eq!(
+            Config::default().broker.dedup_window,
+            Duration::from_secs(120)
+        );
+        let mut config = Config::default();
+        config.broker.dedup_max_ids = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("broker.dedup_max_ids"), "{err}");
     }
 
     #[test]

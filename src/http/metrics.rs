@@ -36,7 +36,7 @@ type TopicMetric = (&'static str, Kind, &'static str, fn(&TopicStats) -> u64);
 /// A per-channel metric.
 type ChannelMetric = (&'static str, Kind, &'static str, fn(&ChannelStats) -> u64);
 
-const TOPIC_METRICS: [TopicMetric; 14] = [
+const TOPIC_METRICS: [TopicMetric; 17] = [
     (
         "quiver_topic_depth",
         Kind::Gauge,
@@ -114,6 +114,24 @@ const TOPIC_METRICS: [TopicMetric; 14] = [
         Kind::Counter,
         "Forwards refused because they would loop.",
         |t| t.forward_loops,
+    ),
+    (
+        "quiver_topic_dedup_ids",
+        Kind::Gauge,
+        "Message ids the topic's publish dedup window holds.",
+        |t| t.dedup_ids,
+    ),
+    (
+        "quiver_topic_duplicates_total",
+        Kind::Counter,
+        "Published messages confirmed as duplicates of one in the dedup window, not stored.",
+        |t| t.duplicates,
+    ),
+    (
+        "quiver_topic_dedup_evicted_total",
+        Kind::Counter,
+        "Ids the dedup window forgot early because it was at dedup_max_ids.",
+        |t| t.dedup_evicted,
     ),
     (
         "quiver_topic_fsync_p50_microseconds",

@@ -35,7 +35,7 @@ mod error;
 pub(crate) mod guard;
 mod metrics;
 mod params;
-mod publish;
+pub(crate) mod publish;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod test_client;

@@ -1,11 +1,18 @@
 //! `POST /pub` and `POST /mpub`: messages from request bodies, headers from
-//! `X-Quiver-Header-<name>` request headers.
+//! `X-Quiver-Header-<name>` request headers, the message id from `X-Quiver-Msg-Id`.
+//!
+//! On `/pub` the id is the message's; on `/mpub` message `i` (0-based, in body order) gets
+//! `<id>-<i>`, so a retried request with the same header and body repeats every id. A
+//! request whose messages were duplicates of ones in the topic's dedup window is answered
+//! `OK` as usual with `X-Quiver-Duplicates: <count>` (absent when none was). The nsqd HTTP
+//! API does the same (`src/nsq/http/publish.rs`).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
 
@@ -18,6 +25,10 @@ use crate::message::{Headers, NewMessage, MAX_BODY_LEN};
 
 /// Request headers with this prefix become message headers (`http` lowercases names).
 const HEADER_PREFIX: &str = "x-quiver-header-";
+/// The request header that names the message id (`quiver-msg-id`).
+const MSG_ID: &str = "x-quiver-msg-id";
+/// The response header that counts the request's messages confirmed as duplicates.
+const DUPLICATES: HeaderName = HeaderName::from_static("x-quiver-duplicates");
 /// Largest `/mpub` body, the same as the largest MPUB frame.
 const MAX_MPUB_LEN: usize = 5 << 20;
 
@@ -28,16 +39,16 @@ pub(crate) async fn publish(
     params: Params,
     request_headers: HeaderMap,
     body: Body,
-) -> Result<&'static str, ApiError> {
+) -> Result<Response, ApiError> {
     let topic = params.topic()?;
     let delay = params.defer(broker.config().max_defer)?;
     let headers = message_headers(&request_headers)?;
     refuse_if_shutting_down(&broker)?;
     let body = read_limited(&request_headers, body, MAX_BODY_LEN).await?;
-    broker
-        .publish(&who, &topic, vec![NewMessage { headers, body }], delay)
-        .await?;
-    Ok("OK")
+    let mut messages = vec![NewMessage { headers, body }];
+    assign_msg_ids(&request_headers, &mut messages).map_err(ApiError::BadMessage)?;
+    let (_, duplicates) = broker.publish_marked(&who, &topic, messages, delay).await?;
+    Ok(with_duplicates("OK".into_response(), &duplicates))
 }
 
 /// `POST /mpub?topic=T[&defer=MS]`: each non-empty line of the body is a message; all are
@@ -48,15 +59,52 @@ pub(crate) async fn multi_publish(
     params: Params,
     request_headers: HeaderMap,
     body: Body,
-) -> Result<&'static str, ApiError> {
+) -> Result<Response, ApiError> {
     let topic = params.topic()?;
     let delay = params.defer(broker.config().max_defer)?;
     let headers = message_headers(&request_headers)?;
     refuse_if_shutting_down(&broker)?;
     let body = read_limited(&request_headers, body, MAX_MPUB_LEN).await?;
-    let messages = split_lines(&body, &headers)?;
-    broker.publish(&who, &topic, messages, delay).await?;
-    Ok("OK")
+    let mut messages = split_lines(&body, &headers)?;
+    assign_msg_ids(&request_headers, &mut messages).map_err(ApiError::BadMessage)?;
+    let (_, duplicates) = broker.publish_marked(&who, &topic, messages, delay).await?;
+    Ok(with_duplicates("OK".into_response(), &duplicates))
+}
+
+/// Gives the messages their ids from `X-Quiver-Msg-Id`: the id itself for one message,
+/// `<id>-<i>` for message `i` of several. The broker checks their length.
+pub(crate) fn assign_msg_ids(
+    request: &HeaderMap,
+    messages: &mut [NewMessage],
+) -> Result<(), String> {
+    let Some(value) = request.get(MSG_ID) else {
+        return Ok(());
+    };
+    let id = value
+        .to_str()
+        .map_err(|_| format!("{MSG_ID} is not visible ASCII"))?;
+    if id.is_empty() {
+        return Err(format!("{MSG_ID} is empty"));
+    }
+    if let [one] = messages {
+        *one = std::mem::take(one).with_msg_id(id);
+        return Ok(());
+    }
+    for (i, message) in messages.iter_mut().enumerate() {
+        *message = std::mem::take(message).with_msg_id(format!("{id}-{i}"));
+    }
+    Ok(())
+}
+
+/// `response` with `X-Quiver-Duplicates: <count>` when some messages were duplicates.
+pub(crate) fn with_duplicates(mut response: Response, duplicates: &[bool]) -> Response {
+    let count = duplicates.iter().filter(|&&d| d).count();
+    if count > 0 {
+        response
+            .headers_mut()
+            .insert(DUPLICATES, HeaderValue::from(count));
+    }
+    response
 }
 
 /// The non-empty `\n`-separated lines of `body`, each a message with `headers`.

@@ -18,8 +18,13 @@ pub(super) const ERROR: u8 = 0xff;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     /// The publish with this sequence number is stored as the fsync policy promises.
+    /// `duplicates` has one entry per message of the request, true for those that were
+    /// duplicates of a message in the topic's dedup window (confirmed, not stored again), or
+    /// is empty, as it always is when none was. An empty list adds no bytes, so a reply
+    /// without duplicates is the 13-byte frame clients have always decoded.
     PubOk {
         seq: u64,
+        duplicates: Vec<bool>,
     },
     /// The SUB was accepted; messages follow as RDY allows.
     SubOk,
@@ -37,9 +42,12 @@ pub enum Reply {
 impl Reply {
     pub fn encode(&self, dst: &mut BytesMut) {
         match self {
-            Reply::PubOk { seq } => {
+            Reply::PubOk { seq, duplicates } => {
                 let start = wire::begin(dst, PUB_OK);
                 dst.put_u64(*seq);
+                if !duplicates.is_empty() {
+                    put_bitmap(dst, duplicates);
+                }
                 wire::finish(dst, start);
             }
             Reply::SubOk => wire::empty(dst, SUB_OK),
@@ -74,6 +82,11 @@ impl Reply {
         let reply = match kind {
             PUB_OK => Reply::PubOk {
                 seq: r.u64("sequence number")?,
+                duplicates: if r.is_empty() {
+                    Vec::new()
+                } else {
+                    bitmap(&mut r)?
+                },
             },
             SUB_OK => Reply::SubOk,
             CLOSE_OK => Reply::CloseOk,
@@ -104,6 +117,28 @@ impl Reply {
         r.end()?;
         Ok(reply)
     }
+}
+
+/// The duplicate marks of a PUB_OK: `u32 count`, then `ceil(count / 8)` bytes in which bit
+/// `i % 8` (least significant first) of byte `i / 8` is message `i` of the request.
+fn put_bitmap(dst: &mut BytesMut, marks: &[bool]) {
+    dst.put_u32(marks.len() as u32);
+    for chunk in marks.chunks(8) {
+        let byte = chunk
+            .iter()
+            .enumerate()
+            .fold(0u8, |b, (i, &m)| b | (u8::from(m) << i));
+        dst.put_u8(byte);
+    }
+}
+
+fn bitmap(r: &mut Reader) -> Result<Vec<bool>, FrameError> {
+    let count = r.u32("duplicate count")? as usize;
+    // The bytes must be there before anything is allocated for them.
+    let bytes = r.bytes(count.div_ceil(8), "duplicate bitmap")?;
+    Ok((0..count)
+        .map(|i| bytes[i / 8] & (1 << (i % 8)) != 0)
+        .collect())
 }
 
 /// Appends a MESSAGE frame straight from its parts, so the broker need not build a

@@ -77,6 +77,11 @@ impl Reader {
         Ok(())
     }
 
+    /// True when every byte has been read.
+    pub(super) fn is_empty(&self) -> bool {
+        !self.buf.has_remaining()
+    }
+
     pub(super) fn u8(&mut self, what: &'static str) -> Result<u8, FrameError> {
         self.need(1, what)?;
         Ok(self.buf.get_u8())
@@ -162,11 +167,6 @@ impl Reader {
         let headers = self.headers()?;
         let body = self.body()?;
         Ok(NewMessage { headers, body })
-    }
-
-    /// Whether every byte has been read.
-    pub(super) fn is_empty(&self) -> bool {
-        self.buf.remaining() == 0
     }
 
     /// Takes everything that is left.

@@ -110,6 +110,8 @@ pub struct TopicSpec {
     pub name: TopicName,
     pub unrouted: Unrouted,
     pub router: Option<PluginSpec>,
+    /// The publish dedup window; None: the broker's `dedup_window`; zero: off.
+    pub dedup_window: Option<Duration>,
 }
 
 /// A `[[channel]]` table.
@@ -217,6 +219,7 @@ struct RawTopic {
     #[serde(default)]
     unrouted: Unrouted,
     router: Option<RawRouter>,
+    dedup_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,10 +288,16 @@ impl RawRules {
                     &mut problems,
                 )
             });
+            let dedup_window = raw.dedup_window.and_then(|text| {
+                parse_duration(&text)
+                    .map_err(|e| problems.add(&format!("{at} dedup_window"), e))
+                    .ok()
+            });
             spec.topics.push(TopicSpec {
                 name,
                 unrouted: raw.unrouted,
                 router,
+                dedup_window,
             });
         }
         let mut channels_seen = HashSet::new();

@@ -460,6 +460,12 @@ impl RuleSet {
             broker
                 .create_topic(&Principal::internal(), &topic.name)
                 .map_err(failed)?;
+            let settings = crate::broker::TopicSettings {
+                dedup_window: topic.dedup_window,
+            };
+            broker
+                .configure_topic(&topic.name, settings)
+                .map_err(|e| RulesError::Apply(format!("topic {}: {e}", topic.name)))?;
         }
         for channel in &self.spec.channels {
             let settings = ChannelSettings {

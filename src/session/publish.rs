@@ -198,13 +198,14 @@ async fn answer_one(
     send: &mut SendStream,
     out: &mut BytesMut,
 ) -> Result<(), WireError> {
-    let (seq, published) = match answer {
+    let (seq, mut published) = match answer {
         Answer::Reply(reply) => {
             reply.encode(out);
             return Ok(());
         }
         Answer::Confirm { seq, published } => (seq, published),
     };
+    let duplicates = published.take_duplicates();
     let mut confirmed = pin!(published.confirmed());
     let polled = confirmed
         .as_mut()
@@ -217,7 +218,7 @@ async fn answer_one(
         }
     };
     match result {
-        Ok(_) => Reply::PubOk { seq }.encode(out),
+        Ok(_) => Reply::PubOk { seq, duplicates }.encode(out),
         Err(e) => Reply::Error(refusal(&e, seq)?).encode(out),
     }
     Ok(())

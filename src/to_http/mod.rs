@@ -337,7 +337,7 @@ impl DeadLetters {
             .producer
             .get_or_try_init(|| self.client.producer())
             .await?;
-        producer.publish(&self.dead_topic, message).await
+        producer.publish(&self.dead_topic, message).await.map(drop)
     }
 }
 

@@ -41,7 +41,7 @@ async fn a_full_disk_fails_publishes_cleanly_and_recovers_when_space_returns() {
                 .map(|i| NewMessage::new(body(i)))
                 .collect();
             match producer.publish_batch(&topic("fill"), batch).await {
-                Ok(()) => confirmed += size,
+                Ok(_) => confirmed += size,
                 Err(e) => break e,
             }
             assert!(confirmed < 10_000, "a 2 MiB disk never filled up");
@@ -80,7 +80,7 @@ async fn a_full_disk_fails_publishes_cleanly_and_recovers_when_space_returns() {
             .publish(&topic("fill"), NewMessage::new(body(confirmed)))
             .await
         {
-            Ok(()) => break,
+            Ok(_) => break,
             Err(e) if Instant::now() < deadline => {
                 assert!(
                     matches!(&e, ClientError::Broker(w) if w.code == ErrorCode::DiskFull),

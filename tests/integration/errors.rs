@@ -104,7 +104,13 @@ async fn bad_frames_get_their_documented_errors_and_only_their_stream_ends() {
     }
     // The same connection still publishes, and other clients never noticed.
     let (replies, _) = exchange(&conn, &pub_frame(7, "t", b"ok"), 1).await;
-    assert_eq!(replies, vec![Reply::PubOk { seq: 7 }]);
+    assert_eq!(
+        replies,
+        vec![Reply::PubOk {
+            seq: 7,
+            duplicates: vec![],
+        }]
+    );
     let client = broker.client().await;
     let mut sub = subscribe(&client, "t", "c", None).await;
     sub.rdy(1).await.unwrap();
@@ -136,7 +142,13 @@ async fn refused_publishes_are_answered_by_seq_and_the_stream_goes_on() {
     // The stream goes on after the refusals: the PUB after them is answered.
     let (replies, _) = exchange(&conn, &bytes, 5).await;
     assert_eq!(replies.len(), 5, "{replies:?}");
-    assert_eq!(replies[0], Reply::PubOk { seq: 1 });
+    assert_eq!(
+        replies[0],
+        Reply::PubOk {
+            seq: 1,
+            duplicates: vec![],
+        }
+    );
     let codes: Vec<(ErrorCode, u64, bool)> = replies[1..4]
         .iter()
         .map(|r| match r {
@@ -152,7 +164,13 @@ async fn refused_publishes_are_answered_by_seq_and_the_stream_goes_on() {
             (ErrorCode::Invalid, 4, false),
         ]
     );
-    assert_eq!(replies[4], Reply::PubOk { seq: 5 });
+    assert_eq!(
+        replies[4],
+        Reply::PubOk {
+            seq: 5,
+            duplicates: vec![],
+        }
+    );
     let stats = broker
         .broker()
         .stats(&quiver::broker::Principal::internal(), None)

@@ -10,6 +10,7 @@ mod authoring;
 mod cli;
 mod client;
 mod crash;
+mod dedup;
 mod delivery;
 mod disk_full;
 mod durability;

@@ -22,7 +22,7 @@ use crate::process::{http_request, ServeProcess};
 use crate::support::{channel, channel_stats, settled, topic, TestBroker, DEADLINE};
 use crate::wasm::guest;
 
-const KEY: &str = OrderBy::DEFAULT_KEY_HEADER;
+const KEY: &str = quiver::message::ORDER_KEY_HEADER;
 
 /// What the consumers saw, checked as they see it.
 #[derive(Default)]

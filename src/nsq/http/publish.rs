@@ -1,11 +1,15 @@
 //! `POST /pub` and `POST /mpub`, checked in nsqd's order with nsqd's codes, and answered `OK`
-//! once the broker reports the messages durable. NSQ messages carry no headers.
+//! once the broker reports the messages durable. NSQ messages carry no headers, but a
+//! request may name a message id in `X-Quiver-Msg-Id` for the topic's dedup window, as on
+//! the admin API (`crate::http::publish`): the answer stays nsqd's `OK`, with
+//! `X-Quiver-Duplicates: <count>` when some messages were duplicates.
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
 
@@ -13,6 +17,7 @@ use super::body::{declared_len, read_at_most};
 use super::params::Params;
 use super::reply::{NsqError, Reply};
 use super::{NsqHttp, Who};
+use crate::http::publish::{assign_msg_ids, with_duplicates};
 use crate::message::NewMessage;
 
 const MSG_TOO_BIG: NsqError = NsqError::too_large("MSG_TOO_BIG");
@@ -21,6 +26,8 @@ const BODY_TOO_BIG: NsqError = NsqError::too_large("BODY_TOO_BIG");
 const BAD_BODY: NsqError = NsqError::too_large("BAD_BODY");
 const BAD_MESSAGE: NsqError = NsqError::too_large("BAD_MESSAGE");
 const INVALID_DEFER: NsqError = NsqError::bad_request("INVALID_DEFER");
+/// `X-Quiver-Msg-Id` empty or not ASCII; an over-long one is the broker's `BAD_MESSAGE`.
+const BAD_MSG_ID: NsqError = NsqError::bad_request("BAD_MESSAGE");
 
 /// `POST /pub?topic=T[&defer=MS]`: the body is one message. As nsqd, the body is checked
 /// before the parameters.
@@ -30,7 +37,7 @@ pub(super) async fn publish(
     params: Result<Params, NsqError>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Reply, NsqError> {
+) -> Result<Response, NsqError> {
     let max = state.node.max_msg_size();
     if declared_len(&headers).is_some_and(|len| len > max as u64) {
         return Err(MSG_TOO_BIG);
@@ -45,11 +52,13 @@ pub(super) async fn publish(
     let params = params?;
     let topic = params.topic("INVALID_TOPIC")?;
     let delay = defer(&params, state.broker.config().max_defer)?;
-    state
+    let mut messages = vec![NewMessage::new(body)];
+    assign_msg_ids(&headers, &mut messages).map_err(|_| BAD_MSG_ID)?;
+    let (_, duplicates) = state
         .broker
-        .publish(&who, &topic, vec![NewMessage::new(body)], delay)
+        .publish_marked(&who, &topic, messages, delay)
         .await?;
-    Ok(Reply::ok())
+    Ok(with_duplicates(Reply::ok().into_response(), &duplicates))
 }
 
 /// `POST /mpub?topic=T[&binary=true]`: one message per non-empty `\n`-separated line, or
@@ -61,7 +70,7 @@ pub(super) async fn multi_publish(
     params: Result<Params, NsqError>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Reply, NsqError> {
+) -> Result<Response, NsqError> {
     let (max_msg, max_body) = (state.node.max_msg_size(), state.node.max_body_size());
     if declared_len(&headers).is_some_and(|len| len > max_body as u64) {
         return Err(BODY_TOO_BIG);
@@ -80,14 +89,15 @@ pub(super) async fn multi_publish(
         text_messages(&body, max_msg, max_body)?
     };
     if bodies.is_empty() {
-        return Ok(Reply::ok());
+        return Ok(Reply::ok().into_response());
     }
-    let messages = bodies.into_iter().map(NewMessage::new).collect();
-    state
+    let mut messages: Vec<NewMessage> = bodies.into_iter().map(NewMessage::new).collect();
+    assign_msg_ids(&headers, &mut messages).map_err(|_| BAD_MSG_ID)?;
+    let (_, duplicates) = state
         .broker
-        .publish(&who, &topic, messages, Duration::ZERO)
+        .publish_marked(&who, &topic, messages, Duration::ZERO)
         .await?;
-    Ok(Reply::ok())
+    Ok(with_duplicates(Reply::ok().into_response(), &duplicates))
 }
 
 /// `defer`, in milliseconds, from 0 to `max`; zero when absent.

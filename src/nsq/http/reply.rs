@@ -61,6 +61,9 @@ impl NsqError {
             ErrorKind::Invalid if matches!(error, BrokerError::OutOfRange { .. }) => {
                 (StatusCode::BAD_REQUEST, "INVALID_DEFER")
             }
+            ErrorKind::Invalid if matches!(error, BrokerError::BadMessage(_)) => {
+                (StatusCode::BAD_REQUEST, "BAD_MESSAGE")
+            }
             ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "AUTH_REQUIRED"),
             ErrorKind::Denied => (StatusCode::FORBIDDEN, "UNAUTHORIZED"),
             ErrorKind::Invalid

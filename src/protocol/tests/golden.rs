@@ -236,9 +236,38 @@ fn golden_channel_create_with_settings() {
 }
 
 #[test]
+fn golden_pub_ok_marks_duplicates_in_a_bitmap() {
+    // An MPUB of 10 messages whose messages 1 and 9 were duplicates.
+    let mut marks = vec![false; 10];
+    marks[1] = true;
+    marks[9] = true;
+    assert_reply_bytes(
+        Reply::PubOk {
+            seq: 7,
+            duplicates: marks,
+        },
+        &hex(&["0000000f", "81", "0000000000000007", "0000000a", "02", "02"]),
+    );
+    // A PUB whose one message was a duplicate.
+    assert_reply_bytes(
+        Reply::PubOk {
+            seq: 2,
+            duplicates: vec![true],
+        },
+        &hex(&["0000000e", "81", "0000000000000002", "00000001", "01"]),
+    );
+    // A bitmap shorter than its count is truncated.
+    let short = hex(&["0000000e", "81", "0000000000000002", "00000009", "01"]);
+    assert!(decode_reply(&short).is_err());
+}
+
+#[test]
 fn golden_pub_ok_sub_ok_close_ok_admin_ok() {
     assert_reply_bytes(
-        Reply::PubOk { seq: 1 },
+        Reply::PubOk {
+            seq: 1,
+            duplicates: vec![],
+        },
         &hex(&["00000009", "81", "0000000000000001"]),
     );
     assert_reply_bytes(Reply::SubOk, &hex(&["00000001", "82"]));
@@ -316,7 +345,13 @@ fn golden_worked_example_streams() {
         "0001 00016b 000176 00000005 68656c6c6f",
     ]);
     let fin = hex(&["00000011 12 0123456789abcdef0000000000000001"]);
-    assert_eq!(decode_reply(&pub_ok), Ok(Reply::PubOk { seq: 1 }));
+    assert_eq!(
+        decode_reply(&pub_ok),
+        Ok(Reply::PubOk {
+            seq: 1,
+            duplicates: vec![]
+        })
+    );
     assert!(matches!(
         decode_command(&publish),
         Ok(Command::Pub { seq: 1, .. })
@@ -415,7 +450,10 @@ fn worked_example_in_protocol_md_decodes_and_re_encodes_byte_for_byte() {
             topic: topic("t"),
             message: hello(),
         }),
-        AnyFrame::Reply(Reply::PubOk { seq: 1 }),
+        AnyFrame::Reply(Reply::PubOk {
+            seq: 1,
+            duplicates: vec![],
+        }),
         AnyFrame::Command(Command::Sub {
             topic: topic("t"),
             channel: channel("c"),

@@ -196,7 +196,11 @@ fn wire_error() -> impl Strategy<Value = WireError> {
 
 pub(super) fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
-        any::<u64>().prop_map(|seq| Reply::PubOk { seq }),
+        (
+            any::<u64>(),
+            proptest::collection::vec(any::<bool>(), 0..20)
+        )
+            .prop_map(|(seq, duplicates)| Reply::PubOk { seq, duplicates }),
         Just(Reply::SubOk),
         Just(Reply::CloseOk),
         delivery().prop_map(Reply::Message),
