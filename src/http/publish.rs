@@ -27,6 +27,9 @@ use crate::message::{Headers, NewMessage, MAX_BODY_LEN};
 const HEADER_PREFIX: &str = "x-quiver-header-";
 /// The request header that names the message id (`quiver-msg-id`).
 const MSG_ID: &str = "x-quiver-msg-id";
+/// The request header that gives every message of the request its order key
+/// (`quiver-order-key`).
+const ORDER_KEY: &str = "x-quiver-order-key";
 /// The response header that counts the request's messages confirmed as duplicates.
 const DUPLICATES: HeaderName = HeaderName::from_static("x-quiver-duplicates");
 /// Largest `/mpub` body, the same as the largest MPUB frame.
@@ -46,7 +49,7 @@ pub(crate) async fn publish(
     refuse_if_shutting_down(&broker)?;
     let body = read_limited(&request_headers, body, MAX_BODY_LEN).await?;
     let mut messages = vec![NewMessage { headers, body }];
-    assign_msg_ids(&request_headers, &mut messages).map_err(ApiError::BadMessage)?;
+    assign_ids_and_keys(&request_headers, &mut messages).map_err(ApiError::BadMessage)?;
     let (_, duplicates) = broker.publish_marked(&who, &topic, messages, delay).await?;
     Ok(with_duplicates("OK".into_response(), &duplicates))
 }
@@ -66,17 +69,29 @@ pub(crate) async fn multi_publish(
     refuse_if_shutting_down(&broker)?;
     let body = read_limited(&request_headers, body, MAX_MPUB_LEN).await?;
     let mut messages = split_lines(&body, &headers)?;
-    assign_msg_ids(&request_headers, &mut messages).map_err(ApiError::BadMessage)?;
+    assign_ids_and_keys(&request_headers, &mut messages).map_err(ApiError::BadMessage)?;
     let (_, duplicates) = broker.publish_marked(&who, &topic, messages, delay).await?;
     Ok(with_duplicates("OK".into_response(), &duplicates))
 }
 
-/// Gives the messages their ids from `X-Quiver-Msg-Id`: the id itself for one message,
-/// `<id>-<i>` for message `i` of several. The broker checks their length.
-pub(crate) fn assign_msg_ids(
+/// Gives the messages the order key of `X-Quiver-Order-Key` (every message of the request)
+/// and their ids from `X-Quiver-Msg-Id`: the id itself for one message, `<id>-<i>` for
+/// message `i` of several. The broker checks the ids' length.
+pub(crate) fn assign_ids_and_keys(
     request: &HeaderMap,
     messages: &mut [NewMessage],
 ) -> Result<(), String> {
+    if let Some(value) = request.get(ORDER_KEY) {
+        let key = value
+            .to_str()
+            .map_err(|_| format!("{ORDER_KEY} is not visible ASCII"))?;
+        if key.is_empty() {
+            return Err(format!("{ORDER_KEY} is empty"));
+        }
+        for message in messages.iter_mut() {
+            *message = std::mem::take(message).with_order_key(key);
+        }
+    }
     let Some(value) = request.get(MSG_ID) else {
         return Ok(());
     };

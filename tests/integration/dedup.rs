@@ -181,7 +181,7 @@ async fn an_mpub_of_new_and_duplicate_ids_stores_only_the_new_ones_at_once() {
 
 /// One HTTP/1.1 POST with extra request headers, off the runtime's thread (the broker runs
 /// on it); returns the status, the response headers (names lowercased) and the body.
-async fn post(
+pub async fn post(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],

@@ -17,8 +17,9 @@ use quiver::message::{Delivery, HeaderName, NewMessage, OrderBy};
 use tokio::sync::watch;
 use tokio_nsq::{NSQConfigShared, NSQRequeueDelay};
 
+use crate::dedup::post;
 use crate::nsq_tcp::consumer as nsq_consumer;
-use crate::process::{http_request, ServeProcess};
+use crate::process::ServeProcess;
 use crate::support::{channel, channel_stats, settled, topic, TestBroker, DEADLINE};
 use crate::wasm::guest;
 
@@ -572,25 +573,26 @@ async fn a_filter_that_skips_messages_does_not_stall_their_keys() {
     assert_eq!(stats.active_keys, 0);
 }
 
-/// A POST through a blocking HTTP client, off the runtime the in-process broker uses.
-async fn post(addr: std::net::SocketAddr, path: &'static str) -> (u16, String) {
-    tokio::task::spawn_blocking(move || http_request(addr, "POST", path, ""))
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_is_set_on_create_through_both_http_apis_and_the_quic_admin_op() {
     let broker = TestBroker::start().await;
-    let (status, body) = post(
+    let (status, _, body) = post(
         broker.http,
         "/channel/create?topic=t&channel=a&ordering=key&order_key_header=user-id",
+        &[],
+        "",
     )
     .await;
     assert_eq!(status, 200, "{body}");
     let nsq = broker.nsq_http.unwrap();
-    assert_eq!(post(nsq, "/topic/create?topic=t").await.0, 200);
-    let (status, body) = post(nsq, "/channel/create?topic=t&channel=b&ordering=channel").await;
+    assert_eq!(post(nsq, "/topic/create?topic=t", &[], "").await.0, 200);
+    let (status, _, body) = post(
+        nsq,
+        "/channel/create?topic=t&channel=b&ordering=channel",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let client = broker.client().await;
     let admin = quiver::protocol::AdminRequest::Channel {
@@ -609,20 +611,30 @@ async fn ordering_is_set_on_create_through_both_http_apis_and_the_quic_admin_op(
         assert_eq!(stats.ordering, ordering, "channel {c}");
     }
     // Bad values are refused with their reason, and create nothing.
-    let (status, body) = post(
+    let (status, _, body) = post(
         broker.http,
         "/channel/create?topic=t&channel=x&ordering=keys",
+        &[],
+        "",
     )
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("ordering"), "{body}");
-    let (status, body) = post(
+    let (status, _, body) = post(
         broker.http,
         "/channel/create?topic=t&channel=x&order_key_header=user",
+        &[],
+        "",
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = post(nsq, "/channel/create?topic=t&channel=x&ordering=nope").await;
+    let (status, _, body) = post(
+        nsq,
+        "/channel/create?topic=t&channel=x&ordering=nope",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(
         (status, body.contains("INVALID_ARG_ORDERING")),
         (400, true),
@@ -651,4 +663,34 @@ async fn ordering_is_set_on_create_through_both_http_apis_and_the_quic_admin_op(
     sub.fin(first.id).await.unwrap();
     let third = crate::support::next_message(&mut sub, crate::support::SOON).await;
     assert_eq!(crate::support::body(&third), "u1:1");
+    // The nsqd API's /pub and /mpub give every message of a request the key of
+    // X-Quiver-Order-Key; channel q orders by that header.
+    let key = [("X-Quiver-Order-Key", "n1")];
+    let (status, _, body) = post(nsq, "/pub?topic=t", &key, "n1:0").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = post(nsq, "/mpub?topic=t", &key, "n1:1\nn1:2\n").await;
+    assert_eq!(status, 200, "{body}");
+    let mut sub = crate::support::subscribe(&client, "t", "q", None).await;
+    sub.rdy(10).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(crate::support::next_message(&mut sub, crate::support::SOON).await);
+    }
+    let mut bodies: Vec<String> = got.iter().map(crate::support::body).collect();
+    bodies.sort();
+    // The u* messages have no quiver-order-key header: not ordered on q.
+    assert_eq!(bodies, ["n1:0", "u1:0", "u1:1", "u2:0"]);
+    let stats = channel_stats(&client, "t", "q").await.unwrap();
+    assert_eq!(
+        (stats.active_keys, stats.waiting_on_key),
+        (1, 2),
+        "{stats:?}"
+    );
+    let n1 = got
+        .iter()
+        .find(|d| crate::support::body(d) == "n1:0")
+        .unwrap();
+    sub.fin(n1.id).await.unwrap();
+    let next = crate::support::next_message(&mut sub, crate::support::SOON).await;
+    assert_eq!(crate::support::body(&next), "n1:1");
 }

@@ -2,7 +2,8 @@
 //! once the broker reports the messages durable. NSQ messages carry no headers, but a
 //! request may name a message id in `X-Quiver-Msg-Id` for the topic's dedup window, as on
 //! the admin API (`crate::http::publish`): the answer stays nsqd's `OK`, with
-//! `X-Quiver-Duplicates: <count>` when some messages were duplicates.
+//! `X-Quiver-Duplicates: <count>` when some messages were duplicates. `X-Quiver-Order-Key`
+//! gives every message of the request an order key, for ordered channels.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use super::body::{declared_len, read_at_most};
 use super::params::Params;
 use super::reply::{NsqError, Reply};
 use super::{NsqHttp, Who};
-use crate::http::publish::{assign_msg_ids, with_duplicates};
+use crate::http::publish::{assign_ids_and_keys, with_duplicates};
 use crate::message::NewMessage;
 
 const MSG_TOO_BIG: NsqError = NsqError::too_large("MSG_TOO_BIG");
@@ -53,7 +54,7 @@ pub(super) async fn publish(
     let topic = params.topic("INVALID_TOPIC")?;
     let delay = defer(&params, state.broker.config().max_defer)?;
     let mut messages = vec![NewMessage::new(body)];
-    assign_msg_ids(&headers, &mut messages).map_err(|_| BAD_MSG_ID)?;
+    assign_ids_and_keys(&headers, &mut messages).map_err(|_| BAD_MSG_ID)?;
     let (_, duplicates) = state
         .broker
         .publish_marked(&who, &topic, messages, delay)
@@ -92,7 +93,7 @@ pub(super) async fn multi_publish(
         return Ok(Reply::ok().into_response());
     }
     let mut messages: Vec<NewMessage> = bodies.into_iter().map(NewMessage::new).collect();
-    assign_msg_ids(&headers, &mut messages).map_err(|_| BAD_MSG_ID)?;
+    assign_ids_and_keys(&headers, &mut messages).map_err(|_| BAD_MSG_ID)?;
     let (_, duplicates) = state
         .broker
         .publish_marked(&who, &topic, messages, Duration::ZERO)
