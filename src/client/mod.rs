@@ -17,12 +17,14 @@
 
 pub mod consumer;
 mod producer;
+mod retrying;
 mod subscription;
 mod writer;
 
 pub use crate::message::{MSG_ID_HEADER, ORDER_KEY_HEADER};
 pub use consumer::{ConsumerConfig, ConsumerSummary};
 pub use producer::{Confirmation, Producer, ProducerOptions, Receipt};
+pub use retrying::{RetryPolicy, RetryingProducer};
 pub use subscription::{Acker, SubEvent, Subscription};
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -99,6 +101,11 @@ pub enum ClientError {
     Closed,
     #[error("bad JSON from the broker")]
     Json(#[from] serde_json::Error),
+    #[error("{what}: no answer within {after:?}")]
+    TimedOut {
+        what: &'static str,
+        after: std::time::Duration,
+    },
 }
 
 /// A connection to a broker. Cheap to clone; streams opened from it share the connection.

@@ -27,6 +27,7 @@ mod plugin_isolation;
 mod plugins;
 mod process;
 mod reload;
+mod retry;
 mod rules;
 mod support;
 mod to_http;
