@@ -283,7 +283,8 @@ impl ChannelState {
                 break;
             };
             // A message emptied out of the log meanwhile is simply gone.
-            if let Some(message) = log.get(offset) {
+            let kept = self.keys.take_message(offset);
+            if let Some(message) = kept.or_else(|| log.get(offset)) {
                 if attempts == 0 && message.deliver_at_ms > now.wall_ms {
                     // The next message of a key, published with a delay not over yet.
                     self.defer_new(offset, message.deliver_at_ms, now);
@@ -309,6 +310,10 @@ impl ChannelState {
         while given < want && !topic_paused {
             if scanned >= SCAN_BUDGET {
                 self.stopped_early = true;
+                break;
+            }
+            if self.keys.waiting_count() >= ORDER_WINDOW {
+                // Enough waits behind held keys: read on once some are released.
                 break;
             }
             batch.clear();
@@ -369,7 +374,7 @@ impl ChannelState {
                 }
                 self.counters.message_count += 1;
                 if let Some(key) = ordering::key_of(self.ordering, &message) {
-                    if !self.keys.admit(key, offset, 0) {
+                    if !self.keys.admit(key, offset, 0, &message) {
                         // Behind its key's head; never delivered yet, whatever a replay of
                         // the cursor would say.
                         self.events.push(StateEvent::Pending {

@@ -11,6 +11,11 @@
 //!
 //! A key costs memory only while it has a head: it is forgotten when its last message is
 //! released. Waiting messages cost an entry each, and [`ORDER_WINDOW`] bounds them.
+//!
+//! The cursor read each waiting message once already; keeping it (an `Arc` the log's cache
+//! may share) saves reading it again when its turn comes, which for a backlog past the cache
+//! is a read from disk per message, scattered across the log. [`STASH_BYTES`] bounds what is
+//! kept; past it a waiting message is read again when released.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,6 +27,14 @@ use crate::storage::OrderBy;
 /// reached the cursor stops until keys are released, so a key with a long run of messages
 /// (or `ordering = "channel"` on a deep backlog) cannot pull the whole log into memory.
 pub const ORDER_WINDOW: usize = 65_536;
+
+/// Most bytes of waiting and released messages an ordered channel keeps in memory.
+pub const STASH_BYTES: usize = 32 << 20;
+
+/// What a message costs to keep: its body, headers and bookkeeping.
+fn cost(message: &StoredMessage) -> usize {
+    message.body.len() + message.headers.encoded_len() + 128
+}
 
 /// The key a message is ordered by on a channel, if any.
 pub fn key_of(order: OrderBy, message: &StoredMessage) -> Option<&str> {
@@ -47,15 +60,30 @@ pub struct Keys {
     heads: HashMap<u64, Arc<str>>,
     /// Every waiting offset with its attempts so far.
     waiting: BTreeMap<u64, u16>,
+    /// Waiting and released messages kept in memory, and their cost.
+    stash: HashMap<u64, Arc<StoredMessage>>,
+    stash_bytes: usize,
 }
 
 impl Keys {
     /// The cursor (or a restore) reached `offset` of `key`. Returns true when it is the key's
     /// head and may be delivered; otherwise it now waits behind the head.
-    pub fn admit(&mut self, key: &str, offset: u64, attempts: u16) -> bool {
+    /// A message that waits is kept in memory while the stash has room.
+    pub fn admit(
+        &mut self,
+        key: &str,
+        offset: u64,
+        attempts: u16,
+        message: &Arc<StoredMessage>,
+    ) -> bool {
         if let Some(held) = self.keys.get_mut(key) {
             held.behind.push_back(offset);
             self.waiting.insert(offset, attempts);
+            let cost = cost(message);
+            if self.stash_bytes + cost <= STASH_BYTES {
+                self.stash.insert(offset, message.clone());
+                self.stash_bytes += cost;
+            }
             return false;
         }
         let key: Arc<str> = Arc::from(key);
@@ -111,10 +139,19 @@ impl Keys {
         self.keys.len()
     }
 
+    /// The kept copy of a released message, if there is one; it is forgotten.
+    pub fn take_message(&mut self, offset: u64) -> Option<Arc<StoredMessage>> {
+        let message = self.stash.remove(&offset)?;
+        self.stash_bytes -= cost(&message);
+        Some(message)
+    }
+
     /// Forgets every key; returns what was waiting, in offset order.
     pub fn clear(&mut self) -> Vec<(u64, u16)> {
         self.keys.clear();
         self.heads.clear();
+        self.stash.clear();
+        self.stash_bytes = 0;
         std::mem::take(&mut self.waiting).into_iter().collect()
     }
 
@@ -133,6 +170,9 @@ impl Keys {
             behind += held.behind.len();
         }
         assert_eq!(behind, self.waiting.len());
+        let kept: usize = self.stash.values().map(|m| cost(m)).sum();
+        assert_eq!(kept, self.stash_bytes);
+        assert!(self.stash_bytes <= STASH_BYTES);
     }
 }
 
@@ -140,13 +180,23 @@ impl Keys {
 mod tests {
     use super::*;
 
+    fn message() -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            timestamp_ns: 1,
+            deliver_at_ms: 0,
+            headers: crate::message::Headers::new(),
+            body: "m".into(),
+            route: None,
+        })
+    }
+
     #[test]
     fn a_key_is_held_by_its_oldest_message_and_forgotten_when_empty() {
         let mut keys = Keys::default();
-        assert!(keys.admit("a", 1, 0));
-        assert!(keys.admit("b", 2, 0));
-        assert!(!keys.admit("a", 3, 0));
-        assert!(!keys.admit("a", 4, 2));
+        assert!(keys.admit("a", 1, 0, &message()));
+        assert!(keys.admit("b", 2, 0, &message()));
+        assert!(!keys.admit("a", 3, 0, &message()));
+        assert!(!keys.admit("a", 4, 2, &message()));
         keys.check_invariants();
         assert_eq!((keys.active(), keys.waiting_count()), (2, 2));
         assert_eq!(keys.first_waiting(), Some(3));
@@ -158,16 +208,16 @@ mod tests {
         assert_eq!(keys.release(4), None);
         keys.check_invariants();
         assert_eq!((keys.active(), keys.waiting_count()), (0, 0));
-        assert!(keys.admit("a", 9, 0), "a released key is free again");
+        assert!(keys.admit("a", 9, 0, &message()), "a released key is free again");
     }
 
     #[test]
     fn clear_returns_the_waiting_in_offset_order() {
         let mut keys = Keys::default();
-        keys.admit("b", 1, 0);
-        keys.admit("a", 2, 0);
-        keys.admit("a", 5, 1);
-        keys.admit("b", 3, 0);
+        keys.admit("b", 1, 0, &message());
+        keys.admit("a", 2, 0, &message());
+        keys.admit("a", 5, 1, &message());
+        keys.admit("b", 3, 0, &message());
         assert_eq!(keys.clear(), vec![(3, 0), (5, 1)]);
         assert_eq!(keys.active(), 0);
         keys.check_invariants();

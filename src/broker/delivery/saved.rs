@@ -25,13 +25,12 @@ impl ChannelState {
         for (&offset, entry) in record.pending.range(start..cursor) {
             state.counters.recovered += 1;
             if state.ordering != OrderBy::Unordered {
-                let message = log.get(offset);
-                let key = message
-                    .as_deref()
-                    .and_then(|m| ordering::key_of(state.ordering, m));
-                if let Some(key) = key {
-                    if !state.keys.admit(key, offset, entry.attempts) {
-                        continue;
+                if let Some(message) = log.get(offset) {
+                    let key = ordering::key_of(state.ordering, &message);
+                    if let Some(key) = key {
+                        if !state.keys.admit(key, offset, entry.attempts, &message) {
+                            continue;
+                        }
                     }
                 }
             }
