@@ -201,6 +201,8 @@ pub struct ChannelState {
     keys: Keys,
     /// A key was released to its next message since [`ChannelState::take_released`].
     released: bool,
+    /// [`ORDER_WINDOW`] messages wait: the cursor reads on once a quarter is released.
+    window_full: bool,
     consumers: HashMap<ConsumerId, ConsumerState>,
     /// 0 means unlimited.
     pub max_attempts: u16,
@@ -228,6 +230,7 @@ impl ChannelState {
             ordering: OrderBy::Unordered,
             keys: Keys::default(),
             released: false,
+            window_full: false,
             consumers: HashMap::new(),
             max_attempts,
             paused: false,
@@ -312,9 +315,13 @@ impl ChannelState {
                 self.stopped_early = true;
                 break;
             }
-            if self.keys.waiting_count() >= ORDER_WINDOW {
-                // Enough waits behind held keys: read on once some are released.
-                break;
+            if self.window_full {
+                // Enough waits behind held keys: read on once a quarter of the window is
+                // released, so that the log is read in runs, not one message per FIN.
+                if self.keys.waiting_count() > ORDER_WINDOW / 4 * 3 {
+                    break;
+                }
+                self.window_full = false;
             }
             batch.clear();
             // An ordered channel may pass many messages that wait behind their keys for each
@@ -336,7 +343,7 @@ impl ChannelState {
                     break;
                 }
                 if self.keys.waiting_count() >= ORDER_WINDOW {
-                    // Enough waits behind held keys: read on once some are released.
+                    self.window_full = true;
                     pending = true;
                     break;
                 }

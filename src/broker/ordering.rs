@@ -208,7 +208,10 @@ mod tests {
         assert_eq!(keys.release(4), None);
         keys.check_invariants();
         assert_eq!((keys.active(), keys.waiting_count()), (0, 0));
-        assert!(keys.admit("a", 9, 0, &message()), "a released key is free again");
+        assert!(
+            keys.admit("a", 9, 0, &message()),
+            "a released key is free again"
+        );
     }
 
     #[test]

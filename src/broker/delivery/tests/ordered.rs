@@ -215,7 +215,33 @@ fn the_cursor_stops_when_the_window_of_waiting_messages_is_full() {
     f.fin(A, 0).unwrap();
     assert_eq!(f.take(A, f.t0), vec![1]);
     assert!(f.take(A, f.t0).is_empty());
-    assert_eq!(f.ch.cursor(), ORDER_WINDOW as u64 + 2, "one more read");
+    let full = ORDER_WINDOW as u64 + 1;
+    assert_eq!(f.ch.cursor(), full, "no read for one released message");
+    // Once a quarter of the window is released, the cursor reads on, in one run.
+    // (Without the invariant checks of every step, which read the whole window.)
+    let mut next = 1;
+    while f.ch.cursor() == full {
+        f.ch.fin(A, next).unwrap();
+        next += 1;
+        let mut out = Vec::new();
+        let mut keep = |_: u64, _: &StoredMessage| Verdict::Keep;
+        f.ch.take(
+            A,
+            &*f.log,
+            f.t0,
+            false,
+            10,
+            &mut keep,
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert_eq!(offsets(&out), vec![next]);
+    }
+    f.ch.check_invariants();
+    // Offsets 0 to next - 1 were finished or are out: a quarter of the window released.
+    assert_eq!(next, ORDER_WINDOW as u64 / 4);
+    assert_eq!(f.ch.cursor(), n, "the rest of the log is read");
+    assert_eq!(f.depth(), n - next - 1);
 }
 
 #[test]
