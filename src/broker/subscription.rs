@@ -239,17 +239,19 @@ impl Subscription {
 
     pub fn fin(&self, id: MessageId) -> Result<(), BrokerError> {
         let offset = self.offset(id, SettleOp::Fin)?;
-        let (was_full, released) = {
+        let (was_full, released, credit) = {
             let mut state = self.channel.state();
             let was_full = state
                 .fin(self.id, offset)
                 .map_err(|source| settle(SettleOp::Fin, id, source))?;
-            (was_full, state.take_released())
+            (was_full, state.take_released(), state.credit(self.id))
         };
-        if released {
-            // The next message of the key is ready, for whichever consumer has credit.
+        if released && credit == 0 {
+            // The next message of the key is ready, and this consumer cannot take it.
             self.channel.wake_all();
-        } else if was_full {
+        } else if released || was_full {
+            // This consumer has the credit the FIN freed: it takes the key's next message,
+            // with those of the other FINs it is reading, in one batch.
             self.waker.notify_one();
         }
         Ok(())
