@@ -278,6 +278,29 @@ async fn nsq_worker(
     }
 }
 
+/// Runs a QUIC consumer of `t`/`c` per behaviour until `total` messages are finished.
+async fn consume_all(
+    broker: watch::Receiver<ClientOptions>,
+    t: &'static str,
+    c: &'static str,
+    ledger: &Shared,
+    total: usize,
+    behaviours: &[Behaviour],
+    what: &str,
+) {
+    let consumers: Vec<_> = behaviours
+        .iter()
+        .map(|&b| {
+            let ledger = ledger.clone();
+            tokio::spawn(quic_consumer(broker.clone(), t, c, ledger, total, b))
+        })
+        .collect();
+    wait_finished(ledger, total, what).await;
+    for consumer in consumers {
+        consumer.await.unwrap();
+    }
+}
+
 /// Waits until `total` messages are finished, failing early on a violation.
 async fn wait_finished(ledger: &Shared, total: usize, what: &str) {
     let began = Instant::now();
@@ -480,27 +503,20 @@ async fn a_channel_ordered_as_a_whole_delivers_one_message_at_a_time() {
     publish_all(&client, "seq", all).await;
     let ledger = Shared::default();
     let (_tx, rx) = watch::channel(broker.options.clone());
-    let consumers: Vec<_> = [1, 2]
-        .into_iter()
-        .map(|seed| {
-            let behaviour = Behaviour {
-                rdy: 5,
-                ..Behaviour::plain(seed)
-            };
-            tokio::spawn(quic_consumer(
-                rx.clone(),
-                "seq",
-                "c",
-                ledger.clone(),
-                total,
-                behaviour,
-            ))
-        })
-        .collect();
-    wait_finished(&ledger, total, "channel ordering").await;
-    for consumer in consumers {
-        consumer.await.unwrap();
-    }
+    let behaviours = [1, 2].map(|seed| Behaviour {
+        rdy: 5,
+        ..Behaviour::plain(seed)
+    });
+    consume_all(
+        rx,
+        "seq",
+        "c",
+        &ledger,
+        total,
+        &behaviours,
+        "channel ordering",
+    )
+    .await;
     let stats = channel_stats(&client, "seq", "c").await.unwrap();
     assert!(settled(&stats), "{stats:?}");
     assert_eq!(stats.ordering, "channel");
@@ -550,23 +566,8 @@ async fn a_filter_that_skips_messages_does_not_stall_their_keys() {
     let total = keys * kept;
     let ledger = Shared::default();
     let (_tx, rx) = watch::channel(serve.options());
-    let consumers: Vec<_> = (0..2)
-        .map(|i| {
-            let behaviour = Behaviour::plain(40 + i);
-            tokio::spawn(quic_consumer(
-                rx.clone(),
-                "ord",
-                "c",
-                ledger.clone(),
-                total,
-                behaviour,
-            ))
-        })
-        .collect();
-    wait_finished(&ledger, total, "filtered").await;
-    for consumer in consumers {
-        consumer.await.unwrap();
-    }
+    let behaviours = [40, 41].map(Behaviour::plain);
+    consume_all(rx, "ord", "c", &ledger, total, &behaviours, "filtered").await;
     let stats = channel_stats(&client, "ord", "c").await.unwrap();
     assert!(settled(&stats), "{stats:?}");
     assert_eq!(stats.skipped, (keys * kept * 3) as u64);
