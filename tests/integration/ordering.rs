@@ -369,31 +369,17 @@ async fn four_consumers_over_quic_and_nsq_finish_every_key_in_publish_order() {
         ..Behaviour::plain(11)
     };
     let nsq = broker.nsq_tcp.unwrap();
-    let consumers = vec![
-        tokio::spawn(quic_consumer(
-            rx.clone(),
-            "ord",
-            "c",
-            ledger.clone(),
-            total,
-            timing_out,
-        )),
-        tokio::spawn(quic_consumer(
-            rx.clone(),
-            "ord",
-            "c",
-            ledger.clone(),
-            total,
-            leaving,
-        )),
-        tokio::spawn(nsq_worker(nsq, "ord", "c", ledger.clone(), total, 13)),
-        tokio::spawn(nsq_worker(nsq, "ord", "c", ledger.clone(), total, 17)),
-    ];
+    let nsq_consumers =
+        [13, 17].map(|seed| tokio::spawn(nsq_worker(nsq, "ord", "c", ledger.clone(), total, seed)));
     // Published while they consume.
     let client = broker.client().await;
-    publish_all(&client, "ord", messages(keys, per_key)).await;
-    wait_finished(&ledger, total, "4 consumers").await;
-    for consumer in consumers {
+    let quic = [timing_out, leaving];
+    let consuming = consume_all(rx, "ord", "c", &ledger, total, &quic, "4 consumers");
+    let (_, ()) = tokio::join!(
+        publish_all(&client, "ord", messages(keys, per_key)),
+        consuming
+    );
+    for consumer in nsq_consumers {
         consumer.await.unwrap();
     }
     {
@@ -574,26 +560,24 @@ async fn a_filter_that_skips_messages_does_not_stall_their_keys() {
     assert_eq!(stats.active_keys, 0);
 }
 
+/// `POST /channel/create?<query>` on the HTTP API at `addr`: the status and the body.
+async fn create(addr: std::net::SocketAddr, query: &str) -> (u16, String) {
+    let (status, _, body) = post(addr, &format!("/channel/create?{query}"), &[], "").await;
+    (status, body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_is_set_on_create_through_both_http_apis_and_the_quic_admin_op() {
     let broker = TestBroker::start().await;
-    let (status, _, body) = post(
+    let (status, body) = create(
         broker.http,
-        "/channel/create?topic=t&channel=a&ordering=key&order_key_header=user-id",
-        &[],
-        "",
+        "topic=t&channel=a&ordering=key&order_key_header=user-id",
     )
     .await;
     assert_eq!(status, 200, "{body}");
     let nsq = broker.nsq_http.unwrap();
     assert_eq!(post(nsq, "/topic/create?topic=t", &[], "").await.0, 200);
-    let (status, _, body) = post(
-        nsq,
-        "/channel/create?topic=t&channel=b&ordering=channel",
-        &[],
-        "",
-    )
-    .await;
+    let (status, body) = create(nsq, "topic=t&channel=b&ordering=channel").await;
     assert_eq!(status, 200, "{body}");
     let client = broker.client().await;
     let admin = quiver::protocol::AdminRequest::Channel {
@@ -612,30 +596,12 @@ async fn ordering_is_set_on_create_through_both_http_apis_and_the_quic_admin_op(
         assert_eq!(stats.ordering, ordering, "channel {c}");
     }
     // Bad values are refused with their reason, and create nothing.
-    let (status, _, body) = post(
-        broker.http,
-        "/channel/create?topic=t&channel=x&ordering=keys",
-        &[],
-        "",
-    )
-    .await;
+    let (status, body) = create(broker.http, "topic=t&channel=x&ordering=keys").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("ordering"), "{body}");
-    let (status, _, body) = post(
-        broker.http,
-        "/channel/create?topic=t&channel=x&order_key_header=user",
-        &[],
-        "",
-    )
-    .await;
+    let (status, body) = create(broker.http, "topic=t&channel=x&order_key_header=user").await;
     assert_eq!(status, 400, "{body}");
-    let (status, _, body) = post(
-        nsq,
-        "/channel/create?topic=t&channel=x&ordering=nope",
-        &[],
-        "",
-    )
-    .await;
+    let (status, body) = create(nsq, "topic=t&channel=x&ordering=nope").await;
     assert_eq!(
         (status, body.contains("INVALID_ARG_ORDERING")),
         (400, true),
