@@ -18,7 +18,7 @@
 //! [`ChannelStore`](crate::storage::ChannelStore) before it releases the channel's lock. The
 //! events err toward redelivery: an offset the cursor passed is pending until a `Settle` says
 //! otherwise, so a lost event can only bring a message back. [`ChannelState::snapshot`] and
-//! [`ChannelState::restore`] turn the state into a [`ChannelRecord`] and back; on restore,
+//! [`ChannelState::restore`] turn the state into a [`ChannelRecord`](crate::storage::ChannelRecord) and back; on restore,
 //! everything that was in flight is ready again with its attempts kept.
 //!
 //! A dead-lettered message stays pending (in `dead`) until the shell reports that its copy in
