@@ -249,6 +249,22 @@ pub enum OrderBy {
 }
 
 impl OrderBy {
+    /// Reads an optional `ordering` with its optional `order_key_header`, as the rules file
+    /// and the HTTP APIs take them: None when neither is given; a header without an
+    /// ordering is refused.
+    pub fn parse_setting(
+        ordering: Option<&str>,
+        header: Option<&str>,
+    ) -> Result<Option<OrderBy>, String> {
+        match ordering {
+            Some(ordering) => OrderBy::parse(ordering, header).map(Some),
+            None if header.is_some() => Err(
+                "order_key_header applies to ordering = \"key\" only; ordering is missing".into(),
+            ),
+            None => Ok(None),
+        }
+    }
+
     /// Reads `ordering` (`none`, `channel` or `key`) and `order_key_header` as the rules file
     /// and the HTTP APIs take them. The header is for `key` only, where it defaults to
     /// [`ORDER_KEY_HEADER`].

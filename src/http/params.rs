@@ -88,16 +88,8 @@ impl Params {
     /// `ordering` (`none`, `channel`, `key`) with `order_key_header` for `key`.
     pub(crate) fn ordering(&self) -> Result<Option<OrderBy>, ApiError> {
         let header = self.order_key_header.as_deref();
-        match self.ordering.as_deref() {
-            Some(ordering) => OrderBy::parse(ordering, header)
-                .map(Some)
-                .map_err(|why| ApiError::bad("ordering", why)),
-            None if header.is_some() => Err(ApiError::bad(
-                "order_key_header",
-                "applies to ordering=key only; ordering is missing",
-            )),
-            None => Ok(None),
-        }
+        OrderBy::parse_setting(self.ordering.as_deref(), header)
+            .map_err(|why| ApiError::bad("ordering", why))
     }
 
     pub(crate) fn max_attempts(&self) -> Result<Option<u16>, ApiError> {

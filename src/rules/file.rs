@@ -333,17 +333,9 @@ impl RawChannel {
                 })
                 .map_err(|why| problems.add(&format!("{at} msg_timeout"), why))
         });
-        let ordering = match (self.ordering.as_deref(), self.order_key_header.as_deref()) {
-            (Some(ordering), header) => OrderBy::parse(ordering, header)
-                .map(Some)
-                .map_err(|why| problems.add(&format!("{at} ordering"), why)),
-            (None, Some(_)) => {
-                let why = "applies to ordering = \"key\" only, and ordering is not set";
-                problems.add(&format!("{at} order_key_header"), why);
-                Err(())
-            }
-            (None, None) => Ok(None),
-        };
+        let ordering =
+            OrderBy::parse_setting(self.ordering.as_deref(), self.order_key_header.as_deref())
+                .map_err(|why| problems.add(&format!("{at} ordering"), why));
         let dead_letter_topic = self.dead_letter_topic.map(|text| {
             TopicName::new(&text).map_err(|e| problems.add(&format!("{at} dead_letter_topic"), e))
         });

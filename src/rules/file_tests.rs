@@ -223,3 +223,26 @@ fn a_missing_file_is_a_read_error() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot read rules file"), "{err}");
 }
+
+#[test]
+fn channel_ordering_is_read_and_bad_values_are_refused() {
+    let spec = read(
+        "[[channel]]\ntopic = \"t\"\nname = \"a\"\nordering = \"key\"\norder_key_header = \"user-id\"\n\
+         [[channel]]\ntopic = \"t\"\nname = \"b\"\nordering = \"channel\"\n\
+         [[channel]]\ntopic = \"t\"\nname = \"c\"\n",
+    )
+    .unwrap();
+    let orderings: Vec<_> = spec.channels.iter().map(|c| c.ordering).collect();
+    let user_id = crate::message::HeaderName::new("user-id").unwrap();
+    assert_eq!(
+        orderings,
+        [Some(OrderBy::Key(user_id)), Some(OrderBy::Channel), None]
+    );
+    let found = problems(
+        "[[channel]]\ntopic = \"t\"\nname = \"a\"\nordering = \"keys\"\n\
+         [[channel]]\ntopic = \"t\"\nname = \"b\"\norder_key_header = \"user-id\"\n\
+         [[channel]]\ntopic = \"t\"\nname = \"c\"\nordering = \"channel\"\norder_key_header = \"h\"\n",
+    );
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(found.iter().all(|p| p.contains("ordering")), "{found:?}");
+}

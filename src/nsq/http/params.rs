@@ -74,15 +74,14 @@ impl Params {
     /// Quiver's channel settings on `/channel/create`: `ordering` (`none`, `channel`, `key`)
     /// and `order_key_header`. nsqd has neither; its clients simply never send them.
     pub(crate) fn channel_settings(&self) -> Result<ChannelSettings, NsqError> {
-        let header = self.get("order_key_header");
-        let ordering = match self.get("ordering") {
-            Some(ordering) => Some(
-                OrderBy::parse(ordering, header)
-                    .map_err(|_| NsqError::bad_request("INVALID_ARG_ORDERING"))?,
-            ),
-            None if header.is_some() => return Err(NsqError::bad_request("MISSING_ARG_ORDERING")),
-            None => None,
-        };
+        let ordering = self.get("ordering");
+        let ordering =
+            OrderBy::parse_setting(ordering, self.get("order_key_header")).map_err(|_| {
+                match ordering {
+                    None => NsqError::bad_request("MISSING_ARG_ORDERING"),
+                    Some(_) => NsqError::bad_request("INVALID_ARG_ORDERING"),
+                }
+            })?;
         Ok(ChannelSettings {
             ordering,
             ..ChannelSettings::default()
