@@ -19,9 +19,9 @@ use tokio_nsq::{NSQConfigShared, NSQRequeueDelay};
 
 use crate::dedup::post;
 use crate::nsq_tcp::consumer as nsq_consumer;
+use crate::plugins::write_rules;
 use crate::process::ServeProcess;
 use crate::support::{channel, channel_stats, settled, topic, TestBroker, DEADLINE};
-use crate::wasm::guest;
 
 const KEY: &str = quiver::message::ORDER_KEY_HEADER;
 
@@ -397,24 +397,10 @@ async fn four_consumers_over_quic_and_nsq_finish_every_key_in_publish_order() {
     assert_eq!(stats.ordering, format!("key:{KEY}"));
 }
 
-/// A rules file in `dir` declaring `t`/`c` with `extra` lines; `"$name"` stands for guest
-/// `name`'s component.
-fn rules(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
-    let mut text = text.to_owned();
-    while let Some(start) = text.find("\"$") {
-        let end = text[start + 2..].find('"').unwrap() + start + 2;
-        let path = format!("{:?}", guest(&text[start + 2..end]));
-        text.replace_range(start..end + 1, &path);
-    }
-    let path = dir.join("rules.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_order_holds_across_a_sigkill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = rules(
+    let rules = write_rules(
         dir.path(),
         "[[channel]]\ntopic = \"ord\"\nname = \"c\"\nordering = \"key\"\n",
     );
@@ -516,7 +502,7 @@ async fn a_channel_ordered_as_a_whole_delivers_one_message_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_that_skips_messages_does_not_stall_their_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = rules(
+    let rules = write_rules(
         dir.path(),
         r#"
         [[channel]]

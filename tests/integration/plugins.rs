@@ -58,8 +58,9 @@ impl Harness {
     }
 }
 
-/// Writes `rules` with every `"$guest"` replaced by that guest's component path.
-fn write_rules(dir: &Path, rules: &str) -> PathBuf {
+/// Writes `rules` as `dir/rules.toml`, with every `"$guest"` replaced by that guest's
+/// component path.
+pub fn write_rules(dir: &Path, rules: &str) -> PathBuf {
     let mut text = String::new();
     let mut rest = rules;
     while let Some(start) = rest.find("\"$") {

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quiver::client::{Client, RetryPolicy, RetryingProducer};
 use quiver::message::NewMessage;
 
 use crate::process::{ServeProcess, BIN};
-use crate::support::{drain, topic, DEADLINE};
+use crate::support::{drain, eventually, topic};
 
 /// `quiver serve --fsync always` on `data` with its QUIC listener on `quic` (the others
 /// ephemeral): a publish waits for its fsync, so a kill often lands between its append and
@@ -28,14 +28,6 @@ fn serve(data: &std::path::Path, quic: &str) -> ServeProcess {
 fn free_udp_port() -> u16 {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.local_addr().unwrap().port()
-}
-
-async fn wait_for(what: &str, check: impl Fn() -> bool) {
-    let began = Instant::now();
-    while !check() {
-        assert!(began.elapsed() < DEADLINE, "no {what} within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +74,7 @@ async fn publishes_retried_across_broker_kills_are_stored_exactly_once() {
         if target >= tasks * batches {
             break;
         }
-        wait_for("confirmed batches", || {
+        eventually("confirmed batches", || {
             confirmed.load(Ordering::Relaxed) >= target
         })
         .await;
