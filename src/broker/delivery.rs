@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::ordering::{self, Keys, ORDER_WINDOW};
+use super::ordering::{self, Keys};
 use crate::message::StoredMessage;
 use crate::storage::{OrderBy, PendingEntry, StateEvent, TopicLog};
 
@@ -201,7 +201,8 @@ pub struct ChannelState {
     keys: Keys,
     /// A key was released to its next message since [`ChannelState::take_released`].
     released: bool,
-    /// [`ORDER_WINDOW`] messages wait: the cursor reads on once a quarter is released.
+    /// The window of waiting messages is full ([`Keys::window`]): the cursor reads on once a
+    /// quarter of it is released.
     window_full: bool,
     consumers: HashMap<ConsumerId, ConsumerState>,
     /// 0 means unlimited.
@@ -318,7 +319,7 @@ impl ChannelState {
             if self.window_full {
                 // Enough waits behind held keys: read on once a quarter of the window is
                 // released, so that the log is read in runs, not one message per FIN.
-                if self.keys.waiting_count() > ORDER_WINDOW / 4 * 3 {
+                if self.keys.waiting_count() > self.keys.window() / 4 * 3 {
                     break;
                 }
                 self.window_full = false;
@@ -342,7 +343,7 @@ impl ChannelState {
                     pending = true;
                     break;
                 }
-                if self.keys.waiting_count() >= ORDER_WINDOW {
+                if self.keys.waiting_count() >= self.keys.window() {
                     self.window_full = true;
                     pending = true;
                     break;
@@ -730,7 +731,7 @@ impl ChannelState {
             .chain(self.deferred.keys().map(|&(_, o)| o))
             .chain(self.in_flight.keys().copied())
             .chain(self.dead.keys().copied())
-            .chain(self.keys.waiting().map(|(o, _)| o));
+            .chain(self.keys.waiting().into_iter().map(|(o, _)| o));
         for offset in places {
             assert!(offset < self.cursor, "offset {offset} past cursor held");
             assert!(seen.insert(offset), "offset {offset} in two places");

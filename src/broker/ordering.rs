@@ -10,23 +10,35 @@
 //! order gives back the same heads.
 //!
 //! A key costs memory only while it has a head: it is forgotten when its last message is
-//! released. Waiting messages cost an entry each, and [`ORDER_WINDOW`] bounds them.
+//! released. Waiting messages cost an entry each, and the window bounds them: [`WINDOW_PER_KEY`]
+//! per active key, at least [`WINDOW_MIN`] and at most [`ORDER_WINDOW`].
 //!
 //! The cursor read each waiting message once already; keeping it (an `Arc` the log's cache
 //! may share) saves reading it again when its turn comes, which for a backlog past the cache
 //! is a read from disk per message, scattered across the log. [`STASH_BYTES`] bounds what is
 //! kept; past it a waiting message is read again when released.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::message::StoredMessage;
 use crate::storage::OrderBy;
 
-/// Most messages an ordered channel keeps waiting behind their keys' heads. When it is
-/// reached the cursor stops until keys are released, so a key with a long run of messages
-/// (or `ordering = "channel"` on a deep backlog) cannot pull the whole log into memory.
+/// Most messages an ordered channel keeps waiting behind their keys' heads. When its window
+/// is reached the cursor stops until keys are released, so a key with a long run of
+/// messages (or `ordering = "channel"` on a deep backlog) cannot pull the whole log into
+/// memory.
 pub const ORDER_WINDOW: usize = 65_536;
+
+/// The window of a channel with few active keys: what it reads ahead to find messages of
+/// keys that are free.
+pub const WINDOW_MIN: usize = 4096;
+
+/// Waiting messages per active key that the window grows by, up to [`ORDER_WINDOW`]. Past a
+/// few messages per key, reading further finds few free keys, and what waits only makes
+/// the channel's working set larger than the CPU's caches.
+const WINDOW_PER_KEY: usize = 16;
 
 /// Most bytes of waiting and released messages an ordered channel keeps in memory.
 pub const STASH_BYTES: usize = 32 << 20;
@@ -45,11 +57,46 @@ pub fn key_of(order: OrderBy, message: &StoredMessage) -> Option<&str> {
     }
 }
 
+/// Hashes log offsets for the maps keyed by them: offsets are the broker's own numbers,
+/// dense and increasing, so a multiplicative hash spreads them well and costs a multiply
+/// (the keys' names, which clients choose, keep the standard keyed hash).
+#[derive(Default)]
+struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // The high bits of the product are the well mixed ones; the table uses both ends.
+        let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+type ByOffset<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>;
+
+/// A message waiting behind its key's head.
+#[derive(Debug)]
+struct Waiting {
+    offset: u64,
+    attempts: u16,
+    /// Kept from the cursor's read while the stash has room.
+    message: Option<Arc<StoredMessage>>,
+}
+
 #[derive(Debug)]
 struct Key {
     head: u64,
-    /// Offsets waiting behind the head, oldest first.
-    behind: VecDeque<u64>,
+    /// Messages waiting behind the head, oldest first.
+    behind: VecDeque<Waiting>,
 }
 
 /// The active keys of one channel.
@@ -57,11 +104,15 @@ struct Key {
 pub struct Keys {
     keys: HashMap<Arc<str>, Key>,
     /// The key each head holds.
-    heads: HashMap<u64, Arc<str>>,
-    /// Every waiting offset with its attempts so far.
-    waiting: BTreeMap<u64, u16>,
-    /// Waiting and released messages kept in memory, and their cost.
-    stash: HashMap<u64, Arc<StoredMessage>>,
+    heads: ByOffset<Arc<str>>,
+    /// The oldest waiting offset of every key that has one; the first is the channel's
+    /// oldest waiting message, since each key's messages wait in offset order.
+    fronts: BTreeSet<u64>,
+    /// Messages waiting behind their keys' heads.
+    waiting: usize,
+    /// Kept copies of messages released to be delivered and not taken yet.
+    released: ByOffset<Arc<StoredMessage>>,
+    /// What the kept copies, waiting and released, cost.
     stash_bytes: usize,
 }
 
@@ -77,13 +128,20 @@ impl Keys {
         message: &Arc<StoredMessage>,
     ) -> bool {
         if let Some(held) = self.keys.get_mut(key) {
-            held.behind.push_back(offset);
-            self.waiting.insert(offset, attempts);
             let cost = cost(message);
-            if self.stash_bytes + cost <= STASH_BYTES {
-                self.stash.insert(offset, message.clone());
+            let kept = (self.stash_bytes + cost <= STASH_BYTES).then(|| {
                 self.stash_bytes += cost;
+                message.clone()
+            });
+            if held.behind.is_empty() {
+                self.fronts.insert(offset);
             }
+            held.behind.push_back(Waiting {
+                offset,
+                attempts,
+                message: kept,
+            });
+            self.waiting += 1;
             return false;
         }
         let key: Arc<str> = Arc::from(key);
@@ -106,10 +164,17 @@ impl Keys {
         let held = self.keys.get_mut(&key)?;
         match held.behind.pop_front() {
             Some(next) => {
-                held.head = next;
-                self.heads.insert(next, key);
-                let attempts = self.waiting.remove(&next).unwrap_or(0);
-                Some((next, attempts))
+                held.head = next.offset;
+                self.fronts.remove(&next.offset);
+                if let Some(after) = held.behind.front() {
+                    self.fronts.insert(after.offset);
+                }
+                self.waiting -= 1;
+                self.heads.insert(next.offset, key);
+                if let Some(message) = next.message {
+                    self.released.insert(next.offset, message);
+                }
+                Some((next.offset, next.attempts))
             }
             None => {
                 self.keys.remove(&key);
@@ -119,19 +184,29 @@ impl Keys {
     }
 
     /// Messages waiting behind their keys' heads, with their attempts, in offset order.
-    pub fn waiting(&self) -> impl Iterator<Item = (u64, u16)> + '_ {
-        self.waiting
-            .iter()
-            .map(|(&offset, &attempts)| (offset, attempts))
+    pub fn waiting(&self) -> Vec<(u64, u16)> {
+        let mut all: Vec<(u64, u16)> = self
+            .keys
+            .values()
+            .flat_map(|k| k.behind.iter().map(|w| (w.offset, w.attempts)))
+            .collect();
+        all.sort_unstable();
+        all
     }
 
     pub fn waiting_count(&self) -> usize {
-        self.waiting.len()
+        self.waiting
+    }
+
+    /// How many messages may wait: [`WINDOW_PER_KEY`] per active key, within [`WINDOW_MIN`]
+    /// and [`ORDER_WINDOW`].
+    pub fn window(&self) -> usize {
+        (self.keys.len() * WINDOW_PER_KEY).clamp(WINDOW_MIN, ORDER_WINDOW)
     }
 
     /// The lowest waiting offset.
     pub fn first_waiting(&self) -> Option<u64> {
-        self.waiting.keys().next().copied()
+        self.fronts.first().copied()
     }
 
     /// Keys with a message in the channel.
@@ -141,40 +216,47 @@ impl Keys {
 
     /// The kept copy of a released message, if there is one; it is forgotten.
     pub fn take_message(&mut self, offset: u64) -> Option<Arc<StoredMessage>> {
-        if self.stash.is_empty() {
+        if self.released.is_empty() {
             // Unordered channels, and ordered ones with nothing kept: no hashing.
             return None;
         }
-        let message = self.stash.remove(&offset)?;
+        let message = self.released.remove(&offset)?;
         self.stash_bytes -= cost(&message);
         Some(message)
     }
 
     /// Forgets every key; returns what was waiting, in offset order.
     pub fn clear(&mut self) -> Vec<(u64, u16)> {
+        let waiting = self.waiting();
         self.keys.clear();
         self.heads.clear();
-        self.stash.clear();
+        self.fronts.clear();
+        self.released.clear();
+        self.waiting = 0;
         self.stash_bytes = 0;
-        std::mem::take(&mut self.waiting).into_iter().collect()
+        waiting
     }
 
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         assert_eq!(self.heads.len(), self.keys.len());
         let mut behind = 0;
+        let mut kept = 0;
+        let mut fronts = BTreeSet::new();
         for (key, held) in &self.keys {
             assert_eq!(self.heads.get(&held.head).map(|k| &**k), Some(&**key));
             let mut previous = held.head;
-            for &offset in &held.behind {
-                assert!(offset > previous, "key {key:?} waits out of order");
-                assert!(self.waiting.contains_key(&offset));
-                previous = offset;
+            for w in &held.behind {
+                assert!(w.offset > previous, "key {key:?} waits out of order");
+                previous = w.offset;
+                kept += w.message.as_deref().map_or(0, cost);
             }
+            fronts.extend(held.behind.front().map(|w| w.offset));
             behind += held.behind.len();
         }
-        assert_eq!(behind, self.waiting.len());
-        let kept: usize = self.stash.values().map(|m| cost(m)).sum();
+        assert_eq!(behind, self.waiting);
+        assert_eq!(fronts, self.fronts);
+        kept += self.released.values().map(|m| cost(m)).sum::<usize>();
         assert_eq!(kept, self.stash_bytes);
         assert!(self.stash_bytes <= STASH_BYTES);
     }
@@ -216,6 +298,21 @@ mod tests {
             keys.admit("a", 9, 0, &message()),
             "a released key is free again"
         );
+    }
+
+    #[test]
+    fn the_window_grows_with_the_active_keys_within_its_bounds() {
+        let mut keys = Keys::default();
+        assert_eq!(keys.window(), WINDOW_MIN);
+        let n = WINDOW_MIN / WINDOW_PER_KEY + 10;
+        for k in 0..n {
+            keys.admit(&k.to_string(), k as u64, 0, &message());
+        }
+        assert_eq!(keys.window(), n * WINDOW_PER_KEY);
+        for k in n..ORDER_WINDOW {
+            keys.admit(&k.to_string(), k as u64, 0, &message());
+        }
+        assert_eq!(keys.window(), ORDER_WINDOW);
     }
 
     #[test]

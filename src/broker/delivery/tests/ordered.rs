@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 
 use super::*;
-use crate::broker::ordering::ORDER_WINDOW;
+use crate::broker::ordering::WINDOW_MIN;
 use crate::message::{HeaderName, OrderBy};
 use crate::storage::ChannelOptions;
 
@@ -202,20 +202,21 @@ fn a_restore_gives_each_key_its_oldest_unfinished_message_first() {
 #[test]
 fn the_cursor_stops_when_the_window_of_waiting_messages_is_full() {
     let mut f = Fixture::ordered(10, OrderBy::Channel);
-    let n = ORDER_WINDOW as u64 + 10;
+    // One key: the window is at its least.
+    let n = WINDOW_MIN as u64 + 10;
     f.publish(n);
     assert_eq!(f.take(A, f.t0), vec![0]);
     // Each take reads at most SCAN_BUDGET; take until the window stops the cursor.
-    while f.ch.cursor() < n && f.ch.waiting_on_key() < ORDER_WINDOW {
+    while f.ch.cursor() < n && f.ch.waiting_on_key() < WINDOW_MIN {
         assert!(f.take(A, f.t0).is_empty());
     }
-    assert_eq!(f.ch.waiting_on_key(), ORDER_WINDOW);
-    assert_eq!(f.ch.cursor(), ORDER_WINDOW as u64 + 1);
+    assert_eq!(f.ch.waiting_on_key(), WINDOW_MIN);
+    assert_eq!(f.ch.cursor(), WINDOW_MIN as u64 + 1);
     assert_eq!(f.depth(), n - 1, "nothing is lost from the depth");
     f.fin(A, 0).unwrap();
     assert_eq!(f.take(A, f.t0), vec![1]);
     assert!(f.take(A, f.t0).is_empty());
-    let full = ORDER_WINDOW as u64 + 1;
+    let full = WINDOW_MIN as u64 + 1;
     assert_eq!(f.ch.cursor(), full, "no read for one released message");
     // Once a quarter of the window is released, the cursor reads on, in one run.
     // (Without the invariant checks of every step, which read the whole window.)
@@ -239,7 +240,7 @@ fn the_cursor_stops_when_the_window_of_waiting_messages_is_full() {
     }
     f.ch.check_invariants();
     // Offsets 0 to next - 1 were finished or are out: a quarter of the window released.
-    assert_eq!(next, ORDER_WINDOW as u64 / 4);
+    assert_eq!(next, WINDOW_MIN as u64 / 4);
     assert_eq!(f.ch.cursor(), n, "the rest of the log is read");
     assert_eq!(f.depth(), n - next - 1);
 }
