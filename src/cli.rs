@@ -1,5 +1,5 @@
-//! Command-line parsing and the commands themselves (`quiver stats` in `cli/stats.rs`). Only
-//! this module and `main.rs` use anyhow.
+//! Command-line parsing and the commands themselves (`quiver stats` in `cli/stats.rs`,
+//! `quiver cluster` in `cli/cluster.rs`). Only this module and `main.rs` use anyhow.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
@@ -18,6 +18,7 @@ use quiver::message::{ChannelName, Delivery, NewMessage, TopicName};
 use quiver::server::Server;
 use quiver::transport::tls::{parse_fingerprint, Trust};
 
+mod cluster;
 mod stats;
 
 #[derive(Debug, Parser)]
@@ -54,6 +55,10 @@ enum Command {
     /// Authentication helpers.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Clusters (in progress): `init` writes a development cluster's CA, certificates and
+    /// node configs.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +243,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => stats::stats(args).await,
         Command::ToHttp(args) => to_http(args).await,
         Command::Auth(command) => auth(command),
+        Command::Cluster(command) => cluster::run(command),
         Command::Plugin(args) => Ok(quiver::authoring::run(args)?),
         Command::Bench(args) => {
             let json = args.json;

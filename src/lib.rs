@@ -11,6 +11,8 @@
 //! - [`plugin`]: the WebAssembly plugin host (the only module that names wasmtime).
 //! - [`rules`]: the rules file, bound plugins behind the broker's hooks, and hot reload.
 //! - [`session`], [`transport`], [`server`], [`http`], [`client`], [`bench`](mod@bench): the surfaces.
+//! - [`cluster`]: nodes that replicate durable topics through Raft: the `[cluster]`
+//!   settings, the cluster CA and node certificates, and the peer QUIC endpoint.
 //! - [`to_http`]: `quiver to-http`, the HTTP push bridge (nsq_to_http over QUIC).
 //! - [`authoring`]: `quiver plugin new|build|test`, for writing plugins without a broker.
 //! - [`log_limit`]: a rate limit per key for log lines that messages, requests or plugin
@@ -20,6 +22,7 @@ pub mod authoring;
 pub mod bench;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod log_limit;

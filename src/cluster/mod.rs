@@ -54,4 +54,8 @@ pub enum PeerError {
     /// The node's handler answered with an error.
     #[error("node {node} answered with an error: {reason}")]
     Remote { node: NodeId, reason: String },
+    /// A request or its answer is over the peer protocol's frame limit
+    /// ([`peer::wire::MAX_BODY`], 64 MiB). Retrying does not help.
+    #[error("a call to node {node} is too large: {reason}")]
+    TooLarge { node: NodeId, reason: String },
 }

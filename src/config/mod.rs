@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthConfig;
 use crate::broker::{BrokerConfig, MIN_MSG_TIMEOUT};
+use crate::cluster::settings::ClusterSettings;
 use crate::rules::RulesSource;
 use crate::storage::StorageConfig;
 
@@ -46,6 +47,9 @@ pub struct Config {
     /// `[[rules.channel]]`. Parsed (and reloaded) from the config file by `rules`; kept
     /// here only so that the config file may hold them.
     pub rules: Option<InlineRules>,
+    /// The node's place in a cluster (`[cluster]`). None: a single node, as before clustering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSettings>,
     /// The file this config was read from, if any; set by [`Config::from_file`].
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -65,6 +69,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             rules_file: None,
             rules: None,
+            cluster: None,
             file: None,
         }
     }
@@ -161,7 +166,8 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads a TOML file; missing fields take their defaults.
+    /// Reads a TOML file; missing fields take their defaults. Relative paths in `[cluster]`
+    /// are made relative to the file's directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -171,6 +177,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        if let Some(cluster) = &mut config.cluster {
+            cluster.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        }
         config.file = Some(path.to_owned());
         Ok(config)
     }
@@ -284,9 +293,32 @@ impl Config {
         self.nsq
             .validate(&self.broker)
             .map_err(|(field, why)| ConfigError::Invalid { field, why })?;
+        self.validate_cluster()?;
         self.storage
             .validate()
             .map_err(|(field, why)| ConfigError::Invalid { field, why })
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        cluster
+            .validate()
+            .map_err(|(field, why)| ConfigError::Invalid {
+                field: format!("cluster.{field}"),
+                why,
+            })?;
+        if cluster.listen == self.listen.quic && cluster.listen.port() != 0 {
+            return Err(ConfigError::Invalid {
+                field: "cluster.listen".into(),
+                why: format!(
+                    "{} is also listen.quic; peers and clients need separate UDP ports",
+                    cluster.listen
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -433,6 +465,36 @@ mod tests {
         config.broker.dedup_max_ids = 0;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("broker.dedup_max_ids"), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_section_is_optional_and_checked_with_its_prefix() {
+        assert_eq!(Config::default().cluster, None);
+        let text = "[cluster]\nnode_id = 1\ncluster_id = \"c1\"\nca = \"ca.pem\"\n\
+                    cert = \"n1.pem\"\nkey = \"n1.key\"\nmembers = [\"1@127.0.0.1:7500\"]\n";
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        let mut bad = config.clone();
+        if let Some(cluster) = &mut bad.cluster {
+            cluster.members[0].id = 2;
+        }
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.members"), "{err}");
+        let mut clash = config;
+        if let Some(cluster) = &mut clash.cluster {
+            cluster.listen = clash.listen.quic;
+            cluster.members[0].addr = clash.listen.quic.to_string();
+        }
+        let err = clash.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.listen"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::from_file(&path).unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.ca, dir.path().join("ca.pem"));
+        assert_eq!(cluster.key, dir.path().join("n1.key"));
     }
 
     #[test]

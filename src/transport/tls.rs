@@ -272,7 +272,7 @@ pub fn transport_config() -> quinn::TransportConfig {
 
 /// The crypto provider used everywhere in this module, independent of any
 /// process-wide default.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -336,7 +336,7 @@ fn generate_dev_cert() -> Result<(rcgen::Certificate, rcgen::KeyPair), TlsError>
 }
 
 /// Writes `contents` to a file that must not exist yet, with `mode` on unix.
-fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -362,7 +362,7 @@ fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
 }
 
 /// Reads every certificate in a PEM file; at least one is required.
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = rustls_pemfile::certs(&mut open(path)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem {
@@ -378,7 +378,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     rustls_pemfile::private_key(&mut open(path)?)
         .map_err(|source| TlsError::Pem {
             path: path.to_owned(),
