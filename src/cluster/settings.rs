@@ -486,7 +486,8 @@ mod tests {
     fn every_field_is_checked_by_name() {
         let valid = parse("join = \"127.0.0.1:7500\"\n").unwrap();
         valid.validate().unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut ClusterSettings)>)> = vec![
+        type Change = Box<dyn Fn(&mut ClusterSettings)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("node_id", Box::new(|s| s.node_id = 0)),
             ("cluster_id", Box::new(|s| s.cluster_id = String::new())),
             ("cluster_id", Box::new(|s| s.cluster_id = "a b".into())),

@@ -44,7 +44,7 @@ async fn serve(shared: Arc<Shared>, incoming: Incoming) {
         Err(error) => {
             let ending = tls::ending(&error);
             if ending.refused {
-                tracing::warn!(peer = %remote, "refused a peer connection: {}", ending.reason);
+                tracing::warn!(peer = %remote, "peer connection from {remote} refused: {}", ending.reason);
             } else {
                 tracing::debug!(peer = %remote, "peer connection failed: {}", ending.reason);
             }
@@ -175,7 +175,7 @@ pub(super) fn judge(
 
 /// Answers Refused, lets the dialer read it, and closes the connection with the reason.
 async fn refuse(conn: &Connection, send: &mut SendStream, remote: SocketAddr, reason: &str) {
-    tracing::warn!(peer = %remote, "refused a peer: {reason}");
+    tracing::warn!(peer = %remote, "refused the peer at {remote}: {reason}");
     let answer = Answer::Refused {
         reason: reason.to_owned(),
     };
@@ -191,7 +191,7 @@ async fn refuse(conn: &Connection, send: &mut SendStream, remote: SocketAddr, re
 
 /// Closes a connection that broke the protocol, saying so in the log.
 fn disconnect(conn: &Connection, remote: SocketAddr, what: &str) {
-    tracing::warn!(peer = %remote, "peer {what}; disconnected");
+    tracing::warn!(peer = %remote, "the peer at {remote} {what}; disconnected");
     conn.close(
         VarInt::from_u32(close_code::PROTOCOL as u32),
         wire::truncate(what, 1000).as_bytes(),
@@ -243,7 +243,7 @@ async fn serve_call(
     let request = match read_frame(&mut recv, wire::MAX_BODY).await {
         Ok(request) => request,
         Err(FrameError::TooLarge(error)) => {
-            let what = format!("node {from} sent a request too large: {error}");
+            let what = format!("(node {from}) sent a request too large: {error}");
             disconnect(&conn, conn.remote_address(), &what);
             return;
         }

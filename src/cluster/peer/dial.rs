@@ -224,7 +224,7 @@ pub(super) async fn connect(
         tracing::warn!(
             node,
             addr,
-            "node {node} at {addr} refused the connection: {reason}"
+            "connection to node {node} at {addr} refused: {reason}"
         );
     }
     result

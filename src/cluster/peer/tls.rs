@@ -220,6 +220,7 @@ pub(super) fn ending(error: &ConnectionError) -> Ending {
             let text = String::from_utf8_lossy(&close.reason).into_owned();
             match close.error_code.into_inner() {
                 close_code::REFUSED => refused(text),
+                close_code::CLOSED if text.is_empty() => lost("it closed the connection".into()),
                 close_code::CLOSED => lost(format!("it closed the connection ({text})")),
                 _ => lost(format!("it closed the connection: {text}")),
             }
