@@ -331,6 +331,40 @@ async fn a_second_node_with_an_id_in_use_is_refused_until_the_first_is_gone() {
 }
 
 #[tokio::test]
+async fn a_node_restarted_after_a_crash_is_welcomed_not_refused() {
+    let cluster = TestCluster::new(3);
+    let node1 = cluster.start(1).await;
+    let (settings, identity, node1_addr) = (cluster.settings(3), cluster.identity(3), node1.addr());
+    // Node 3 runs on a runtime of its own, which then vanishes without a word: its
+    // connection stays open at node 1 until node 1 finds out it is dead.
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let crashed = runtime.block_on(async {
+            let node3 = TestNode::start(&settings, &identity).await;
+            let client = node3.endpoint.client(1, node1_addr);
+            client
+                .call(Bytes::from_static(b"before"), CALL)
+                .await
+                .unwrap();
+            node3
+        });
+        drop(runtime);
+        // Dropping it would close its connections politely; a crash does not.
+        std::mem::forget(crashed);
+    })
+    .await
+    .unwrap();
+    assert_eq!(node1.echo.calls(), 1);
+
+    let node3 = cluster.start(3).await;
+    let answer = node3.call(&node1, "after").await.unwrap();
+    assert_eq!(answer, "3:after".as_bytes());
+}
+
+#[tokio::test]
 async fn a_peer_sending_garbage_is_disconnected_and_others_keep_working() {
     let cluster = TestCluster::new(3);
     let node1 = cluster.start(1).await;
