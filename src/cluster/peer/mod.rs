@@ -2,7 +2,7 @@
 //! a handshake, then request/response calls, one bidirectional stream each.
 //!
 //! One UDP socket serves both directions: the endpoint accepts connections from peers
-//! ([`accept`]) and dials them ([`dial`]), each remote node over at most one connection
+//! (`accept.rs`) and dials them (`dial.rs`), each remote node over at most one connection
 //! this node opened, shared by every [`PeerClient`] of that node. The bytes are in
 //! [`wire`]; `docs/PROTOCOL.md` describes them, and decision 42 of `docs/ARCHITECTURE.md`
 //! says why it is built this way.
@@ -13,7 +13,7 @@
 //! - a dialer of another cluster ("node 4 belongs to cluster X, this is cluster Y");
 //! - a Hello whose node id is not the one its certificate names, or is this node's own;
 //! - a second instance of a node id while a live connection holds it with another nonce
-//!   ("node id 2 is already in use by a node at ADDR"; see [`claims`]).
+//!   ("node id 2 is already in use by a node at ADDR"; see `claims.rs`).
 //!
 //! A refusal is logged at WARN on both sides, and the dialer's calls fail with
 //! [`PeerError::Refused`] while it retries with a backoff. The handler is never called on a

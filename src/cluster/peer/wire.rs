@@ -359,6 +359,49 @@ mod tests {
         assert_eq!(Answer::decode(&expected).unwrap(), refused);
     }
 
+    /// The peer section's example block of docs/PROTOCOL.md, whitespace collapsed.
+    fn documented_examples() -> String {
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        let section = doc
+            .split("## Peer protocol (quiver-peer/1)")
+            .nth(1)
+            .and_then(|s| s.split("### Example bytes").nth(1))
+            .unwrap();
+        section.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        let pairs: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        pairs.join(" ")
+    }
+
+    #[test]
+    fn the_examples_in_protocol_md_are_the_codecs_bytes() {
+        let doc = documented_examples();
+        let welcome = Answer::Welcome {
+            node_id: 1,
+            nonce: 9,
+        };
+        let refused = Answer::Refused {
+            reason: "no".into(),
+        };
+        let frames = [
+            frame(&hello().encode()),
+            frame(&welcome.encode()),
+            frame(&refused.encode()),
+            frame(b"ping"),
+            [&response_head(STATUS_OK, 4)[..], b"pong"].concat(),
+            [&response_head(STATUS_ERROR, 2)[..], b"no"].concat(),
+        ];
+        for bytes in frames {
+            assert!(
+                doc.contains(&hex(&bytes)),
+                "{} is not in PROTOCOL.md",
+                hex(&bytes)
+            );
+        }
+    }
+
     #[test]
     fn responses_carry_a_status_byte() {
         assert_eq!(response_head(STATUS_OK, 3), [0, 0, 0, 4, 0]);
