@@ -9,6 +9,7 @@
 //!   fail at once with the attempt's error. A refused link keeps answering with its
 //!   refusal while it tries again in the background, so no call hangs on a refusal.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -242,10 +243,17 @@ async fn hello(
         reason,
     };
     let ended = |error: &quinn::ConnectionError| ending_error(node, addr, error);
-    let socket = tokio::net::lookup_host(addr)
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| unreachable(format!("cannot resolve the address: {e}")))?
-        .next()
+        .collect();
+    // An IPv4 socket cannot send to IPv6 addresses; an IPv6 one may reach both.
+    let ipv4_only = shared.endpoint.local_addr().is_ok_and(|a| a.is_ipv4());
+    let socket = resolved
+        .iter()
+        .find(|a| !ipv4_only || a.is_ipv4())
+        .or(resolved.first())
+        .copied()
         .ok_or_else(|| unreachable("the address resolves to nothing".into()))?;
     let config = shared
         .tls
