@@ -412,3 +412,28 @@ async fn write_request(mut send: SendStream, request: Bytes) -> Result<(), Frame
     let _ = send.finish();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_is_longer_after_a_refusal() {
+        let unreachable = PeerError::Unreachable {
+            node: 1,
+            addr: "h:1".into(),
+            reason: "no".into(),
+        };
+        let refused = PeerError::Refused {
+            node: 1,
+            reason: "no".into(),
+        };
+        let waits: Vec<u64> = (1..=6)
+            .map(|n| backoff(&unreachable, n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 2000]);
+        assert_eq!(backoff(&refused, 1), Duration::from_secs(1));
+        assert_eq!(backoff(&refused, 4), Duration::from_secs(8));
+        assert_eq!(backoff(&refused, u32::MAX), Duration::from_secs(10));
+    }
+}
