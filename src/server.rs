@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::broker::BrokerError;
+use crate::cluster::raft::node::{ClusterError, ClusterNode};
 use crate::config::{Config, ConfigError};
 use crate::plugin::{PluginError, PluginHost};
 use crate::rules::{NoGrants, Reloader, RulesError};
@@ -46,6 +47,10 @@ pub enum ServerError {
     Rules(#[from] RulesError),
     #[error("watching the rules for changes")]
     RulesWatch(#[source] std::io::Error),
+    #[error("loading the cluster identity")]
+    ClusterIdentity(#[from] crate::cluster::identity::IdentityError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("binding {what} on {addr}")]
     Bind {
         what: &'static str,
@@ -68,6 +73,8 @@ pub struct Server {
     cert_path: PathBuf,
     tasks: TaskTracker,
     config: Config,
+    /// The node's part in its cluster, with a `[cluster]` section.
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 impl Server {
@@ -132,6 +139,15 @@ impl Server {
         ));
         install_access(&config, &broker, rules.as_ref());
         broker.recover()?;
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                let identity = crate::cluster::identity::load_identity(settings)?;
+                let node = ClusterNode::start(settings, &identity, &config.data_dir).await?;
+                tracing::info!(node = node.id(), peer_addr = %node.peer_addr(), "cluster node started");
+                Some(node)
+            }
+            None => None,
+        };
         let tasks = TaskTracker::new();
         if let Some(reloader) = &rules {
             reloader.apply().await?;
@@ -156,6 +172,7 @@ impl Server {
             broker.clone(),
             rules,
             Arc::clone(&auth),
+            cluster.clone(),
         ));
         let nsq_tcp_addr = nsq_tcp.as_ref().map(|(_, addr)| *addr);
         let nsq_http_addr = nsq_http.as_ref().map(|(_, addr)| *addr);
@@ -197,6 +214,7 @@ impl Server {
             cert_path,
             tasks,
             config,
+            cluster,
         })
     }
 
@@ -251,6 +269,9 @@ impl Server {
             .close(crate::session::CLOSE_SHUTDOWN.into(), b"shutting down");
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
         self.broker.wait_stopped().await;
+        if let Some(cluster) = &self.cluster {
+            cluster.shutdown().await;
+        }
         let broker = self.broker.clone();
         match tokio::task::spawn_blocking(move || broker.close()).await {
             Ok(Ok(())) => {}

@@ -38,7 +38,7 @@ pub const WINDOW_MIN: usize = 4096;
 /// Waiting messages per active key that the window grows by, up to [`ORDER_WINDOW`]. Past a
 /// few messages per key, reading further finds few free keys, and what waits only makes
 /// the channel's working set larger than the CPU's caches.
-const WINDOW_PER_KEY: usize = 16;
+pub const WINDOW_PER_KEY: usize = 16;
 
 /// Most bytes of waiting and released messages an ordered channel keeps in memory.
 pub const STASH_BYTES: usize = 32 << 20;

@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 pub mod identity;
 pub mod peer;
+pub mod raft;
 pub mod settings;
 
 /// A node's id in the cluster, unique among its members, fixed at `quiver cluster init`.

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::params::Params;
 use super::{refuse_if_shutting_down, AppState};
 use crate::broker::{Broker, BrokerStats, Operation, Principal};
+use crate::cluster::raft::node::ClusterStatus;
 use crate::protocol::AdminOp;
 use crate::rules::RulesStatus;
 
@@ -23,6 +24,8 @@ pub(crate) struct Stats {
     broker: BrokerStats,
     #[serde(skip_serializing_if = "Option::is_none")]
     rules: Option<RulesStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterStatus>,
 }
 
 /// `GET /stats[?topic=T]`: all topics, or just `T`.
@@ -35,7 +38,22 @@ pub(crate) async fn stats(
     Ok(Json(Stats {
         broker: state.broker.stats(&who, topic.as_ref())?,
         rules: state.rules.as_ref().map(|r| r.status()),
+        cluster: state.cluster.as_ref().map(|c| c.status()),
     }))
+}
+
+/// `GET /cluster/status`: this node's view of the cluster; 404 on a single node.
+pub(crate) async fn cluster_status(
+    State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    state
+        .broker
+        .administer(&who, Operation::AdminAll, "read the cluster status")?;
+    match &state.cluster {
+        Some(cluster) => Ok(Json(cluster.status())),
+        None => Err(ApiError::NotClustered),
+    }
 }
 
 /// `POST /rules/reload`: 200 with the new status, 422 with the reason the old rules stay.

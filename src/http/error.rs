@@ -27,6 +27,8 @@ pub(crate) enum ApiError {
     Broker(BrokerError),
     /// No endpoint has this path.
     NoRoute,
+    /// A cluster endpoint on a node without a `[cluster]` section.
+    NotClustered,
 }
 
 impl ApiError {
@@ -77,6 +79,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 ErrorCode::NotFound,
                 "no such endpoint".to_string(),
+            ),
+            ApiError::NotClustered => (
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "this node is not part of a cluster (it has no [cluster] section)".to_string(),
             ),
         }
     }

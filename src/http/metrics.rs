@@ -11,6 +11,7 @@ use axum::Extension;
 use super::error::ApiError;
 use super::AppState;
 use crate::broker::{AccessStats, BrokerStats, ChannelStats, Principal, TopicStats};
+use crate::cluster::raft::node::ClusterStatus;
 use crate::rules::{BindingStatus, RulesStatus};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -243,7 +244,62 @@ pub(crate) async fn metrics(
     if let Some(rules) = &state.rules {
         render_rules(&mut text, &rules.status());
     }
+    if let Some(cluster) = &state.cluster {
+        render_cluster(&mut text, &cluster.status());
+    }
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
+}
+
+/// The node's view of the meta group, and on its leader each member's lag.
+fn render_cluster(out: &mut String, cluster: &ClusterStatus) {
+    let node = [
+        (
+            "quiver_cluster_meta_term",
+            Kind::Gauge,
+            "Current Raft term of the cluster's meta group.",
+            cluster.term,
+        ),
+        (
+            "quiver_cluster_meta_is_leader",
+            Kind::Gauge,
+            "1 when this node leads the cluster's meta group.",
+            u64::from(cluster.state == "leader"),
+        ),
+        (
+            "quiver_cluster_meta_commit_index",
+            Kind::Gauge,
+            "Last log index of the meta group this node knows to be committed.",
+            cluster.committed.unwrap_or(0),
+        ),
+        (
+            "quiver_cluster_meta_leader_changes_total",
+            Kind::Counter,
+            "Times this node saw a new meta group leader since it started.",
+            cluster.leader_changes,
+        ),
+        (
+            "quiver_cluster_members",
+            Kind::Gauge,
+            "Members of the cluster.",
+            cluster.members.len() as u64,
+        ),
+    ];
+    for (name, kind, help, value) in node {
+        family(out, name, kind, help);
+        sample(out, name, &[], value);
+    }
+    let name = "quiver_cluster_meta_member_lag_entries";
+    family(
+        out,
+        name,
+        Kind::Gauge,
+        "On the meta group's leader: log entries each member is behind.",
+    );
+    for member in &cluster.members {
+        if let Some(lag) = member.lag {
+            sample(out, name, &[("node", &member.id.to_string())], lag);
+        }
+    }
 }
 
 /// A per-binding metric.

@@ -52,6 +52,7 @@ use axum::{Extension, Router};
 
 use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerError, Principal};
+use crate::cluster::raft::node::ClusterNode;
 use crate::protocol::AdminOp;
 use crate::rules::Reloader;
 use error::ApiError;
@@ -62,6 +63,8 @@ use params::Params;
 pub(crate) struct AppState {
     broker: Broker,
     rules: Option<Reloader>,
+    /// The node's part in a cluster, when it has a `[cluster]` section.
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 impl FromRef<AppState> for Broker {
@@ -78,12 +81,13 @@ pub async fn serve(
     broker: Broker,
     rules: Option<Reloader>,
     auth: Arc<Authenticator>,
+    cluster: Option<Arc<ClusterNode>>,
 ) {
     if let Ok(addr) = listener.local_addr() {
         tracing::debug!(%addr, "HTTP API listening");
     }
     let stop = broker.clone();
-    let app = router_with_rules(broker, rules, auth);
+    let app = router_all(broker, rules, auth, cluster);
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -107,6 +111,17 @@ pub fn router_with_rules(
     rules: Option<Reloader>,
     auth: Arc<Authenticator>,
 ) -> Router {
+    router_all(broker, rules, auth, None)
+}
+
+/// [`router_with_rules`], and on a cluster node `/stats` and `GET /cluster/status` report
+/// on the cluster.
+pub fn router_all(
+    broker: Broker,
+    rules: Option<Reloader>,
+    auth: Arc<Authenticator>,
+    cluster: Option<Arc<ClusterNode>>,
+) -> Router {
     let guard = guard::Guard {
         auth,
         broker: broker.clone(),
@@ -115,6 +130,7 @@ pub fn router_with_rules(
     let mut router = Router::new()
         .route("/ping", get(ping))
         .route("/stats", get(admin::stats))
+        .route("/cluster/status", get(admin::cluster_status))
         .route("/metrics", get(metrics::metrics))
         .route("/rules/reload", post(admin::reload_rules))
         .route("/pub", post(publish::publish))
@@ -137,7 +153,11 @@ pub fn router_with_rules(
     router
         .fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
-        .with_state(AppState { broker, rules })
+        .with_state(AppState {
+            broker,
+            rules,
+            cluster,
+        })
 }
 
 /// The caller, as the [`guard`] authenticated it.

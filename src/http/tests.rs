@@ -328,6 +328,7 @@ async fn serve_returns_after_broker_shutdown() {
         broker.clone(),
         None,
         std::sync::Arc::new(crate::auth::Authenticator::disabled()),
+        None,
     ));
     assert_ok(&get(addr, "/ping").await);
 

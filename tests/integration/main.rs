@@ -9,6 +9,7 @@ mod auth_server;
 mod authoring;
 mod cli;
 mod client;
+mod cluster;
 mod cluster_peer;
 mod crash;
 mod dedup;
