@@ -88,8 +88,8 @@ fn status(node: &ServeProcess) -> serde_json::Value {
     serde_json::from_str(&body).expect("status JSON")
 }
 
-/// Waits until every node in `nodes` names the same leader, one of them; returns it and
-/// its term.
+/// Waits until every node in `nodes` names the same leader, one of them, and sees the three
+/// members; returns the leader and its term.
 fn agreed_leader(nodes: &[&ServeProcess], besides: Option<u64>) -> (u64, u64) {
     let began = Instant::now();
     loop {
@@ -97,7 +97,9 @@ fn agreed_leader(nodes: &[&ServeProcess], besides: Option<u64>) -> (u64, u64) {
             .iter()
             .map(|n| {
                 let s = status(n);
-                (s["leader"].as_u64(), s["term"].as_u64().unwrap_or(0))
+                let members = s["members"].as_array().map_or(0, Vec::len);
+                let leader = s["leader"].as_u64().filter(|_| members == 3);
+                (leader, s["term"].as_u64().unwrap_or(0))
             })
             .collect();
         if let Some((Some(leader), term)) = seen.first().copied() {

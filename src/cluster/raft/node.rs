@@ -308,10 +308,13 @@ impl ClusterNode {
         command: &MetaCommand,
         timeout: Duration,
     ) -> Result<MetaReply, ClusterError> {
-        let addr = self
-            .machine
-            .state()
-            .membership
+        let membership = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let addr = membership
             .nodes()
             .find(|(id, _)| **id == leader)
             .map(|(_, n)| n.peer_addr.clone())
@@ -334,10 +337,12 @@ impl ClusterNode {
     pub fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow_watched().clone();
         let state = self.machine.state();
-        let voters: Vec<NodeId> = state.voters().into_iter().collect();
+        // The membership in the log, which a node follows as soon as it has the entry, not
+        // only once it is applied.
+        let membership = m.membership_config.clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
         let last = m.last_log_index.unwrap_or(0);
-        let members = state
-            .membership
+        let members = membership
             .nodes()
             .map(|(&id, node)| {
                 let matched = m
