@@ -93,37 +93,55 @@ pub struct MetaClient {
     peer: PeerClient,
 }
 
-fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<MetaConfig, E> {
-    match e {
-        PeerError::Unreachable { .. } | PeerError::Timeout { .. } | PeerError::Refused { .. } => {
-            RPCError::Unreachable(Unreachable::new(&e))
-        }
-        PeerError::Remote { .. } | PeerError::TooLarge { .. } => {
-            RPCError::Network(NetworkError::new(&e))
-        }
-    }
-}
-
 /// An error string from the remote node's Raft.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct RemoteRaftError(pub String);
 
+/// Why an RPC failed, as openraft tells its kinds apart: a node not reachable (now) is
+/// retried with a backoff, anything else is a network error.
+enum Failure {
+    Unreachable(Unreachable<MetaConfig>),
+    Network(NetworkError<MetaConfig>),
+}
+
+impl From<Failure> for RPCError<MetaConfig> {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Unreachable(e) => RPCError::Unreachable(e),
+            Failure::Network(e) => RPCError::Network(e),
+        }
+    }
+}
+
+impl From<Failure> for StreamingError<MetaConfig> {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Unreachable(e) => StreamingError::Unreachable(e),
+            Failure::Network(e) => StreamingError::Network(e),
+        }
+    }
+}
+
 impl MetaClient {
+    /// One RPC to the node: its answer, or why there is none.
     async fn rpc<T: DeserializeOwned>(
         &self,
         request: PeerRequest,
         option: &RPCOption,
-    ) -> Result<T, RPCError<MetaConfig>> {
+    ) -> Result<T, Failure> {
         match call::<T>(&self.peer, &request, option.hard_ttl()).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(reason)) if reason == super::node::STARTING => Err(RPCError::Unreachable(
+            Ok(Err(reason)) if reason == super::node::STARTING => Err(Failure::Unreachable(
                 Unreachable::new(&RemoteRaftError(reason)),
             )),
-            Ok(Err(reason)) => Err(RPCError::Network(NetworkError::new(&RemoteRaftError(
+            Ok(Err(reason)) => Err(Failure::Network(NetworkError::new(&RemoteRaftError(
                 reason,
             )))),
-            Err(e) => Err(rpc_error(e)),
+            Err(e @ (PeerError::Remote { .. } | PeerError::TooLarge { .. })) => {
+                Err(Failure::Network(NetworkError::new(&e)))
+            }
+            Err(e) => Err(Failure::Unreachable(Unreachable::new(&e))),
         }
     }
 }
@@ -136,7 +154,7 @@ impl RaftNetworkV2<MetaConfig> for MetaClient {
         rpc: AppendEntriesRequest<MetaConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MetaConfig>, RPCError<MetaConfig>> {
-        self.rpc(PeerRequest::MetaAppend(rpc), &option).await
+        Ok(self.rpc(PeerRequest::MetaAppend(rpc), &option).await?)
     }
 
     async fn vote(
@@ -144,7 +162,7 @@ impl RaftNetworkV2<MetaConfig> for MetaClient {
         rpc: VoteRequest<MetaConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<MetaConfig>, RPCError<MetaConfig>> {
-        self.rpc(PeerRequest::MetaVote(rpc), &option).await
+        Ok(self.rpc(PeerRequest::MetaVote(rpc), &option).await?)
     }
 
     async fn full_snapshot(
@@ -159,13 +177,7 @@ impl RaftNetworkV2<MetaConfig> for MetaClient {
             meta: snapshot.meta,
             data: snapshot.snapshot,
         };
-        match call::<SnapshotResponse<MetaConfig>>(&self.peer, &request, option.hard_ttl()).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(reason)) => Err(StreamingError::Network(NetworkError::new(
-                &RemoteRaftError(reason),
-            ))),
-            Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
-        }
+        Ok(self.rpc(request, &option).await?)
     }
 
     async fn transfer_leader(
@@ -173,7 +185,8 @@ impl RaftNetworkV2<MetaConfig> for MetaClient {
         req: TransferLeaderRequest<MetaConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<MetaConfig>, RPCError<MetaConfig>> {
-        self.rpc(PeerRequest::MetaTransferLeader(req), &option)
-            .await
+        Ok(self
+            .rpc(PeerRequest::MetaTransferLeader(req), &option)
+            .await?)
     }
 }

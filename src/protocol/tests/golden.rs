@@ -403,6 +403,8 @@ fn protocol_md_example_bytes() -> Vec<u8> {
     let (_, section) = doc
         .split_once("## 8. Worked example")
         .expect("PROTOCOL.md has a worked example section");
+    // Up to the next section.
+    let section = section.split("\n## ").next().unwrap_or(section);
     let mut bytes = Vec::new();
     let mut in_block = false;
     for line in section.lines() {
