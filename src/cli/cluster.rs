@@ -15,6 +15,22 @@ pub(super) enum ClusterCommand {
     /// --add-node, sign one more node with the directory's existing CA.
     #[command(group(ArgGroup::new("what").required(true).args(["nodes", "add_node"])))]
     Init(InitArgs),
+    /// Show a node's view of the cluster: its state, the meta group's leader and term, the
+    /// members with their lag (as the leader sees it), and where topics are placed.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct StatusArgs {
+    /// The node's HTTP admin address.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    http: String,
+    /// Print the status as JSON, as `GET /cluster/status` gives it.
+    #[arg(long)]
+    json: bool,
+    /// Give up connecting after this long.
+    #[arg(long, default_value = "5s", value_parser = quiver::config::parse_duration)]
+    connect_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -48,7 +64,84 @@ pub(super) struct InitArgs {
 pub(super) fn run(command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Init(args) => init(args),
+        ClusterCommand::Status(args) => status(args),
     }
+}
+
+/// `GET /cluster/status` over plain HTTP/1.1, then a table (or the JSON).
+fn status(args: StatusArgs) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let addr = args
+        .http
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}", args.http))?
+        .next()
+        .with_context(|| format!("{} names no address", args.http))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, args.connect_timeout)
+        .with_context(|| format!("nothing answers at {} (the node's HTTP address)", args.http))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let token = std::env::var("QUIVER_TOKEN").ok();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET /cluster/status HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
+        args.http
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head.split_whitespace().nth(1).unwrap_or("");
+    let json: serde_json::Value = serde_json::from_str(body)
+        .with_context(|| format!("the node answered {code} without JSON"))?;
+    if code != "200" {
+        let reason = json["error"].as_str().unwrap_or(body);
+        anyhow::bail!("the node refused: {reason}");
+    }
+    if args.json {
+        println!("{json:#}");
+        return Ok(());
+    }
+    let opt = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+    println!(
+        "node {} of cluster {}: {}, meta leader {}, term {}, committed {}, applied {}, {} leader changes",
+        json["node_id"],
+        json["cluster_id"].as_str().unwrap_or("?"),
+        json["state"].as_str().unwrap_or("?"),
+        opt(&json["leader"]),
+        json["term"],
+        opt(&json["committed"]),
+        opt(&json["applied"]),
+        json["leader_changes"],
+    );
+    println!(
+        "{:>6}  {:<24} {:>6} {:>8} {:>6} {:>8}",
+        "NODE", "PEER ADDRESS", "VOTER", "MATCHED", "LAG", "ACK MS"
+    );
+    for m in json["members"].as_array().into_iter().flatten() {
+        println!(
+            "{:>6}  {:<24} {:>6} {:>8} {:>6} {:>8}",
+            m["id"],
+            m["peer_addr"].as_str().unwrap_or("?"),
+            if m["voter"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            opt(&m["matched"]),
+            opt(&m["lag"]),
+            opt(&m["last_ack_ms"]),
+        );
+    }
+    for t in json["topics"].as_array().into_iter().flatten() {
+        println!(
+            "topic {}: replicas {}, preferred leader {}",
+            t["topic"].as_str().unwrap_or("?"),
+            t["replicas"],
+            t["preferred_leader"]
+        );
+    }
+    Ok(())
 }
 
 fn init(args: InitArgs) -> Result<()> {

@@ -159,6 +159,25 @@ fn the_meta_group_elects_again_when_its_leader_is_killed_and_takes_the_node_back
     let all: Vec<&ServeProcess> = nodes.iter().flatten().collect();
     let (leader, term) = agreed_leader(&all, None);
     let first = status(all[0]);
+    let out = Command::new(BIN)
+        .args(["cluster", "status", "--http", &all[0].http.to_string()])
+        .output()
+        .expect("cluster status runs");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.contains(&format!("meta leader {leader}, term {term}")),
+        "{shown}"
+    );
+    assert_eq!(
+        shown.lines().filter(|l| l.contains("127.0.0.1:")).count(),
+        3,
+        "{shown}"
+    );
     assert_eq!(
         first["members"].as_array().map(Vec::len),
         Some(3),
