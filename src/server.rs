@@ -21,7 +21,10 @@ use crate::cluster::raft::node::{ClusterError, ClusterNode};
 use crate::config::{Config, ConfigError};
 use crate::plugin::{PluginError, PluginHost};
 use crate::rules::{NoGrants, Reloader, RulesError};
-use crate::storage::{FileStorage, StorageError};
+use crate::cluster::raft::meta::ClientAddrs;
+use crate::cluster::raft::storage::ClusterStorage;
+use crate::cluster::raft::topic::group::OnLost;
+use crate::storage::{FileStorage, Storage, StorageError};
 use crate::transport::tls::{self, TlsError};
 
 /// Why the server could not start.
@@ -118,8 +121,46 @@ impl Server {
             None => None,
         };
 
-        let storage = FileStorage::open(&config.data_dir, config.storage.clone())?;
-        let broker = Broker::new(config.broker.clone(), Arc::new(storage));
+        let storage: Arc<dyn Storage> =
+            Arc::new(FileStorage::open(&config.data_dir, config.storage.clone())?);
+        // On a cluster node the broker's durable topics are replicated: the node starts
+        // before the broker, which stores through it.
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                let identity = crate::cluster::identity::load_identity(settings)?;
+                let clients = ClientAddrs {
+                    quic: quic_addr.to_string(),
+                    http: http_addr.to_string(),
+                    nsq_tcp: nsq_tcp.as_ref().map(|(_, a)| a.to_string()),
+                    nsq_http: nsq_http.as_ref().map(|(_, a)| a.to_string()),
+                };
+                let node = ClusterNode::start(
+                    settings,
+                    &identity,
+                    &config.data_dir,
+                    storage.clone(),
+                    config.storage.clone(),
+                    clients,
+                )
+                .await?;
+                tracing::info!(node = node.id(), peer_addr = %node.peer_addr(), "cluster node started");
+                Some(node)
+            }
+            None => None,
+        };
+        let storage: Arc<dyn Storage> = match &cluster {
+            Some(node) => Arc::new(ClusterStorage::new(node.clone(), storage)),
+            None => storage,
+        };
+        let broker = Broker::new(config.broker.clone(), storage);
+        if let Some(node) = &cluster {
+            let weak = broker.downgrade();
+            node.set_on_lost(OnLost(Arc::new(move |topic| {
+                if let Some(broker) = weak.upgrade() {
+                    broker.release_topic(topic);
+                }
+            })));
+        }
         if let Some(threads) = config.plugins.threads {
             broker.set_plugin_threads(threads);
         }
@@ -139,15 +180,6 @@ impl Server {
         ));
         install_access(&config, &broker, rules.as_ref());
         broker.recover()?;
-        let cluster = match &config.cluster {
-            Some(settings) => {
-                let identity = crate::cluster::identity::load_identity(settings)?;
-                let node = ClusterNode::start(settings, &identity, &config.data_dir).await?;
-                tracing::info!(node = node.id(), peer_addr = %node.peer_addr(), "cluster node started");
-                Some(node)
-            }
-            None => None,
-        };
         let tasks = TaskTracker::new();
         if let Some(reloader) = &rules {
             reloader.apply().await?;

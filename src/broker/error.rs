@@ -115,6 +115,10 @@ pub enum ErrorKind {
     Unauthenticated,
     /// The authenticated identity lacks the permission.
     Denied,
+    /// In a cluster: another node leads the topic and serves it.
+    NotLeader,
+    /// In a cluster: the topic has no leader right now; retry shortly.
+    Unavailable,
 }
 
 impl BrokerError {
@@ -124,6 +128,14 @@ impl BrokerError {
             | BrokerError::ChannelNotFound { .. }
             | BrokerError::Deleted => ErrorKind::NotFound,
             BrokerError::Storage { source, .. } if source.is_disk_full() => ErrorKind::DiskFull,
+            BrokerError::Storage {
+                source: StorageError::NotLeader { .. },
+                ..
+            } => ErrorKind::NotLeader,
+            BrokerError::Storage {
+                source: StorageError::Unavailable { .. },
+                ..
+            } => ErrorKind::Unavailable,
             BrokerError::Storage { .. } => ErrorKind::StorageFailed,
             BrokerError::OutOfRange {
                 limit: Limit::ReqDelay,

@@ -116,6 +116,16 @@ pub struct Broker {
     shared: Arc<Shared>,
 }
 
+/// A [`Broker`] handle that does not keep it alive.
+#[derive(Clone, Debug)]
+pub struct WeakBroker(std::sync::Weak<Shared>);
+
+impl WeakBroker {
+    pub fn upgrade(&self) -> Option<Broker> {
+        self.0.upgrade().map(|shared| Broker { shared })
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     config: BrokerConfig,
@@ -137,6 +147,11 @@ struct Shared {
 }
 
 impl Broker {
+    /// A handle that does not keep the broker alive.
+    pub fn downgrade(&self) -> WeakBroker {
+        WeakBroker(Arc::downgrade(&self.shared))
+    }
+
     /// A broker over `storage`. Must be called inside a tokio runtime: channels spawn their
     /// timer tasks on it.
     pub fn new(config: BrokerConfig, storage: Arc<dyn Storage>) -> Broker {
@@ -237,6 +252,7 @@ impl Broker {
             self.config().max_defer,
         )?;
         check_msg_ids(&messages)?;
+        self.prepare(topic).await?;
         let topic = self.topic(topic)?;
         let mut confirms = Vec::new();
         let mut screen = dedup::Screen::new(messages.len());
@@ -273,6 +289,19 @@ impl Broker {
         Ok(())
     }
 
+    /// [`Broker::subscribe`] once the topic can be opened here (see [`Broker::prepare`]).
+    pub async fn subscribe_when_ready(
+        &self,
+        who: &Arc<Principal>,
+        topic: &TopicName,
+        channel: &ChannelName,
+        msg_timeout: Option<Duration>,
+    ) -> Result<Subscription, BrokerError> {
+        self.authorize(who, Operation::Subscribe(topic, channel))?;
+        self.prepare(topic).await?;
+        self.subscribe(who, topic, channel, msg_timeout)
+    }
+
     /// Adds a consumer to `channel` of `topic`, creating both if needed. Credit starts at 0.
     pub fn subscribe(
         &self,
@@ -306,12 +335,57 @@ impl Broker {
         Ok(sub)
     }
 
+    /// Waits until `topic` can be opened on this broker, when its storage needs that (a
+    /// cluster creates the topic through its meta group and waits for its leader); the
+    /// error says where the topic is served instead. Free for local storage.
+    pub async fn prepare(&self, topic: &TopicName) -> Result<(), BrokerError> {
+        if self.topics().contains_key(topic) {
+            return Ok(());
+        }
+        match self.shared.storage.prepare_topic(topic) {
+            Some(ready) => ready.await.map_err(|source| BrokerError::Storage {
+                topic: topic.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Lets a topic go without deleting it: its storage is served elsewhere now (a cluster
+    /// node that stopped leading it). Its consumers' streams end; they reconnect.
+    pub fn release_topic(&self, name: &TopicName) {
+        if let Some(topic) = self.topics().remove(name) {
+            topic.delete();
+            tracing::info!(topic = %name, "topic released: served by another node now");
+        }
+    }
+
     /// The topic, created if it doesn't exist.
     fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
-        let mut topics = self.topics();
-        if let Some(topic) = topics.get(name) {
-            return Ok(topic.clone());
+        let topic = {
+            let mut topics = self.topics();
+            if let Some(topic) = topics.get(name) {
+                return Ok(topic.clone());
+            }
+            let topic = self.open_topic(name)?;
+            topics.insert(name.clone(), topic.clone());
+            topic
+        };
+        // A log that commits later (a replicated one) wakes the channels when it does.
+        let weak = Arc::downgrade(&topic);
+        topic.log.set_append_waker(Arc::new(move || {
+            if let Some(topic) = weak.upgrade() {
+                topic.wake_channels();
+            }
+        }));
+        // A replicated topic opened on a new leader brings its channels' state.
+        if !topic.log.existing_channels().is_empty() && topic.channel_count() == 0 {
+            topic.restore_channels(self)?;
         }
+        Ok(topic)
+    }
+
+    fn open_topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
         let log = self
             .shared
             .storage
@@ -327,7 +401,6 @@ impl Broker {
             self.shared.shutdown.child_token(),
             (config.dedup_window, config.dedup_max_ids),
         )?);
-        topics.insert(name.clone(), topic.clone());
         tracing::info!(topic = %name, "topic opened");
         Ok(topic)
     }

@@ -112,6 +112,13 @@ impl Topic {
         })
     }
 
+    /// Wakes every channel: messages became readable.
+    pub(super) fn wake_channels(&self) {
+        for channel in self.channels().values() {
+            channel.wake_all();
+        }
+    }
+
     /// Re-creates the channels whose state the log recovered. Returns how many messages they
     /// hold that had been delivered before the restart (and so may be delivered twice).
     pub(super) fn restore_channels(&self, broker: &Broker) -> Result<u64, BrokerError> {

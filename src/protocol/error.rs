@@ -84,6 +84,14 @@ pub enum ErrorCode {
     /// AUTH with a token or secret that was not accepted, or an auth server that could not be
     /// asked. Fatal for the stream it came on.
     AuthFailed = 18,
+    /// In a cluster: this node does not lead the topic. The message starts with
+    /// `leader=HOST:PORT node=ID` (the leader's QUIC address, `leader=?` when it has not
+    /// advertised one yet), then says why in words. Not fatal: connect to the leader and
+    /// send the request again; a refused SUB ends its stream.
+    NotLeader = 19,
+    /// In a cluster: the topic has no leader right now (an election, or it is being
+    /// created). Not fatal; retry shortly, on this node or another.
+    Unavailable = 20,
 }
 
 impl ErrorCode {
@@ -108,6 +116,8 @@ impl ErrorCode {
             16 => Unrouted,
             17 => Unauthorized,
             18 => AuthFailed,
+            19 => NotLeader,
+            20 => Unavailable,
             _ => return None,
         })
     }
@@ -146,6 +156,8 @@ impl ErrorCode {
             Unrouted => "E_UNROUTED",
             Unauthorized => "E_UNAUTHORIZED",
             AuthFailed => "E_AUTH_FAILED",
+            NotLeader => "E_NOT_LEADER",
+            Unavailable => "E_UNAVAILABLE",
         }
     }
 }

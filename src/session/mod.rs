@@ -20,6 +20,7 @@ use crate::broker::{Broker, BrokerError, ErrorKind, Principal};
 use crate::protocol::{Command, ErrorCode, Reply, WireError};
 use crate::rules::Reloader;
 use crate::transport::{FrameReader, ReadError};
+use crate::storage::StorageError;
 
 /// QUIC application error code for a normal close.
 pub const CLOSE_NORMAL: u32 = 0;
@@ -117,7 +118,9 @@ async fn run_stream(
             msg_timeout,
         }) => match caller.principal().await {
             Ok(who) => {
-                let sub = broker.subscribe(&who, &topic, &channel, msg_timeout);
+                let sub = broker
+                    .subscribe_when_ready(&who, &topic, &channel, msg_timeout)
+                    .await;
                 subscribe::run(sub, reader, &mut send).await
             }
             Err(e) => Err(e.fatal()),
@@ -200,7 +203,18 @@ pub fn broker_error(e: &BrokerError, seq: u64) -> WireError {
         ErrorKind::ShuttingDown => ErrorCode::ShuttingDown,
         ErrorKind::Unrouted => ErrorCode::Unrouted,
         ErrorKind::Unauthenticated | ErrorKind::Denied => ErrorCode::Unauthorized,
+        ErrorKind::NotLeader => ErrorCode::NotLeader,
+        ErrorKind::Unavailable => ErrorCode::Unavailable,
     };
+    if let BrokerError::Storage {
+        source: StorageError::NotLeader { leader, .. },
+        ..
+    } = e
+    {
+        let addr = leader.quic.as_deref().unwrap_or("?");
+        let text = format!("leader={addr} node={}: {}", leader.node, error_chain(e));
+        return WireError::new(code, seq, text);
+    }
     WireError::new(code, seq, error_chain(e))
 }
 

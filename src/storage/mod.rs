@@ -58,7 +58,38 @@ pub enum StorageError {
     },
     #[error("topic {topic}: {what}")]
     Corrupt { topic: String, what: String },
+    /// In a cluster: this node does not lead the topic; its leader serves it.
+    #[error("topic {topic} is served by its leader, {leader}")]
+    NotLeader { topic: String, leader: LeaderHint },
+    /// In a cluster: the topic has no leader right now (an election, or it is being
+    /// created); retrying shortly can succeed.
+    #[error("topic {topic} is not available right now ({reason}); retry")]
+    Unavailable { topic: String, reason: String },
 }
+
+/// Where the leader of a topic serves clients: what a redirect names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderHint {
+    pub node: u64,
+    /// The leader's QUIC address, once it has advertised it.
+    pub quic: Option<String>,
+    pub nsq_tcp: Option<String>,
+    pub http: Option<String>,
+}
+
+impl std::fmt::Display for LeaderHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {}", self.node)?;
+        if let Some(quic) = &self.quic {
+            write!(f, " at {quic}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Called by a log whose appends become readable later than they return (a replicated log:
+/// once they are committed), so that the topic wakes its channels then.
+pub type AppendWaker = Arc<dyn Fn() + Send + Sync>;
 
 impl StorageError {
     pub fn io(topic: impl Into<String>, op: &'static str, source: std::io::Error) -> Self {
@@ -79,7 +110,9 @@ impl StorageError {
                     std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
                 ) || source.raw_os_error() == Some(27)
             } // EFBIG: file size limit
-            StorageError::Corrupt { .. } => false,
+            StorageError::Corrupt { .. }
+            | StorageError::NotLeader { .. }
+            | StorageError::Unavailable { .. } => false,
         }
     }
 }
@@ -93,6 +126,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn open_topic(&self, topic: &TopicName) -> Result<Arc<dyn TopicLog>, StorageError>;
     /// Removes a topic's log, its channels' state and everything in it.
     fn delete_topic(&self, topic: &TopicName) -> Result<(), StorageError>;
+    /// Makes `topic` ready to be opened here, when that takes a round trip (a cluster
+    /// creates it through its meta group and waits for its leader). None: nothing to wait
+    /// for, as with local storage.
+    fn prepare_topic<'a>(
+        &'a self,
+        _topic: &'a TopicName,
+    ) -> Option<Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'a>>> {
+        None
+    }
     /// The topics found when the storage was opened, in name order.
     fn existing_topics(&self) -> Vec<TopicName>;
     /// Clean shutdown: writes every buffered channel record, fsyncs every log and marks the
@@ -163,6 +205,9 @@ pub trait TopicLog: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(Arc<dyn ChannelStore>, Option<ChannelRecord>), StorageError>;
     /// Removes a channel's saved state.
     fn delete_channel(&self, channel: &ChannelName) -> Result<(), StorageError>;
+    /// Registers what to call when appended messages become readable after `append`
+    /// returned. Logs whose appends are readable at once ignore it.
+    fn set_append_waker(&self, _waker: AppendWaker) {}
 }
 
 /// Options of a channel that survive restarts.

@@ -16,7 +16,7 @@ fn free_udp_port() -> u16 {
 }
 
 /// `quiver cluster init` for `n` nodes in `dir`, with peer ports from the OS.
-fn init(dir: &Path, n: u64) -> Vec<PathBuf> {
+pub(crate) fn init(dir: &Path, n: u64) -> Vec<PathBuf> {
     let out = Command::new(BIN)
         .args(["cluster", "init", "--nodes", &n.to_string(), "--dir"])
         .arg(dir)
@@ -71,7 +71,7 @@ fn rewrite_cluster(path: &Path, listen: &str, members: &[String]) {
     std::fs::write(path, out).expect("write config");
 }
 
-fn start(config: &Path) -> ServeProcess {
+pub(crate) fn start(config: &Path) -> ServeProcess {
     let mut command = Command::new(BIN);
     command
         .arg("serve")
@@ -82,7 +82,7 @@ fn start(config: &Path) -> ServeProcess {
 }
 
 /// A node's `/cluster/status`, as JSON.
-fn status(node: &ServeProcess) -> serde_json::Value {
+pub(crate) fn status(node: &ServeProcess) -> serde_json::Value {
     let (code, body) = http_request(node.http, "GET", "/cluster/status", "");
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).expect("status JSON")
@@ -90,7 +90,7 @@ fn status(node: &ServeProcess) -> serde_json::Value {
 
 /// Waits until every node in `nodes` names the same leader, one of them, and sees the three
 /// members; returns the leader and its term.
-fn agreed_leader(nodes: &[&ServeProcess], besides: Option<u64>) -> (u64, u64) {
+pub(crate) fn agreed_leader(nodes: &[&ServeProcess], besides: Option<u64>) -> (u64, u64) {
     let began = Instant::now();
     loop {
         let seen: Vec<(Option<u64>, u64)> = nodes

@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod cluster;
 mod cluster_peer;
+mod cluster_topics;
 mod crash;
 mod dedup;
 mod delivery;

@@ -1,6 +1,6 @@
-//! The meta group's Raft log on disk, for entries that are small and few: one
-//! file of checksummed records, replayed into memory at open, and a vote file replaced
-//! atomically.
+//! A Raft group's log on disk: one file of checksummed records, replayed into memory at
+//! open, and a vote file replaced atomically. Entries stay in memory until openraft purges
+//! them (after a snapshot), so a group's log holds at most a few thousand entries.
 //!
 //! # Format
 //! `log` is a sequence of records `[u32 len][u32 crc32c of the body][body]`, little-endian,
@@ -10,8 +10,10 @@
 //! its append was never acknowledged (the callback runs after the fsync), so the tail is cut
 //! there. `vote` holds one record with the vote, written to `vote.tmp`, fsynced and renamed.
 //!
-//! Every append is fsynced before openraft is told it is durable: the meta group's entries
-//! are rare and must survive a power loss. When purged records make up most of the file it
+//! With `sync` (the meta group, and topics whose fsync policy is `always`) every append is
+//! fsynced before openraft is told it is durable, so that it survives a power loss; without
+//! it an append is durable once written (it survives a crash of the process, as a single
+//! node's `interval` policy promises). When purged records make up most of the file it
 //! is rewritten (to `log.tmp`, fsynced, renamed).
 
 use std::collections::BTreeMap;
@@ -24,9 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
-use openraft::{OptionalSend, RaftLogReader};
+use openraft::{OptionalSend, RaftLogReader, RaftTypeConfig};
 
-use super::MetaConfig as C;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +38,8 @@ const MAX_RECORD: usize = 256 << 20;
 const COMPACT_AT: u64 = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Record {
+#[serde(bound = "")]
+enum Record<C: RaftTypeConfig> {
     Entry(EntryOf<C>),
     TruncateAfter(Option<LogIdOf<C>>),
     Purge(LogIdOf<C>),
@@ -45,10 +47,12 @@ enum Record {
 }
 
 #[derive(Debug)]
-struct Inner {
+struct Inner<C: RaftTypeConfig> {
     dir: PathBuf,
     file: File,
     file_len: u64,
+    /// fsync every change before it is acknowledged.
+    sync: bool,
     entries: BTreeMap<u64, EntryOf<C>>,
     vote: Option<VoteOf<C>>,
     purged: Option<LogIdOf<C>>,
@@ -61,11 +65,11 @@ struct Inner {
 
 /// A group's log: entries in memory, every change appended to the file first.
 #[derive(Debug)]
-pub struct FileLogStore {
-    inner: Arc<Mutex<Inner>>,
+pub struct FileLogStore<C: RaftTypeConfig> {
+    inner: Arc<Mutex<Inner<C>>>,
 }
 
-impl Clone for FileLogStore {
+impl<C: RaftTypeConfig> Clone for FileLogStore<C> {
     fn clone(&self) -> Self {
         FileLogStore {
             inner: self.inner.clone(),
@@ -124,16 +128,19 @@ fn replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
-impl FileLogStore {
-    /// Opens (or creates) the log in `dir`, replaying it.
-    pub fn open(dir: &Path) -> io::Result<Self> {
+impl<C: RaftTypeConfig> FileLogStore<C>
+where
+    C::Entry: Clone,
+{
+    /// Opens (or creates) the log in `dir`, replaying it; `sync` fsyncs every change.
+    pub fn open(dir: &Path, sync: bool) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let path = dir.join("log");
         let mut bytes = Vec::new();
         if path.exists() {
             File::open(&path)?.read_to_end(&mut bytes)?;
         }
-        let (records, good) = decode_all::<Record>(&bytes);
+        let (records, good) = decode_all::<Record<C>>(&bytes);
         if good < bytes.len() {
             tracing::warn!(log = %path.display(), kept = good, cut = bytes.len() - good, "Raft log has a damaged or unfinished tail; cutting it (it was never acknowledged)");
         }
@@ -153,6 +160,7 @@ impl FileLogStore {
             dir: dir.to_path_buf(),
             file,
             file_len: good as u64,
+            sync,
             entries: BTreeMap::new(),
             vote,
             purged: None,
@@ -168,7 +176,7 @@ impl FileLogStore {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<C>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -179,11 +187,14 @@ impl FileLogStore {
     }
 }
 
-impl Inner {
-    fn apply(&mut self, record: Record, size: u64) {
+impl<C: RaftTypeConfig> Inner<C>
+where
+    C::Entry: Clone,
+{
+    fn apply(&mut self, record: Record<C>, size: u64) {
         match record {
             Record::Entry(entry) => {
-                let index = entry.log_id.index;
+                let index = openraft::entry::RaftEntry::index(&entry);
                 if let Some(old) = self.sizes.insert(index, size) {
                     self.dead_bytes += old;
                 }
@@ -209,7 +220,7 @@ impl Inner {
         }
     }
 
-    fn write(&mut self, records: Vec<Record>) -> io::Result<()> {
+    fn write(&mut self, records: Vec<Record<C>>) -> io::Result<()> {
         let mut bytes = Vec::new();
         let mut sized = Vec::with_capacity(records.len());
         for record in records {
@@ -218,7 +229,9 @@ impl Inner {
             sized.push((record, encoded.len() as u64));
         }
         self.file.write_all(&bytes)?;
-        self.file.sync_data()?;
+        if self.sync {
+            self.file.sync_data()?;
+        }
         self.file_len += bytes.len() as u64;
         for (record, size) in sized {
             self.apply(record, size);
@@ -233,13 +246,13 @@ impl Inner {
     fn compact(&mut self) -> io::Result<()> {
         let mut bytes = Vec::new();
         if let Some(purged) = &self.purged {
-            bytes.extend(encode(&Record::Purge(*purged))?);
+            bytes.extend(encode(&Record::<C>::Purge(purged.clone()))?);
         }
         if self.committed.is_some() {
-            bytes.extend(encode(&Record::Committed(self.committed))?);
+            bytes.extend(encode(&Record::<C>::Committed(self.committed.clone()))?);
         }
         for entry in self.entries.values() {
-            bytes.extend(encode(&Record::Entry(entry.clone()))?);
+            bytes.extend(encode(&Record::<C>::Entry(entry.clone()))?);
         }
         replace(&self.dir, "log", &bytes)?;
         self.file = OpenOptions::new().append(true).open(self.dir.join("log"))?;
@@ -249,7 +262,10 @@ impl Inner {
     }
 }
 
-impl RaftLogReader<C> for FileLogStore {
+impl<C: RaftTypeConfig> RaftLogReader<C> for FileLogStore<C>
+where
+    C::Entry: Clone,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -263,19 +279,26 @@ impl RaftLogReader<C> for FileLogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
-        Ok(self.lock().vote)
+        Ok(self.lock().vote.clone())
     }
 }
 
-impl RaftLogStorage<C> for FileLogStore {
+impl<C: RaftTypeConfig> RaftLogStorage<C> for FileLogStore<C>
+where
+    C::Entry: Clone,
+{
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let inner = self.lock();
-        let last = inner.entries.values().next_back().map(|e| e.log_id);
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(openraft::entry::RaftEntry::log_id);
         Ok(LogState {
-            last_purged_log_id: inner.purged,
-            last_log_id: last.or_else(|| inner.purged),
+            last_purged_log_id: inner.purged.clone(),
+            last_log_id: last.or_else(|| inner.purged.clone()),
         })
     }
 
@@ -286,7 +309,7 @@ impl RaftLogStorage<C> for FileLogStore {
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
         let mut inner = self.lock();
         replace(&inner.dir, "vote", &encode(vote)?)?;
-        inner.vote = Some(*vote);
+        inner.vote = Some(vote.clone());
         Ok(())
     }
 
@@ -294,7 +317,7 @@ impl RaftLogStorage<C> for FileLogStore {
         // Not fsynced on its own: it is a hint that saves re-applying after a restart, and
         // the next append's fsync carries it.
         let mut inner = self.lock();
-        let encoded = encode(&Record::Committed(committed))?;
+        let encoded = encode(&Record::<C>::Committed(committed.clone()))?;
         inner.file.write_all(&encoded)?;
         inner.file_len += encoded.len() as u64;
         inner.apply(Record::Committed(committed), encoded.len() as u64);
@@ -302,7 +325,7 @@ impl RaftLogStorage<C> for FileLogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        Ok(self.lock().committed)
+        Ok(self.lock().committed.clone())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
@@ -344,6 +367,9 @@ mod tests {
 
     use super::*;
     use crate::cluster::raft::meta::MetaMachine;
+    use crate::cluster::raft::MetaConfig as C;
+
+    type FileLogStore = super::FileLogStore<C>;
 
     struct Builder;
 
@@ -352,7 +378,7 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, FileLogStore, MetaMachine), StorageError<C>> {
             let dir = tempfile::tempdir().expect("tempdir");
-            let log = FileLogStore::open(dir.path()).expect("open log");
+            let log = FileLogStore::open(dir.path(), true).expect("open log");
             let sm = MetaMachine::open(dir.path()).expect("open machine");
             Ok((dir, log, sm))
         }
@@ -379,7 +405,7 @@ mod tests {
     async fn reopening_replays_appends_truncations_purges_and_the_vote() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let mut log = FileLogStore::open(dir.path()).expect("open");
+            let mut log = FileLogStore::open(dir.path(), true).expect("open");
             assert!(log.is_pristine());
             append(&mut log, 0..10).await;
             log.truncate_after(Some(log_id::<C>(1, 1, 6)))
@@ -390,7 +416,7 @@ mod tests {
             let vote = openraft::impls::Vote::new(3, 2);
             log.save_vote(&vote).await.expect("vote");
         }
-        let mut log = FileLogStore::open(dir.path()).expect("reopen");
+        let mut log = FileLogStore::open(dir.path(), true).expect("reopen");
         assert!(!log.is_pristine());
         assert_eq!(indexes(&mut log).await, vec![3, 4, 5, 6, 7, 8]);
         let state = log.get_log_state().await.expect("state");
@@ -406,7 +432,7 @@ mod tests {
     async fn a_torn_tail_is_cut_and_what_came_before_is_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let mut log = FileLogStore::open(dir.path()).expect("open");
+            let mut log = FileLogStore::open(dir.path(), true).expect("open");
             append(&mut log, 0..5).await;
         }
         // Half a record, as a crash in the middle of a write leaves it.
@@ -416,18 +442,18 @@ mod tests {
             .expect("log file");
         file.write_all(&[40, 0, 0, 0, 1, 2, 3]).expect("write");
         drop(file);
-        let mut log = FileLogStore::open(dir.path()).expect("reopen");
+        let mut log = FileLogStore::open(dir.path(), true).expect("reopen");
         assert_eq!(indexes(&mut log).await, vec![0, 1, 2, 3, 4]);
         append(&mut log, 5..6).await;
         drop(log);
-        let mut log = FileLogStore::open(dir.path()).expect("reopen again");
+        let mut log = FileLogStore::open(dir.path(), true).expect("reopen again");
         assert_eq!(indexes(&mut log).await, vec![0, 1, 2, 3, 4, 5]);
     }
 
     #[tokio::test]
     async fn a_log_mostly_purged_is_rewritten_smaller() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut log = FileLogStore::open(dir.path()).expect("open");
+        let mut log = FileLogStore::open(dir.path(), true).expect("open");
         let mut next = 0;
         while std::fs::metadata(dir.path().join("log"))
             .expect("log")
@@ -459,7 +485,7 @@ mod tests {
         }
         assert!(shrank, "the log was not rewritten");
         drop(log);
-        let mut log = FileLogStore::open(dir.path()).expect("reopen");
+        let mut log = FileLogStore::open(dir.path(), true).expect("reopen");
         let kept = indexes(&mut log).await;
         assert_eq!(
             kept.first(),

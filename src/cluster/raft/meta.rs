@@ -36,6 +36,17 @@ pub enum MetaCommand {
     DeleteTopic {
         name: String,
     },
+    /// Where a node serves clients, so that redirects can name its addresses.
+    Advertise { node: NodeId, addrs: ClientAddrs },
+}
+
+/// The client listeners of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientAddrs {
+    pub quic: String,
+    pub http: String,
+    pub nsq_tcp: Option<String>,
+    pub nsq_http: Option<String>,
 }
 
 impl fmt::Display for MetaCommand {
@@ -45,6 +56,9 @@ impl fmt::Display for MetaCommand {
                 write!(f, "create topic {name} (replication {replication})")
             }
             MetaCommand::DeleteTopic { name } => write!(f, "delete topic {name}"),
+            MetaCommand::Advertise { node, addrs } => {
+                write!(f, "node {node} serves clients at {}", addrs.quic)
+            }
         }
     }
 }
@@ -70,6 +84,8 @@ pub struct MetaState {
     pub last_applied: Option<LogIdOf<MetaConfig>>,
     pub membership: StoredMembershipOf<MetaConfig>,
     pub topics: BTreeMap<String, Placement>,
+    /// Each node's client addresses, as it advertised them.
+    pub clients: BTreeMap<NodeId, ClientAddrs>,
 }
 
 impl MetaState {
@@ -90,6 +106,10 @@ impl MetaState {
             }
             MetaCommand::DeleteTopic { name } => {
                 self.topics.remove(name);
+                MetaReply::Done
+            }
+            MetaCommand::Advertise { node, addrs } => {
+                self.clients.insert(*node, addrs.clone());
                 MetaReply::Done
             }
         }
@@ -131,6 +151,8 @@ impl MetaState {
 pub struct MetaMachine {
     state: Arc<RwLock<MetaState>>,
     dir: PathBuf,
+    /// Woken after each applied batch of entries and each installed snapshot.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl MetaMachine {
@@ -150,6 +172,7 @@ impl MetaMachine {
         Ok(MetaMachine {
             state: Arc::new(RwLock::new(state)),
             dir: dir.to_path_buf(),
+            changed: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -228,6 +251,7 @@ impl RaftStateMachine<MetaConfig> for MetaMachine {
                 responder.send(reply);
             }
         }
+        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -246,6 +270,7 @@ impl RaftStateMachine<MetaConfig> for MetaMachine {
         state.membership = meta.last_membership.clone();
         self.save(&snapshot)?;
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        self.changed.notify_waiters();
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::OptionalSend;
+use openraft::{OptionalSend, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,11 @@ pub enum PeerRequest {
     Join {
         id: NodeId,
         node: PeerNode,
+    },
+    /// A topic group's RPC, for its replica on the node called.
+    Topic {
+        topic: String,
+        rpc: super::topic::network::TopicRpc,
     },
 }
 
@@ -100,13 +105,13 @@ pub struct RemoteRaftError(pub String);
 
 /// Why an RPC failed, as openraft tells its kinds apart: a node not reachable (now) is
 /// retried with a backoff, anything else is a network error.
-enum Failure {
-    Unreachable(Unreachable<MetaConfig>),
-    Network(NetworkError<MetaConfig>),
+pub(super) enum Failure<C: RaftTypeConfig> {
+    Unreachable(Unreachable<C>),
+    Network(NetworkError<C>),
 }
 
-impl From<Failure> for RPCError<MetaConfig> {
-    fn from(f: Failure) -> Self {
+impl<C: RaftTypeConfig> From<Failure<C>> for RPCError<C> {
+    fn from(f: Failure<C>) -> Self {
         match f {
             Failure::Unreachable(e) => RPCError::Unreachable(e),
             Failure::Network(e) => RPCError::Network(e),
@@ -114,8 +119,8 @@ impl From<Failure> for RPCError<MetaConfig> {
     }
 }
 
-impl From<Failure> for StreamingError<MetaConfig> {
-    fn from(f: Failure) -> Self {
+impl<C: RaftTypeConfig> From<Failure<C>> for StreamingError<C> {
+    fn from(f: Failure<C>) -> Self {
         match f {
             Failure::Unreachable(e) => StreamingError::Unreachable(e),
             Failure::Network(e) => StreamingError::Network(e),
@@ -123,14 +128,14 @@ impl From<Failure> for StreamingError<MetaConfig> {
     }
 }
 
-impl MetaClient {
-    /// One RPC to the node: its answer, or why there is none.
-    async fn rpc<T: DeserializeOwned>(
-        &self,
-        request: PeerRequest,
-        option: &RPCOption,
-    ) -> Result<T, Failure> {
-        match call::<T>(&self.peer, &request, option.hard_ttl()).await {
+/// One RPC of a group to a node: its answer, or why there is none.
+pub(super) async fn group_rpc<C: RaftTypeConfig, T: DeserializeOwned>(
+    peer: &PeerClient,
+    request: PeerRequest,
+    option: &RPCOption,
+) -> Result<T, Failure<C>> {
+    {
+        match call::<T>(peer, &request, option.hard_ttl()).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(reason)) if reason == super::node::STARTING => Err(Failure::Unreachable(
                 Unreachable::new(&RemoteRaftError(reason)),
@@ -154,7 +159,7 @@ impl RaftNetworkV2<MetaConfig> for MetaClient {
         rpc: AppendEntriesRequest<MetaConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MetaConfig>, RPCError<MetaConfig>> {
-        Ok(self.rpc(PeerRequest::MetaAppend(rpc), &option).await?)
+        Ok(group_rpc(&self.peer, PeerRequest::MetaAppend(rpc), &option).await?)
     }
 
     async fn vote(
@@ -162,7 +167,7 @@ impl RaftNetworkV2<MetaConfig> for MetaClient {
         rpc: VoteRequest<MetaConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<MetaConfig>, RPCError<MetaConfig>> {
-        Ok(self.rpc(PeerRequest::MetaVote(rpc), &option).await?)
+        Ok(group_rpc(&self.peer, PeerRequest::MetaVote(rpc), &option).await?)
     }
 
     async fn full_snapshot(
@@ -177,7 +182,7 @@ impl RaftNetworkV2<MetaConfig> for MetaClient {
             meta: snapshot.meta,
             data: snapshot.snapshot,
         };
-        Ok(self.rpc(request, &option).await?)
+        Ok(group_rpc(&self.peer, request, &option).await?)
     }
 
     async fn transfer_leader(
@@ -185,8 +190,6 @@ impl RaftNetworkV2<MetaConfig> for MetaClient {
         req: TransferLeaderRequest<MetaConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<MetaConfig>, RPCError<MetaConfig>> {
-        Ok(self
-            .rpc(PeerRequest::MetaTransferLeader(req), &option)
-            .await?)
+        Ok(group_rpc(&self.peer, PeerRequest::MetaTransferLeader(req), &option).await?)
     }
 }

@@ -1,10 +1,10 @@
 //! One node's part in the cluster: its peer endpoint, the meta group's Raft, the handler
 //! that serves other nodes' calls, bootstrap, and proposals from anywhere.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,13 +13,19 @@ use openraft::{Config as RaftConfig, ServerState, SnapshotPolicy};
 use serde::Serialize;
 
 use super::log_store::FileLogStore;
-use super::meta::{MetaCommand, MetaMachine, MetaReply, MetaState};
+use super::meta::{ClientAddrs, MetaCommand, MetaMachine, MetaReply, MetaState};
+use super::topic::group::{OnLost, TopicGroup};
 use super::network::{call, decode, encode, MetaNetwork, PeerRequest};
 use super::{MetaConfig, MetaRaft, PeerNode};
 use crate::cluster::identity::ClusterIdentity;
 use crate::cluster::peer::PeerEndpoint;
 use crate::cluster::settings::{Bootstrap, ClusterSettings};
 use crate::cluster::{BoxFuture, NodeId, PeerError, PeerHandler};
+use crate::storage::{Storage, StorageConfig};
+
+#[path = "node_topics.rs"]
+mod topics;
+pub use topics::TopicStatus;
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +97,18 @@ pub struct ClusterNode {
     machine: MetaMachine,
     leader_changes: Arc<AtomicU64>,
     started: Instant,
+    settings: ClusterSettings,
+    data_dir: PathBuf,
+    /// The node's own storage: the local logs of its replicas.
+    local: Arc<dyn Storage>,
+    storage_config: StorageConfig,
+    clients: ClientAddrs,
+    /// This node's replica of each topic placed on it.
+    groups: Mutex<HashMap<String, Arc<TopicGroup>>>,
+    /// Held while a group is being started, so that it is started once.
+    starting: tokio::sync::Mutex<()>,
+    /// Told when this node stops leading a topic, so that the broker lets it go.
+    on_lost: OnceLock<OnLost>,
 }
 
 /// Raft timing for the meta group, from the settings.
@@ -121,6 +139,9 @@ impl ClusterNode {
         settings: &ClusterSettings,
         identity: &ClusterIdentity,
         data_dir: &Path,
+        local: Arc<dyn Storage>,
+        storage_config: StorageConfig,
+        clients: ClientAddrs,
     ) -> Result<Arc<ClusterNode>, ClusterError> {
         let handler = Arc::new(Handler::default());
         let endpoint = PeerEndpoint::bind(settings, identity, handler.clone())
@@ -130,7 +151,7 @@ impl ClusterNode {
         check_peers(&endpoint, settings).await?;
         let dir = data_dir.join("cluster").join("meta");
         let io = |e: std::io::Error| ClusterError::Raft(format!("{}: {e}", dir.display()));
-        let log = FileLogStore::open(&dir).map_err(io)?;
+        let log = FileLogStore::<MetaConfig>::open(&dir, true).map_err(io)?;
         let pristine = log.is_pristine();
         let machine = MetaMachine::open(&dir).map_err(io)?;
         let network = MetaNetwork {
@@ -153,9 +174,19 @@ impl ClusterNode {
             machine,
             leader_changes: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
+            settings: settings.clone(),
+            data_dir: data_dir.to_path_buf(),
+            local,
+            storage_config,
+            clients,
+            groups: Mutex::new(HashMap::new()),
+            starting: tokio::sync::Mutex::new(()),
+            on_lost: OnceLock::new(),
         });
         let _ = handler.node.set(node.clone());
         node.watch_leader();
+        node.follow_placements();
+        node.advertise();
         let members = match settings.bootstrap() {
             Bootstrap::Members(members) => members,
             Bootstrap::Join(addr) => {
@@ -246,6 +277,7 @@ impl ClusterNode {
                 tracing::debug!(from, %command, "proposal from a peer");
                 encode(&self.propose_here(command).await.map_err(|e| text(&e)))
             }
+            PeerRequest::Topic { topic, rpc } => self.serve_topic(&topic, rpc).await,
             PeerRequest::Join { id, node } => {
                 encode(&Err::<(), String>(format!(
                     "node {id} at {} asked to join; joining a running cluster is not supported yet: list it in every node's members",
@@ -368,13 +400,7 @@ impl ClusterNode {
         ClusterStatus {
             node_id: self.id,
             cluster_id: self.cluster_id.clone(),
-            state: match m.state {
-                ServerState::Leader => "leader",
-                ServerState::Follower => "follower",
-                ServerState::Candidate => "candidate",
-                ServerState::Learner => "learner",
-                ServerState::Shutdown => "shutdown",
-            },
+            state: state_name(m.state),
             leader: m.current_leader,
             term: m.current_term,
             last_log_index: m.last_log_index,
@@ -390,6 +416,7 @@ impl ClusterNode {
                     topic: name.clone(),
                     replicas: p.replicas.clone(),
                     preferred_leader: p.preferred_leader,
+                    group: self.topic_status(name),
                 })
                 .collect(),
         }
@@ -397,10 +424,25 @@ impl ClusterNode {
 
     /// Leaves the groups and closes the endpoint.
     pub async fn shutdown(&self) {
+        let groups: Vec<Arc<TopicGroup>> = self.groups().values().cloned().collect();
+        for group in groups {
+            group.shutdown().await;
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "stopping the meta group");
         }
         self.endpoint.close().await;
+    }
+}
+
+/// How status reports a Raft state.
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
     }
 }
 
@@ -441,4 +483,6 @@ pub struct TopicPlacement {
     pub topic: String,
     pub replicas: Vec<NodeId>,
     pub preferred_leader: NodeId,
+    /// The topic's group as this node's replica sees it; None on other nodes.
+    pub group: Option<TopicStatus>,
 }

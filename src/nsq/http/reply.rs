@@ -65,6 +65,9 @@ impl NsqError {
                 (StatusCode::BAD_REQUEST, "BAD_MESSAGE")
             }
             ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "AUTH_REQUIRED"),
+            // A publish to a follower is forwarded to the leader before it gets here.
+            ErrorKind::NotLeader => (StatusCode::MISDIRECTED_REQUEST, "NOT_LEADER"),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             ErrorKind::Denied => (StatusCode::FORBIDDEN, "UNAUTHORIZED"),
             ErrorKind::Invalid
             | ErrorKind::ReqFailed

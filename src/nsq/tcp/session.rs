@@ -253,7 +253,8 @@ impl Session {
                 let who = self.principal().await?;
                 let broker = &self.shared.broker;
                 let sub = broker
-                    .subscribe(&who, &topic, &channel, self.settings.msg_timeout)
+                    .subscribe_when_ready(&who, &topic, &channel, self.settings.msg_timeout)
+                    .await
                     .map_err(|e| {
                         denied("SUB", &topic, channel.as_str(), &e).unwrap_or_else(|| {
                             let text = format!("SUB failed {}", error_chain(&e));

@@ -120,6 +120,7 @@ mod meta;
 mod read;
 mod reader;
 mod record;
+pub(crate) use self::record::{from_frames, to_frame};
 mod recovery;
 mod retention;
 mod segment;

@@ -98,6 +98,29 @@ pub(super) fn encode(offset: u64, message: &StoredMessage, payload_len: usize, b
     buf[frame_start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// `message` as one self-checking frame (offset field 0), the unit a replicated batch
+/// carries between nodes; None if it cannot be framed.
+pub(crate) fn to_frame(message: &StoredMessage) -> Option<Vec<u8>> {
+    let len = payload_len(message)?;
+    let mut buf = Vec::with_capacity(FRAME_HEADER + len);
+    encode(0, message, len, &mut buf);
+    Some(buf)
+}
+
+/// Splits the frames of a replicated batch: each message, or None at the first frame that
+/// is cut short or fails its checksum.
+pub(crate) fn from_frames(mut bytes: &[u8]) -> Option<Vec<StoredMessage>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let len = frame_len(bytes)?;
+        let frame = bytes.get(..FRAME_HEADER + len)?;
+        check_frame(frame)?;
+        out.push(decode(&frame[FRAME_HEADER..]).ok()?.1);
+        bytes = &bytes[FRAME_HEADER + len..];
+    }
+    Some(out)
+}
+
 /// The payload length a frame header announces, if it is plausible.
 pub(super) fn frame_len(header: &[u8]) -> Option<usize> {
     let len = u32::from_le_bytes(header.get(..4)?.try_into().ok()?) as usize;

@@ -631,6 +631,25 @@ impl fmt::Debug for FileChannelStore {
 
 /// Every critical section leaves its state consistent (none panics on bad input), so the
 /// data behind a poisoned lock is still usable.
+/// `events` in the journal's framed encoding, the unit a replicated channel update carries
+/// between nodes.
+pub(crate) fn events_to_bytes(events: &[StateEvent]) -> Vec<u8> {
+    let mut out = Vec::new();
+    format::encode_events(events, &mut out);
+    out
+}
+
+/// The events of [`events_to_bytes`], or why they cannot be read.
+pub(crate) fn events_from_bytes(mut bytes: &[u8]) -> Result<Vec<StateEvent>, &'static str> {
+    let mut events = Vec::new();
+    while !bytes.is_empty() {
+        let (payload, rest) = format::split_frame(bytes, format::MAX_JOURNAL_RECORD)?;
+        format::decode_events(payload, &mut events)?;
+        bytes = rest;
+    }
+    Ok(events)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

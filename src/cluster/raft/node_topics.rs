@@ -1,0 +1,386 @@
+//! A node's replicas of topics: started when the meta group places a topic on the node,
+//! served to peers, and handed to the broker where the node leads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Config as RaftConfig, SnapshotPolicy};
+use serde::Serialize;
+
+use super::{ClusterError, ClusterNode, STARTING};
+use crate::cluster::raft::log_store::FileLogStore;
+use crate::cluster::raft::meta::{MetaCommand, Placement};
+use crate::cluster::raft::network::encode;
+use crate::cluster::raft::topic::group::{OnLost, TopicGroup};
+use crate::cluster::raft::topic::log::ReplicatedLog;
+use crate::cluster::raft::topic::machine::TopicMachine;
+use crate::cluster::raft::topic::network::{TopicNetwork, TopicRpc};
+use crate::cluster::raft::topic::{TopicConfig, TopicRaft};
+use crate::cluster::raft::PeerNode;
+use crate::cluster::NodeId;
+use crate::message::TopicName;
+use crate::storage::{FsyncPolicy, LeaderHint, StorageError, TopicLog};
+
+/// Entries a topic group's log keeps after a snapshot, so that a replica that was away
+/// briefly catches up from the log.
+const KEEP_AFTER_SNAPSHOT: u64 = 2000;
+
+/// How long a request waits for a topic to be created and to have a leader.
+const PREPARE_WITHIN: Duration = Duration::from_secs(10);
+
+/// A topic's group as this node's replica sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicStatus {
+    /// leader, follower, candidate, learner or shutdown.
+    pub state: &'static str,
+    /// This node leads the topic and serves it.
+    pub serving: bool,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    /// The local log's offsets.
+    pub start: u64,
+    pub end: u64,
+    /// On the leader: entries each replica is behind.
+    pub lag: BTreeMap<NodeId, u64>,
+}
+
+impl ClusterNode {
+    pub(super) fn groups(&self) -> MutexGuard<'_, HashMap<String, Arc<TopicGroup>>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What to call when this node stops leading a topic (the broker drops it).
+    pub fn set_on_lost(&self, on_lost: OnLost) {
+        let _ = self.on_lost.set(on_lost);
+    }
+
+    /// Raft timing for topic groups.
+    fn topic_raft_config(&self) -> Result<Arc<RaftConfig>, ClusterError> {
+        let heartbeat = self.settings.heartbeat.as_millis() as u64;
+        let election = self.settings.election_timeout.as_millis() as u64;
+        let config = RaftConfig {
+            cluster_name: self.settings.cluster_id.clone(),
+            heartbeat_interval: heartbeat,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(KEEP_AFTER_SNAPSHOT),
+            max_in_snapshot_log_to_keep: KEEP_AFTER_SNAPSHOT,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map(Arc::new)
+            .map_err(|e| ClusterError::Raft(format!("Raft timing: {e}")))
+    }
+
+    /// Starts the replicas of the topics placed on this node, whenever the placements
+    /// change.
+    pub(super) fn follow_placements(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        let changed = self.machine.changed.clone();
+        tokio::spawn(async move {
+            loop {
+                let notified = changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let Some(n) = node.upgrade() else { return };
+                n.start_placed().await;
+                drop(n);
+                notified.await;
+            }
+        });
+    }
+
+    async fn start_placed(&self) {
+        let placed: Vec<(String, Placement)> = self
+            .machine
+            .state()
+            .topics
+            .into_iter()
+            .filter(|(_, p)| p.replicas.contains(&self.id))
+            .collect();
+        for (topic, placement) in placed {
+            if let Err(e) = self.start_group(&topic, &placement).await {
+                tracing::error!(topic, error = %e, "cannot start this node's replica of the topic");
+            }
+        }
+    }
+
+    /// This node's replica of `topic`, started if it is not yet.
+    async fn start_group(
+        &self,
+        topic: &str,
+        placement: &Placement,
+    ) -> Result<Arc<TopicGroup>, ClusterError> {
+        if let Some(group) = self.groups().get(topic) {
+            return Ok(group.clone());
+        }
+        let _starting = self.starting.lock().await;
+        if let Some(group) = self.groups().get(topic) {
+            return Ok(group.clone());
+        }
+        let name = TopicName::new(topic).map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let dir = self.data_dir.join("cluster").join("topics").join(topic);
+        let io = |e: std::io::Error| ClusterError::Raft(format!("{}: {e}", dir.display()));
+        let sync = self.storage_config.for_topic(topic).fsync == FsyncPolicy::Always;
+        let log = FileLogStore::<TopicConfig>::open(&dir, sync).map_err(io)?;
+        let pristine = log.is_pristine();
+        let local = self
+            .local
+            .open_topic(&name)
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let machine = TopicMachine::open(name.clone(), &dir, local).map_err(io)?;
+        let network = TopicNetwork {
+            endpoint: self.endpoint.clone(),
+            topic: topic.to_string(),
+        };
+        let raft = TopicRaft::new(
+            self.id,
+            self.topic_raft_config()?,
+            network,
+            log,
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let on_lost = self
+            .on_lost
+            .get()
+            .cloned()
+            .unwrap_or_else(|| OnLost(Arc::new(|_: &TopicName| {})));
+        let group = TopicGroup::start(
+            name,
+            self.id,
+            raft.clone(),
+            machine,
+            on_lost,
+            self.settings.election_timeout,
+        );
+        if pristine {
+            // Every replica initialises with the same members, which Raft allows: one of
+            // them wins the first election.
+            let members = self.machine.state().membership;
+            let nodes: BTreeMap<NodeId, PeerNode> = placement
+                .replicas
+                .iter()
+                .filter_map(|id| {
+                    members
+                        .nodes()
+                        .find(|(n, _)| *n == id)
+                        .map(|(_, node)| (*id, node.clone()))
+                })
+                .collect();
+            if let Err(e) = raft.initialize(nodes).await {
+                tracing::debug!(topic, error = %e, "topic group already initialised");
+            }
+        }
+        tracing::info!(topic, replicas = ?placement.replicas, "replica of the topic started");
+        self.groups().insert(topic.to_string(), group.clone());
+        Ok(group)
+    }
+
+    /// Where node `node` serves clients, as it advertised.
+    pub fn leader_hint(&self, node: NodeId) -> LeaderHint {
+        let clients = self.machine.state().clients.get(&node).cloned();
+        LeaderHint {
+            node,
+            quic: clients.as_ref().map(|c| c.quic.clone()),
+            nsq_tcp: clients.as_ref().and_then(|c| c.nsq_tcp.clone()),
+            http: clients.as_ref().map(|c| c.http.clone()),
+        }
+    }
+
+    fn unavailable(topic: &str, reason: &str) -> StorageError {
+        StorageError::Unavailable {
+            topic: topic.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The log the broker appends to, if this node leads `topic` and is ready to serve it;
+    /// otherwise the redirect (or the retriable error) that the client gets.
+    pub fn leader_log(&self, topic: &TopicName) -> Result<Arc<dyn TopicLog>, StorageError> {
+        let group = self.groups().get(topic.as_str()).cloned();
+        let Some(group) = group else {
+            return Err(match self.machine.placement(topic.as_str()) {
+                Some(p) => StorageError::NotLeader {
+                    topic: topic.to_string(),
+                    leader: self.leader_hint(p.preferred_leader),
+                },
+                None => Self::unavailable(topic.as_str(), "it is being created"),
+            });
+        };
+        if group.lead_state().ready {
+            return Ok(Arc::new(ReplicatedLog::new(group)));
+        }
+        let leader = group
+            .current_leader()
+            .filter(|&l| l != self.id)
+            .map(|l| self.leader_hint(l));
+        Err(group.not_leader(leader))
+    }
+
+    /// Creates `topic` through the meta group if it does not exist, and waits until it has
+    /// a leader: Ok if it is this node, the redirect if it is another.
+    pub async fn prepare_topic(&self, topic: &TopicName) -> Result<(), StorageError> {
+        let deadline = Instant::now() + PREPARE_WITHIN;
+        let name = topic.as_str();
+        let placement = match self.machine.placement(name) {
+            Some(p) => p,
+            None => {
+                let command = MetaCommand::CreateTopic {
+                    name: name.to_string(),
+                    replication: self.settings.replication_factor,
+                };
+                match self.propose(command, PREPARE_WITHIN).await {
+                    Ok(_) => {}
+                    Err(e) => return Err(Self::unavailable(name, &e.to_string())),
+                }
+                // Applied on the leader; wait until this node has applied it too.
+                loop {
+                    let changed = self.machine.changed.notified();
+                    if let Some(p) = self.machine.placement(name) {
+                        break p;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if tokio::time::timeout(left, changed).await.is_err() {
+                        return Err(Self::unavailable(name, "its creation is not applied yet"));
+                    }
+                }
+            }
+        };
+        if !placement.replicas.contains(&self.id) {
+            return Err(StorageError::NotLeader {
+                topic: name.to_string(),
+                leader: self.leader_hint(placement.preferred_leader),
+            });
+        }
+        let group = self
+            .start_group(name, &placement)
+            .await
+            .map_err(|e| Self::unavailable(name, &e.to_string()))?;
+        let mut lead = group.lead_watch();
+        let mut metrics = group.raft.metrics();
+        loop {
+            if lead.borrow_and_update().ready {
+                return Ok(());
+            }
+            let leader = metrics.borrow_watched().current_leader;
+            if let Some(leader) = leader.filter(|&l| l != self.id) {
+                return Err(StorageError::NotLeader {
+                    topic: name.to_string(),
+                    leader: self.leader_hint(leader),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let changed = async {
+                tokio::select! {
+                    _ = lead.changed() => {}
+                    _ = metrics.changed() => {}
+                }
+            };
+            if tokio::time::timeout(left, changed).await.is_err() {
+                return Err(group.not_leader(None));
+            }
+        }
+    }
+
+    /// Answers a topic group's RPC from another replica.
+    pub(super) async fn serve_topic(&self, topic: &str, rpc: TopicRpc) -> Result<Bytes, String> {
+        let group = self.groups().get(topic).cloned();
+        let group = match group {
+            Some(group) => group,
+            None => {
+                // The placement may not be applied here yet: answer as a node starting.
+                let placement = self.machine.placement(topic).ok_or(STARTING.to_string())?;
+                if !placement.replicas.contains(&self.id) {
+                    return Err(format!("node {} holds no replica of topic {topic}", self.id));
+                }
+                self.start_group(topic, &placement)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let raft = &group.raft;
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        match rpc {
+            TopicRpc::Append(rpc) => encode(&raft.append_entries(rpc).await.map_err(|e| text(&e))),
+            TopicRpc::Vote(rpc) => encode(&raft.vote(rpc).await.map_err(|e| text(&e))),
+            TopicRpc::Snapshot { vote, meta, data } => {
+                let snapshot = openraft::type_config::alias::SnapshotOf::<TopicConfig, _> {
+                    meta,
+                    snapshot: data,
+                };
+                encode(
+                    &raft
+                        .install_full_snapshot(vote, snapshot)
+                        .await
+                        .map_err(|e| text(&e)),
+                )
+            }
+            TopicRpc::TransferLeader(rpc) => encode(
+                &raft
+                    .handle_transfer_leader(rpc)
+                    .await
+                    .map_err(|e| text(&e)),
+            ),
+        }
+    }
+
+    /// Proposes this node's client addresses until the meta group has them.
+    pub(super) fn advertise(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(n) = node.upgrade() else { return };
+                if n.machine.state().clients.get(&n.id) == Some(&n.clients) {
+                    return;
+                }
+                let command = MetaCommand::Advertise {
+                    node: n.id,
+                    addrs: n.clients.clone(),
+                };
+                match n.propose(command, Duration::from_secs(30)).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(error = %e, "advertising the client addresses"),
+                }
+            }
+        });
+    }
+
+    /// A topic's group as this node's replica sees it.
+    pub(super) fn topic_status(&self, topic: &str) -> Option<TopicStatus> {
+        let group = self.groups().get(topic).cloned()?;
+        let m = group.raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, last.saturating_sub(l.as_ref().map_or(0, |l| l.index))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let local = group.machine.log();
+        Some(TopicStatus {
+            state: super::state_name(m.state),
+            serving: group.lead_state().ready,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            committed: m.local_committed.as_ref().map(|l| l.index),
+            applied: m.last_applied.as_ref().map(|l| l.index),
+            start: local.start(),
+            end: local.end(),
+            lag,
+        })
+    }
+}
