@@ -17,13 +17,13 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::broker::BrokerError;
+use crate::cluster::raft::meta::ClientAddrs;
 use crate::cluster::raft::node::{ClusterError, ClusterNode};
+use crate::cluster::raft::storage::ClusterStorage;
+use crate::cluster::raft::topic::group::OnLost;
 use crate::config::{Config, ConfigError};
 use crate::plugin::{PluginError, PluginHost};
 use crate::rules::{NoGrants, Reloader, RulesError};
-use crate::cluster::raft::meta::ClientAddrs;
-use crate::cluster::raft::storage::ClusterStorage;
-use crate::cluster::raft::topic::group::OnLost;
 use crate::storage::{FileStorage, Storage, StorageError};
 use crate::transport::tls::{self, TlsError};
 

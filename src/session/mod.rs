@@ -19,8 +19,8 @@ use crate::auth::{self, certificate_identity, Authenticator, Credentials};
 use crate::broker::{Broker, BrokerError, ErrorKind, Principal};
 use crate::protocol::{Command, ErrorCode, Reply, WireError};
 use crate::rules::Reloader;
-use crate::transport::{FrameReader, ReadError};
 use crate::storage::StorageError;
+use crate::transport::{FrameReader, ReadError};
 
 /// QUIC application error code for a normal close.
 pub const CLOSE_NORMAL: u32 = 0;

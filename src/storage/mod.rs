@@ -117,6 +117,9 @@ impl StorageError {
     }
 }
 
+/// Resolves when a topic can be opened (see [`Storage::prepare_topic`]).
+pub type Preparing<'a> = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'a>>;
+
 /// Resolves when an appended range is durable.
 pub type Durable = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>;
 
@@ -129,10 +132,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Makes `topic` ready to be opened here, when that takes a round trip (a cluster
     /// creates it through its meta group and waits for its leader). None: nothing to wait
     /// for, as with local storage.
-    fn prepare_topic<'a>(
-        &'a self,
-        _topic: &'a TopicName,
-    ) -> Option<Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'a>>> {
+    fn prepare_topic<'a>(&'a self, _topic: &'a TopicName) -> Option<Preparing<'a>> {
         None
     }
     /// The topics found when the storage was opened, in name order.

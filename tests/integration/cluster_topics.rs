@@ -10,8 +10,8 @@ use quiver::client::{Client, ClientError, SubEvent, SubscribeOptions};
 use quiver::message::{NewMessage, TopicName};
 use quiver::protocol::ErrorCode;
 
-use crate::cluster::{agreed_leader, init, start};
-use crate::process::ServeProcess;
+use crate::cluster::{agreed_leader, init, start, status};
+use crate::process::{http_request, ServeProcess};
 use crate::support::{body, channel, topic, DEADLINE};
 
 /// Where a publish to `topic` on `node` went.
@@ -23,7 +23,12 @@ enum Answer {
     Retry(String),
 }
 
-async fn publish_on(node: SocketAddr, nodes: &[&ServeProcess], t: &TopicName, text: &str) -> Answer {
+async fn publish_on(
+    node: SocketAddr,
+    nodes: &[&ServeProcess],
+    t: &TopicName,
+    text: &str,
+) -> Answer {
     let Some(process) = nodes.iter().find(|n| n.quic == node) else {
         return Answer::Retry(format!("{node} is not a live node"));
     };
@@ -79,7 +84,12 @@ async fn publish_anywhere(nodes: &[&ServeProcess], t: &TopicName, text: &str) ->
 
 /// Publishes `count` messages `prefix-i` with confirms to the leader at `leader`; returns
 /// the confirmed bodies.
-async fn publish_many(leader: &ServeProcess, t: &TopicName, prefix: &str, count: usize) -> Vec<String> {
+async fn publish_many(
+    leader: &ServeProcess,
+    t: &TopicName,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
     let client = Client::connect(&leader.options()).await.expect("connect");
     let producer = client.producer().await.expect("producer");
     let mut tasks = Vec::new();
@@ -154,7 +164,10 @@ async fn confirmed_publishes_survive_a_sigkill_of_the_topics_leader() {
     let t = topic("orders");
     let live: Vec<&ServeProcess> = nodes.iter().flatten().collect();
     let leader_addr = publish_anywhere(&live, &t, "first").await;
-    let leader = live.iter().position(|n| n.quic == leader_addr).expect("a node");
+    let leader = live
+        .iter()
+        .position(|n| n.quic == leader_addr)
+        .expect("a node");
     // A follower answers with the redirect that names the leader.
     let follower = (leader + 1) % 3;
     match publish_on(live[follower].quic, &live, &t, "via-follower").await {
@@ -167,6 +180,7 @@ async fn confirmed_publishes_survive_a_sigkill_of_the_topics_leader() {
     let want: HashSet<String> = confirmed.iter().cloned().collect();
     // Half is consumed (and FIN'd) on the first leader, the rest must come from the next.
     let seen_before = consume_until(live[leader], &t, &want, Some(want.len() / 2)).await;
+    tokio::task::block_in_place(|| fins_committed(&live, leader, seen_before.len() as u64));
     drop(live);
 
     nodes[leader].as_mut().expect("leader").kill();
@@ -174,15 +188,79 @@ async fn confirmed_publishes_survive_a_sigkill_of_the_topics_leader() {
     let killed_at = Instant::now();
     let live: Vec<&ServeProcess> = nodes.iter().flatten().collect();
     let new_addr = publish_anywhere(&live, &t, "after-kill").await;
-    println!("first confirmed publish on the new leader {:?} after the kill", killed_at.elapsed());
-    let new_leader = live.iter().position(|n| n.quic == new_addr).expect("a node");
+    println!(
+        "first confirmed publish on the new leader {:?} after the kill",
+        killed_at.elapsed()
+    );
+    let new_leader = live
+        .iter()
+        .position(|n| n.quic == new_addr)
+        .expect("a node");
     let mut after = vec!["after-kill".to_string()];
     after.extend(publish_many(live[new_leader], &t, "after", 200).await);
     let mut want: HashSet<String> = after.iter().cloned().collect();
-    want.extend(confirmed.iter().filter(|b| !seen_before.contains(b)).cloned());
+    want.extend(
+        confirmed
+            .iter()
+            .filter(|b| !seen_before.contains(b))
+            .cloned(),
+    );
     let seen_after = consume_until(live[new_leader], &t, &want, None).await;
     // What was FIN'd before the kill may come back only if its FIN had not been committed.
-    let again = seen_after.iter().filter(|b| seen_before.contains(b)).count();
-    println!("{again} of {} messages FIN'd before the kill were delivered again", seen_before.len());
-    assert!(again <= seen_before.len());
+    let again = seen_after
+        .iter()
+        .filter(|b| seen_before.contains(b))
+        .count();
+    assert_eq!(
+        again, 0,
+        "messages whose FIN was committed before the kill were delivered again"
+    );
+}
+
+/// Waits until the leader processed `fins` FINs on channel `c` and shipped them (its state
+/// lag is 0), and then until every follower applied the leader's log as it was then: the
+/// FINs are committed.
+fn fins_committed(nodes: &[&ServeProcess], leader: usize, fins: u64) {
+    let began = Instant::now();
+    loop {
+        let (_, body) = http_request(nodes[leader].http, "GET", "/stats", "");
+        let stats: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
+        let channel = stats["topics"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == "orders"))
+            .and_then(|t| t["channels"].as_array())
+            .and_then(|c| c.iter().find(|c| c["name"] == "c"))
+            .cloned()
+            .unwrap_or_default();
+        if channel["finished"].as_u64() == Some(fins) && channel["state_lag_ms"].as_u64() == Some(0)
+        {
+            break;
+        }
+        assert!(began.elapsed() < DEADLINE, "FINs not shipped: {channel}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let group = |node: &ServeProcess| {
+        let s = status(node);
+        s["topics"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["topic"] == "orders"))
+            .map(|t| t["group"].clone())
+            .unwrap_or_default()
+    };
+    let last = group(nodes[leader])["last_log_index"]
+        .as_u64()
+        .expect("leader's log");
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != leader) {
+        loop {
+            let applied = group(node)["applied"].as_u64().unwrap_or(0);
+            if applied >= last {
+                break;
+            }
+            assert!(
+                began.elapsed() < DEADLINE,
+                "node {i} applied {applied} of {last}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -37,7 +37,10 @@ pub enum MetaCommand {
         name: String,
     },
     /// Where a node serves clients, so that redirects can name its addresses.
-    Advertise { node: NodeId, addrs: ClientAddrs },
+    Advertise {
+        node: NodeId,
+        addrs: ClientAddrs,
+    },
 }
 
 /// The client listeners of a node.

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::log_store::FileLogStore;
 use super::meta::{ClientAddrs, MetaCommand, MetaMachine, MetaReply, MetaState};
-use super::topic::group::{OnLost, TopicGroup};
 use super::network::{call, decode, encode, MetaNetwork, PeerRequest};
+use super::topic::group::{OnLost, TopicGroup};
 use super::{MetaConfig, MetaRaft, PeerNode};
 use crate::cluster::identity::ClusterIdentity;
 use crate::cluster::peer::PeerEndpoint;

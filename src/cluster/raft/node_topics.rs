@@ -178,7 +178,7 @@ impl ClusterNode {
                 })
                 .collect();
             if let Err(e) = raft.initialize(nodes).await {
-                tracing::debug!(topic, error = %e, "topic group already initialised");
+                tracing::info!(topic, error = %e, "topic group already initialised");
             }
         }
         tracing::info!(topic, replicas = ?placement.replicas, "replica of the topic started");
@@ -301,7 +301,10 @@ impl ClusterNode {
                 // The placement may not be applied here yet: answer as a node starting.
                 let placement = self.machine.placement(topic).ok_or(STARTING.to_string())?;
                 if !placement.replicas.contains(&self.id) {
-                    return Err(format!("node {} holds no replica of topic {topic}", self.id));
+                    return Err(format!(
+                        "node {} holds no replica of topic {topic}",
+                        self.id
+                    ));
                 }
                 self.start_group(topic, &placement)
                     .await
@@ -325,12 +328,9 @@ impl ClusterNode {
                         .map_err(|e| text(&e)),
                 )
             }
-            TopicRpc::TransferLeader(rpc) => encode(
-                &raft
-                    .handle_transfer_leader(rpc)
-                    .await
-                    .map_err(|e| text(&e)),
-            ),
+            TopicRpc::TransferLeader(rpc) => {
+                encode(&raft.handle_transfer_leader(rpc).await.map_err(|e| text(&e)))
+            }
         }
     }
 

@@ -2,13 +2,11 @@
 //! one only where this node leads it, and gets the redirect otherwise. `#ephemeral` topics
 //! stay local to the node, as on a single node.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use super::node::ClusterNode;
 use crate::message::TopicName;
-use crate::storage::{Storage, StorageError, TopicLog};
+use crate::storage::{Preparing, Storage, StorageError, TopicLog};
 
 #[derive(Debug)]
 pub struct ClusterStorage {
@@ -31,10 +29,7 @@ impl Storage for ClusterStorage {
         self.node.leader_log(topic)
     }
 
-    fn prepare_topic<'a>(
-        &'a self,
-        topic: &'a TopicName,
-    ) -> Option<Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'a>>> {
+    fn prepare_topic<'a>(&'a self, topic: &'a TopicName) -> Option<Preparing<'a>> {
         if topic.is_ephemeral() {
             return None;
         }

@@ -15,12 +15,22 @@ pub enum TopicCommand {
         frames: Vec<u8>,
     },
     /// State events of a channel (created with no events), in the journal's encoding.
-    Channel { name: String, events: Vec<u8> },
-    DeleteChannel { name: String },
+    Channel {
+        name: String,
+        events: Vec<u8>,
+    },
+    DeleteChannel {
+        name: String,
+    },
     /// The topic's metadata: its incarnation (the high half of message ids) and pause.
-    Meta { incarnation: u64, paused: bool },
+    Meta {
+        incarnation: u64,
+        paused: bool,
+    },
     /// Every message below `offset` is settled everywhere: the replicas drop them.
-    Trim { offset: u64 },
+    Trim {
+        offset: u64,
+    },
 }
 
 impl fmt::Display for TopicCommand {

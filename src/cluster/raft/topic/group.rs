@@ -54,6 +54,8 @@ struct Lead {
     /// The offset the next batch gets.
     next: u64,
     leader_id: Option<CommittedLeaderIdOf<TopicConfig>>,
+    /// The term of the leadership the epoch belongs to.
+    term: Option<u64>,
 }
 
 /// Called when this node stops leading a topic it was serving.
@@ -257,8 +259,10 @@ impl TopicGroup {
     }
 
     fn ship_channels(&self) {
-        let channels: Vec<Arc<ChannelProxy>> =
-            lock(&self.channels).iter().filter_map(Weak::upgrade).collect();
+        let channels: Vec<Arc<ChannelProxy>> = lock(&self.channels)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
         for channel in channels {
             channel.ship();
         }
@@ -277,6 +281,7 @@ impl TopicGroup {
                 ready: false,
             };
             lead.leader_id = None;
+            lead.term = None;
             self.lead_tx.send_replace(lead.state);
             was_ready
         };
@@ -288,13 +293,30 @@ impl TopicGroup {
 
     /// Becomes ready to propose: commits an entry of this term, then takes the local log's
     /// end as the next offset.
+    fn lead_term(&self) -> Option<u64> {
+        lock(&self.lead).term
+    }
+
     async fn become_ready(&self) {
+        let term = self.raft.metrics().borrow_watched().current_term;
         let blank = tokio::time::timeout(self.election_timeout * 4, self.raft.write_blank()).await;
-        if !matches!(blank, Ok(Ok(_))) {
-            return;
+        match blank {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::info!(topic = %self.name, error = %e, "not ready to lead the topic");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(topic = %self.name, "not ready to lead the topic: its first entry was not committed in time");
+                return;
+            }
         }
-        let Ok(leader) = self.raft.as_leader() else {
-            return;
+        let leader = match self.raft.as_leader() {
+            Ok(leader) => leader,
+            Err(e) => {
+                tracing::info!(topic = %self.name, error = %e, "not ready to lead the topic");
+                return;
+            }
         };
         let leader_id = leader.to_committed_leader_id();
         let mut lead = lock(&self.lead);
@@ -307,6 +329,7 @@ impl TopicGroup {
         };
         lead.next = self.machine.log().end();
         lead.leader_id = Some(leader_id);
+        lead.term = Some(term);
         self.lead_tx.send_replace(lead.state);
         tracing::info!(topic = %self.name, next = lead.next, "leading the topic");
     }
@@ -314,7 +337,7 @@ impl TopicGroup {
     fn leader_id_for(&self, epoch: u64) -> Option<CommittedLeaderIdOf<TopicConfig>> {
         let lead = lock(&self.lead);
         (lead.state.ready && lead.state.epoch == epoch)
-            .then(|| lead.leader_id.clone())
+            .then_some(lead.leader_id)
             .flatten()
     }
 
@@ -375,7 +398,6 @@ async fn watch_leadership(group: Weak<TopicGroup>) {
     let mut metrics = raft.metrics();
     let mut ship = tokio::time::interval(CHANNEL_SHIP_EVERY);
     ship.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ready_term = None;
     loop {
         let Some(g) = group.upgrade() else { return };
         let (state, leader, term) = {
@@ -383,17 +405,17 @@ async fn watch_leadership(group: Weak<TopicGroup>) {
             (m.state, m.current_leader, m.current_term)
         };
         let leading = state == ServerState::Leader && leader == Some(node);
-        if leading && ready_term != Some(term) {
-            ready_term = Some(term);
+        let lead = g.lead_state();
+        if leading && !lead.ready {
+            // Tried again at each tick until it takes (the first entry of a new leader can
+            // be refused while its leadership settles).
             g.become_ready().await;
-        } else if !leading {
-            ready_term = None;
-            let lead = g.lead_state();
-            if lead.ready {
-                g.end_epoch(lead.epoch, "another node leads the topic now");
-            }
+        } else if !leading && lead.ready {
+            g.end_epoch(lead.epoch, "another node leads the topic now");
+        } else if leading && lead.ready && g.lead_term() != Some(term) {
+            g.end_epoch(lead.epoch, "a new term began");
         }
-        let ready = g.lead_state().ready;
+        let tick = leading;
         drop(g);
         tokio::select! {
             r = metrics.changed() => if r.is_err() { return },
@@ -404,7 +426,7 @@ async fn watch_leadership(group: Weak<TopicGroup>) {
                     waker();
                 }
             }
-            _ = ship.tick(), if ready => {
+            _ = ship.tick(), if tick => {
                 if let Some(g) = group.upgrade() {
                     g.ship_channels();
                 }
