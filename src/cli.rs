@@ -425,7 +425,7 @@ async fn to_http(args: ToHttpCommand) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let plan = quiver::to_http::Plan::new(args.bridge)?;
-    let client = connect(&args.connect).await?;
+    let client = connect_serving(&args.connect, plan.topic(), Some(plan.channel())).await?;
     print_line(&format!(
         "to-http: {}/{}: {}",
         plan.topic(),
@@ -462,7 +462,7 @@ fn print_line(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
-async fn connect(args: &ConnectArgs) -> Result<Client> {
+fn client_options(args: &ConnectArgs) -> Result<ClientOptions> {
     let trust = if let Some(ca) = &args.ca {
         Trust::CaFile(ca.clone())
     } else if let Some(pin) = &args.fingerprint {
@@ -483,16 +483,41 @@ async fn connect(args: &ConnectArgs) -> Result<Client> {
     let mut options = ClientOptions::new(args.addr, trust);
     options.server_name = args.server_name.clone();
     options.token = args.token.clone();
-    Client::connect(&options)
+    Ok(options)
+}
+
+async fn connect(args: &ConnectArgs) -> Result<Client> {
+    Client::connect(&client_options(args)?)
         .await
         .with_context(|| format!("connecting to {}", args.addr))
 }
+
+/// Connects to the broker that serves `topic`: in a cluster, the node that leads it,
+/// whichever node `--addr` names.
+async fn connect_serving(
+    args: &ConnectArgs,
+    topic: &TopicName,
+    channel: Option<&ChannelName>,
+) -> Result<Client> {
+    let options = client_options(args)?;
+    Client::connect_serving(&options, topic, channel, LOCATE_PATIENCE)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to the broker serving {topic} (via {})",
+                args.addr
+            )
+        })
+}
+
+/// How long a client command waits for a topic without a leader (a cluster election).
+const LOCATE_PATIENCE: Duration = Duration::from_secs(10);
 
 async fn publish(args: PubArgs) -> Result<()> {
     if let Some(id) = &args.id {
         quiver::message::validate_msg_id(id)?;
     }
-    let client = connect(&args.connect).await?;
+    let client = connect_serving(&args.connect, &args.topic, None).await?;
     let options = ProducerOptions::default().auto_msg_id(args.auto_id);
     let producer = client.producer_with(options).await?;
     let make = |body: String| {
@@ -558,7 +583,7 @@ async fn publish(args: PubArgs) -> Result<()> {
 }
 
 async fn subscribe(args: SubArgs) -> Result<()> {
-    let client = connect(&args.connect).await?;
+    let client = connect_serving(&args.connect, &args.topic, Some(&args.channel)).await?;
     let options = SubscribeOptions {
         msg_timeout: args.msg_timeout,
     };

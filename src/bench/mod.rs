@@ -500,6 +500,8 @@ async fn load(
     plan: &Plan,
     options: &ClientOptions,
 ) -> Result<Outcome, BenchError> {
+    // In a cluster every connection goes to the topic's leader, whichever node was named.
+    let options = &serving(options, plan).await?;
     let shared = Arc::new(Shared {
         published: AtomicU64::new(0),
         publish_errors: AtomicU64::new(0),
@@ -641,6 +643,28 @@ impl Outcome {
                 .unwrap_or_else(|e| e.into_inner().clone()),
         }
     }
+}
+
+/// `options` aimed at the broker that serves the bench's topic: the one named, or in a
+/// cluster the topic's leader.
+async fn serving(options: &ClientOptions, plan: &Plan) -> Result<ClientOptions, BenchError> {
+    let client = Client::connect_serving(options, &plan.topic, None, Duration::from_secs(10))
+        .await
+        .map_err(|source| BenchError::Connect {
+            role: "locate",
+            index: 0,
+            addr: options.addr,
+            source: Box::new(source),
+        })?;
+    let addr = client.remote_addr();
+    close(&client).await;
+    if addr != options.addr {
+        tracing::info!(leader = %addr, "the topic's leader serves the bench");
+    }
+    Ok(ClientOptions {
+        addr,
+        ..options.clone()
+    })
 }
 
 async fn connect(

@@ -351,6 +351,32 @@ impl Broker {
         }
     }
 
+    /// Where `topic` is served: `None` for here, else (in a cluster) its leader. Creates the
+    /// topic if it does not exist, as a publish or a subscription would; asks for the
+    /// permission to subscribe to `channel`, or without one to publish.
+    pub async fn locate(
+        &self,
+        who: &Principal,
+        topic: &TopicName,
+        channel: Option<&ChannelName>,
+    ) -> Result<Option<crate::storage::LeaderHint>, BrokerError> {
+        if self.is_shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        match channel {
+            Some(channel) => self.authorize(who, Operation::Subscribe(topic, channel))?,
+            None => self.authorize(who, Operation::Publish(topic))?,
+        }
+        match self.prepare(topic).await {
+            Ok(()) => Ok(None),
+            Err(BrokerError::Storage {
+                source: StorageError::NotLeader { leader, .. },
+                ..
+            }) => Ok(Some(leader)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Lets a topic go without deleting it: its storage is served elsewhere now (a cluster
     /// node that stopped leading it). Its consumers' streams end; they reconnect.
     pub fn release_topic(&self, name: &TopicName) {

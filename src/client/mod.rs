@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::broker::BrokerStats;
 use crate::message::{ChannelName, TopicName};
-use crate::protocol::{AdminRequest, Command, FrameError, Reply, WireError};
+use crate::protocol::{AdminRequest, Command, ErrorCode, FrameError, Reply, WireError};
 use crate::transport::tls::{self, TlsError, Trust};
 use crate::transport::{FrameReader, ReadError};
 
@@ -51,6 +51,11 @@ pub struct ClientOptions {
     pub client_identity: Option<(PathBuf, PathBuf)>,
     /// A token (or an auth server's secret) sent with AUTH right after connecting.
     pub token: Option<String>,
+    /// How long the connection may stay silent before it is given up as dead (keep-alives
+    /// are sent at a third of it). `None` takes the default, 30 s. A shorter one notices a
+    /// broker that died without closing its connections (a killed or hung cluster leader)
+    /// sooner.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ClientOptions {
@@ -61,6 +66,7 @@ impl ClientOptions {
             trust,
             client_identity: None,
             token: None,
+            idle_timeout: None,
         }
     }
 }
@@ -108,6 +114,30 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// The leader's address when a cluster node answered that another node leads the topic
+    /// (`E_NOT_LEADER`, whose message starts with `leader=ADDR`).
+    pub fn redirect(&self) -> Option<SocketAddr> {
+        match self {
+            ClientError::Broker(e) if e.code == ErrorCode::NotLeader => leader_in(&e.message),
+            _ => None,
+        }
+    }
+
+    /// Whether the broker said to retry shortly: the topic has no leader right now (an
+    /// election in a cluster).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ClientError::Broker(e) if e.code == ErrorCode::Unavailable)
+    }
+}
+
+/// The address in an `E_NOT_LEADER` message: `leader=ADDR node=ID: reason`.
+fn leader_in(message: &str) -> Option<SocketAddr> {
+    let rest = message.strip_prefix("leader=")?;
+    let addr = rest.split_whitespace().next()?;
+    addr.parse().ok()
+}
+
 /// A connection to a broker. Cheap to clone; streams opened from it share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -121,7 +151,15 @@ impl Client {
             .client_identity
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path()));
-        let config = tls::client_config(&options.trust, identity)?;
+        let mut config = tls::client_config(&options.trust, identity)?;
+        if let Some(idle) = options.idle_timeout {
+            let mut transport = tls::transport_config();
+            let idle = idle.max(Duration::from_millis(300));
+            transport
+                .keep_alive_interval(Some(idle / 3))
+                .max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+            config.transport_config(std::sync::Arc::new(transport));
+        }
         let bind = if options.addr.is_ipv6() {
             SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
         } else {
@@ -211,6 +249,80 @@ impl Client {
         }
     }
 
+    /// Where `topic` is served: `None` for this broker, else the QUIC address of the cluster
+    /// node that leads it. Asks as a subscriber of `channel`, or without one as a publisher;
+    /// creates the topic if it does not exist.
+    pub async fn locate(
+        &self,
+        topic: &TopicName,
+        channel: Option<&ChannelName>,
+    ) -> Result<Option<SocketAddr>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Located {
+            here: bool,
+            leader: Option<crate::storage::LeaderHint>,
+        }
+        let json = self
+            .admin(AdminRequest::Locate {
+                topic: topic.clone(),
+                channel: channel.cloned(),
+            })
+            .await?;
+        let located: Located = serde_json::from_slice(&json)?;
+        if located.here {
+            return Ok(None);
+        }
+        let quic = located.leader.and_then(|l| l.quic);
+        match quic.as_deref().map(str::parse::<SocketAddr>) {
+            Some(Ok(addr)) => Ok(Some(addr)),
+            _ => Err(ClientError::Unexpected(format!(
+                "topic {topic} is led by a node whose QUIC address is not known (yet): {quic:?}"
+            ))),
+        }
+    }
+
+    /// Connects to the broker that serves `topic`: the one at `options.addr`, or the cluster
+    /// node it names as the topic's leader. A topic without a leader right now (an election)
+    /// is asked again until `patience` has passed.
+    pub async fn connect_serving(
+        options: &ClientOptions,
+        topic: &TopicName,
+        channel: Option<&ChannelName>,
+        patience: Duration,
+    ) -> Result<Client, ClientError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut options = options.clone();
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let client = Client::connect(&options).await?;
+            let located = client.locate(topic, channel).await;
+            match located {
+                Ok(None) => return Ok(client),
+                Ok(Some(leader)) if leader == options.addr => return Ok(client),
+                Ok(Some(leader)) if tokio::time::Instant::now() < deadline => {
+                    // Nodes may name each other for a moment during a leader change; the
+                    // deadline ends that.
+                    tracing::debug!(%topic, %leader, "connecting to the topic's leader");
+                    client.close().await;
+                    options.addr = leader;
+                }
+                Ok(Some(leader)) => {
+                    client.close().await;
+                    return Err(ClientError::Unexpected(format!(
+                        "topic {topic}: the nodes still disagree on its leader after \
+                         {patience:?} (last named {leader})"
+                    )));
+                }
+                Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                    client.close().await;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     pub async fn stats(&self, topic: Option<&TopicName>) -> Result<BrokerStats, ClientError> {
         let json = self
             .admin(AdminRequest::Stats {
@@ -218,6 +330,11 @@ impl Client {
             })
             .await?;
         Ok(serde_json::from_slice(&json)?)
+    }
+
+    /// The address of the broker this client is connected to.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
     }
 
     /// Closes the connection and waits until the broker has been told.

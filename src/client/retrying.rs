@@ -8,7 +8,15 @@
 //! lost connection, a stream that ended, a broker shutting down, a connect that did not
 //! answer in time. A refusal (a bad message, a missing permission) is returned at once, since
 //! sending it again would be refused again.
+//!
+//! In a cluster it also follows the topic's leader: a node that does not lead the topic
+//! answers `E_NOT_LEADER` naming the leader, and the publish goes there (remembered per
+//! topic); `E_UNAVAILABLE` (an election) is retried after the backoff; when the node it
+//! publishes to stops answering, it tries the other addresses it knows (the seeds and the
+//! leaders it was sent to), whose redirects then lead it to the new leader.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,17 +73,66 @@ struct Inner {
 struct Link {
     /// Counts the connections made, so that a failure on an old one does not drop a new one.
     generation: u64,
-    current: Option<(Client, Producer)>,
+    /// Open connections by address, each with its publish stream and generation.
+    conns: HashMap<SocketAddr, (u64, Client, Producer)>,
+    /// Each topic's leader, as a redirect named it.
+    leaders: HashMap<TopicName, SocketAddr>,
+    /// Addresses to try for a topic whose leader is not known: the seeds, then the leaders
+    /// redirects named.
+    known: Vec<SocketAddr>,
+    /// Index in `known` of the address tried first.
+    preferred: usize,
+}
+
+impl Link {
+    /// Where a publish to `topic` goes.
+    fn target(&self, topic: &TopicName) -> SocketAddr {
+        self.leaders
+            .get(topic)
+            .copied()
+            .unwrap_or(self.known[self.preferred % self.known.len()])
+    }
+
+    /// `addr` did not answer: forget it as a leader and try the next known address first.
+    fn unreachable(&mut self, addr: SocketAddr) {
+        self.leaders.retain(|_, leader| *leader != addr);
+        if self.known[self.preferred % self.known.len()] == addr {
+            self.preferred = (self.preferred + 1) % self.known.len();
+        }
+    }
+
+    /// A redirect named `leader` for `topic`.
+    fn redirected(&mut self, topic: &TopicName, leader: SocketAddr) {
+        if !self.known.contains(&leader) {
+            self.known.push(leader);
+        }
+        self.leaders.insert(topic.clone(), leader);
+    }
 }
 
 impl RetryingProducer {
     /// A producer for the broker at `options`; it connects on its first publish.
     pub fn new(options: ClientOptions, policy: RetryPolicy) -> RetryingProducer {
+        RetryingProducer::with_seeds(options, Vec::new(), policy)
+    }
+
+    /// A producer for a cluster: `options.addr` first, then `seeds` when it does not answer.
+    /// Any node will do: redirects lead each topic's publishes to its leader.
+    pub fn with_seeds(
+        options: ClientOptions,
+        seeds: Vec<SocketAddr>,
+        policy: RetryPolicy,
+    ) -> RetryingProducer {
+        let mut known = vec![options.addr];
+        known.extend(seeds.into_iter().filter(|s| *s != options.addr));
         RetryingProducer {
             inner: Arc::new(Inner {
                 options,
                 policy,
-                link: Mutex::new(Link::default()),
+                link: Mutex::new(Link {
+                    known,
+                    ..Link::default()
+                }),
             }),
         }
     }
@@ -104,7 +161,8 @@ impl RetryingProducer {
         let mut wait = policy.backoff;
         let mut attempt = 1;
         loop {
-            let result = match self.producer().await {
+            let addr = self.inner.link.lock().await.target(topic);
+            let result = match self.producer(addr).await {
                 Ok((generation, producer)) => {
                     let publish = producer.publish_batch(topic, messages.clone());
                     let result = tokio::time::timeout(policy.confirm_timeout, publish)
@@ -114,33 +172,49 @@ impl RetryingProducer {
                             after: policy.confirm_timeout,
                         }));
                     if result.as_ref().is_err_and(outcome_unknown) {
-                        self.forget(generation).await;
+                        self.forget(addr, generation).await;
                     }
                     result
                 }
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e) if outcome_unknown(&e) && attempt < policy.attempts => {
-                    tracing::debug!(error = %e, attempt, "publish failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(policy.max_backoff);
-                    attempt += 1;
+                Err(e) => {
+                    self.inner.link.lock().await.unreachable(addr);
+                    Err(e)
                 }
+            };
+            let error = match result {
+                Err(e) if attempt < policy.attempts => e,
                 other => return other,
+            };
+            attempt += 1;
+            if let Some(leader) = error.redirect() {
+                // Sent on at once, unless the node named itself (a stale view).
+                tracing::debug!(%topic, %leader, "redirected to the topic's leader");
+                self.inner.link.lock().await.redirected(topic, leader);
+                if leader != addr {
+                    continue;
+                }
+            } else if !(outcome_unknown(&error) || error.is_unavailable()) {
+                return Err(error);
             }
+            tracing::debug!(error = %error, attempt, "publish failed; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(policy.max_backoff);
         }
     }
 
-    /// The current publish stream, connecting first if there is none.
-    async fn producer(&self) -> Result<(u64, Producer), ClientError> {
+    /// The publish stream to `addr`, connecting first if there is none.
+    async fn producer(&self, addr: SocketAddr) -> Result<(u64, Producer), ClientError> {
         let mut link = self.inner.link.lock().await;
-        if let Some((_, producer)) = &link.current {
-            return Ok((link.generation, producer.clone()));
+        if let Some((generation, _, producer)) = link.conns.get(&addr) {
+            return Ok((*generation, producer.clone()));
         }
         let timeout = self.inner.policy.connect_timeout;
+        let options = ClientOptions {
+            addr,
+            ..self.inner.options.clone()
+        };
         let connect = async {
-            let client = Client::connect(&self.inner.options).await?;
+            let client = Client::connect(&options).await?;
             let producer = client.producer().await?;
             Ok::<_, ClientError>((client, producer))
         };
@@ -152,15 +226,23 @@ impl RetryingProducer {
                     after: timeout,
                 })??;
         link.generation += 1;
-        link.current = Some((client, producer.clone()));
-        Ok((link.generation, producer))
+        let generation = link.generation;
+        link.conns
+            .insert(addr, (generation, client, producer.clone()));
+        Ok((generation, producer))
     }
 
-    /// Drops connection `generation` if it is still the current one.
-    async fn forget(&self, generation: u64) {
+    /// Drops the connection to `addr` if it is still connection `generation`.
+    async fn forget(&self, addr: SocketAddr, generation: u64) {
         let mut link = self.inner.link.lock().await;
-        if link.generation == generation {
-            if let Some((client, _)) = link.current.take() {
+        link.unreachable(addr);
+        if link
+            .conns
+            .get(&addr)
+            .is_some_and(|(g, _, _)| *g == generation)
+        {
+            if let Some((_, client, _)) = link.conns.remove(&addr) {
+                drop(link);
                 client.close().await;
             }
         }

@@ -399,7 +399,15 @@ impl ClusterCa {
     /// Signs a certificate for `name` (which may name another cluster: tests use that),
     /// with `host` as a DNS or IP SAN, and checks that it verifies against this CA.
     pub fn issue(&self, name: &NodeName, host: &str) -> Result<NodePem, IdentityError> {
-        let mut params = rcgen::CertificateParams::new(vec![host.to_owned()])?;
+        let mut names = vec![host.to_owned()];
+        // Clients check the name they dialled; on loopback that is often `localhost`.
+        if host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        {
+            names.push("localhost".to_owned());
+        }
+        let mut params = rcgen::CertificateParams::new(names)?;
         let uri = rcgen::string::Ia5String::try_from(name.uri())?;
         params.subject_alt_names.push(rcgen::SanType::URI(uri));
         params.distinguished_name.push(

@@ -82,6 +82,13 @@ pub enum AdminRequest {
     Stats {
         topic: Option<TopicName>,
     },
+    /// Where the topic is served: this broker, or (in a cluster) the node that leads it.
+    /// Like a PUB or SUB, it creates the topic if it does not exist. With a channel it asks
+    /// as a subscriber of that channel, without one as a publisher.
+    Locate {
+        topic: TopicName,
+        channel: Option<ChannelName>,
+    },
     Topic {
         op: AdminOp,
         topic: TopicName,
@@ -138,6 +145,7 @@ impl AdminOp {
 }
 
 const ADMIN_STATS: u8 = 0x01;
+const ADMIN_LOCATE: u8 = 0x02;
 const ADMIN_TOPIC: u8 = 0x10;
 const ADMIN_CHANNEL: u8 = 0x20;
 
@@ -290,6 +298,9 @@ impl AdminRequest {
         let start = wire::begin(dst, ADMIN);
         let (op, topic, channel) = match self {
             AdminRequest::Stats { topic } => (ADMIN_STATS, topic.as_ref(), None),
+            AdminRequest::Locate { topic, channel } => {
+                (ADMIN_LOCATE, Some(topic), channel.as_ref())
+            }
             AdminRequest::Topic { op, topic } => (ADMIN_TOPIC | op.code(), Some(topic), None),
             AdminRequest::Channel {
                 op, topic, channel, ..
@@ -327,6 +338,14 @@ impl AdminRequest {
                     None
                 } else {
                     Some(topic_name()?)
+                },
+            }),
+            _ if code == ADMIN_LOCATE => Ok(AdminRequest::Locate {
+                topic: topic_name()?,
+                channel: if channel.is_empty() {
+                    None
+                } else {
+                    Some(channel_name()?)
                 },
             }),
             ADMIN_TOPIC => Ok(AdminRequest::Topic {

@@ -19,6 +19,15 @@ struct Stats {
     rules: Option<RulesStatus>,
 }
 
+/// The answer to a locate: served here, or by the leader it names.
+#[derive(Debug, Serialize)]
+struct Located<'a> {
+    topic: &'a str,
+    here: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<crate::storage::LeaderHint>,
+}
+
 pub(super) async fn run(
     request: AdminRequest,
     send: &mut SendStream,
@@ -26,7 +35,21 @@ pub(super) async fn run(
     rules: Option<&Reloader>,
     who: &Principal,
 ) -> Result<(), WireError> {
-    let json = execute(&request, broker, rules, who)?;
+    let json = match &request {
+        AdminRequest::Locate { topic, channel } => {
+            let leader = broker
+                .locate(who, topic, channel.as_ref())
+                .await
+                .map_err(|e| broker_error(&e, 0))?;
+            let answer = Located {
+                topic: topic.as_str(),
+                here: leader.is_none(),
+                leader,
+            };
+            Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())
+        }
+        _ => execute(&request, broker, rules, who)?,
+    };
     let _ = write_reply(send, &Reply::AdminOk(json)).await;
     Ok(())
 }
@@ -41,6 +64,11 @@ pub fn execute(
     let fail = |e| broker_error(&e, 0);
     let done = || Ok(Bytes::from_static(b"{\"ok\":true}"));
     match request {
+        AdminRequest::Locate { .. } => Err(WireError::new(
+            crate::protocol::ErrorCode::Invalid,
+            0,
+            "locate is answered on a QUIC admin stream only",
+        )),
         AdminRequest::Stats { topic } => {
             let stats = Stats {
                 broker: broker.stats(who, topic.as_ref()).map_err(fail)?,

@@ -68,7 +68,7 @@ pub enum StorageError {
 }
 
 /// Where the leader of a topic serves clients: what a redirect names.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaderHint {
     pub node: u64,
     /// The leader's QUIC address, once it has advertised it.

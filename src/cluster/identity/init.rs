@@ -271,17 +271,21 @@ fn config_text(dir: &Path, manifest: &Manifest, node: NodeId) -> String {
             toml_string(&peer(ports_of(manifest, first)))
         ));
     }
-    for (field, file) in [
-        ("ca", CA_CERT.to_owned()),
-        ("cert", format!("node-{node}.pem")),
-        ("key", format!("node-{node}.key")),
-    ] {
-        let path = dir.join(file);
-        out.push_str(&format!(
-            "{field} = {}\n",
-            toml_string(&path.to_string_lossy())
-        ));
-    }
+    let path = |file: &str| toml_string(&dir.join(file).to_string_lossy());
+    let (cert, key) = (format!("node-{node}.pem"), format!("node-{node}.key"));
+    out.push_str(&format!(
+        "ca = {}\ncert = {}\nkey = {}\n",
+        path(CA_CERT),
+        path(&cert),
+        path(&key)
+    ));
+    // Clients get the same certificate, so that one CA file (`--ca`) trusts every node a
+    // redirect may send them to.
+    out.push_str(&format!(
+        "\n[tls]\ncert = {}\nkey = {}\n",
+        path(&cert),
+        path(&key)
+    ));
     out
 }
 

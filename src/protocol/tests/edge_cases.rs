@@ -227,7 +227,7 @@ fn dead_letter_topic_names_stay_within_their_str8_field() {
 #[test]
 fn error_codes_keep_their_numbers_names_and_fatality() {
     // The table in docs/PROTOCOL.md.
-    let table: [(u16, &str, bool); 18] = [
+    let table: [(u16, &str, bool); 20] = [
         (1, "E_BAD_FRAME", true),
         (2, "E_FRAME_TOO_LARGE", true),
         (3, "E_UNKNOWN_FRAME", true),
@@ -246,7 +246,10 @@ fn error_codes_keep_their_numbers_names_and_fatality() {
         (16, "E_UNROUTED", false),
         (17, "E_UNAUTHORIZED", false),
         (18, "E_AUTH_FAILED", true),
+        (19, "E_NOT_LEADER", false),
+        (20, "E_UNAVAILABLE", false),
     ];
+    assert_eq!(ALL_CODES.len(), table.len());
     for (code, (number, name, fatal)) in ALL_CODES.iter().zip(table) {
         assert_eq!(*code as u16, number);
         assert_eq!(ErrorCode::from_u16(number), Some(*code));
@@ -255,7 +258,7 @@ fn error_codes_keep_their_numbers_names_and_fatality() {
         assert_eq!(WireError::new(*code, 3, "m").fatal, fatal);
     }
     assert_eq!(ErrorCode::from_u16(0), None);
-    assert_eq!(ErrorCode::from_u16(19), None);
+    assert_eq!(ErrorCode::from_u16(21), None);
 }
 
 #[test]

@@ -22,7 +22,7 @@ mod strategies;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const ALL_CODES: [ErrorCode; 18] = [
+const ALL_CODES: [ErrorCode; 20] = [
     ErrorCode::BadFrame,
     ErrorCode::FrameTooLarge,
     ErrorCode::UnknownFrame,
@@ -41,6 +41,8 @@ const ALL_CODES: [ErrorCode; 18] = [
     ErrorCode::Unrouted,
     ErrorCode::Unauthorized,
     ErrorCode::AuthFailed,
+    ErrorCode::NotLeader,
+    ErrorCode::Unavailable,
 ];
 
 const ALL_OPS: [AdminOp; 5] = [

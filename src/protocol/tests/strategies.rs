@@ -82,6 +82,8 @@ fn admin_request() -> impl Strategy<Value = AdminRequest> {
     prop_oneof![
         Just(AdminRequest::Stats { topic: None }),
         topic_name().prop_map(|topic| AdminRequest::Stats { topic: Some(topic) }),
+        (topic_name(), proptest::option::of(channel_name()))
+            .prop_map(|(topic, channel)| AdminRequest::Locate { topic, channel }),
         (admin_op(), topic_name()).prop_map(|(op, topic)| AdminRequest::Topic { op, topic }),
         (admin_op(), topic_name(), channel_name(), channel_settings()).prop_map(
             |(op, topic, channel, settings)| AdminRequest::Channel {
