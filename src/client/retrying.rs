@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
@@ -82,7 +82,13 @@ struct Link {
     known: Vec<SocketAddr>,
     /// Index in `known` of the address tried first.
     preferred: usize,
+    /// When each address last failed to answer: a redirect to it is not followed for
+    /// [`DOWN_FOR`], since the node that sent it may not have noticed yet.
+    down: HashMap<SocketAddr, Instant>,
 }
+
+/// How long an address that did not answer is not sent to by a redirect.
+const DOWN_FOR: Duration = Duration::from_secs(2);
 
 impl Link {
     /// Where a publish to `topic` goes.
@@ -95,18 +101,28 @@ impl Link {
 
     /// `addr` did not answer: forget it as a leader and try the next known address first.
     fn unreachable(&mut self, addr: SocketAddr) {
+        self.down.insert(addr, Instant::now());
         self.leaders.retain(|_, leader| *leader != addr);
         if self.known[self.preferred % self.known.len()] == addr {
             self.preferred = (self.preferred + 1) % self.known.len();
         }
     }
 
-    /// A redirect named `leader` for `topic`.
-    fn redirected(&mut self, topic: &TopicName, leader: SocketAddr) {
+    /// A redirect named `leader` for `topic`: returns whether to follow it (not to a node
+    /// that just failed to answer).
+    fn redirected(&mut self, topic: &TopicName, leader: SocketAddr) -> bool {
+        if self
+            .down
+            .get(&leader)
+            .is_some_and(|at| at.elapsed() < DOWN_FOR)
+        {
+            return false;
+        }
         if !self.known.contains(&leader) {
             self.known.push(leader);
         }
         self.leaders.insert(topic.clone(), leader);
+        true
     }
 }
 
@@ -188,9 +204,9 @@ impl RetryingProducer {
             attempt += 1;
             if let Some(leader) = error.redirect() {
                 // Sent on at once, unless the node named itself (a stale view).
-                tracing::debug!(%topic, %leader, "redirected to the topic's leader");
-                self.inner.link.lock().await.redirected(topic, leader);
-                if leader != addr {
+                let follow = self.inner.link.lock().await.redirected(topic, leader);
+                tracing::debug!(%topic, %leader, follow, "redirected to the topic's leader");
+                if follow && leader != addr {
                     continue;
                 }
             } else if !(outcome_unknown(&error) || error.is_unavailable()) {
@@ -226,6 +242,7 @@ impl RetryingProducer {
                     after: timeout,
                 })??;
         link.generation += 1;
+        link.down.remove(&addr);
         let generation = link.generation;
         link.conns
             .insert(addr, (generation, client, producer.clone()));

@@ -10,7 +10,7 @@ use crate::process::{http_request, ServeProcess, BIN, EPHEMERAL};
 use crate::support::DEADLINE;
 
 /// A free UDP port on loopback, from the OS.
-fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket.local_addr().expect("addr").port()
 }

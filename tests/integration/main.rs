@@ -10,6 +10,7 @@ mod authoring;
 mod cli;
 mod client;
 mod cluster;
+mod cluster_failover;
 mod cluster_peer;
 mod cluster_topics;
 mod crash;
