@@ -188,6 +188,15 @@ pub trait TopicLog: Send + Sync + std::fmt::Debug + 'static {
     /// Drops every message below `offset` (never past `end`): reads below it return nothing
     /// from now on, and whole segments below it are deleted.
     fn trim(&self, offset: u64);
+    /// Continues an empty log (start = end) at `offset`, at or past its end: a cluster
+    /// replica catching up from a snapshot starts where the leader's log starts. Logs that
+    /// cannot do this refuse.
+    fn restart_at(&self, offset: u64) -> Result<(), StorageError> {
+        Err(StorageError::Corrupt {
+            topic: String::new(),
+            what: format!("this log cannot restart at {offset}"),
+        })
+    }
     /// Size, segments, fsync latency and retention counters.
     fn stats(&self) -> LogStats;
 

@@ -18,7 +18,7 @@ use super::network::{call, decode, encode, MetaNetwork, PeerRequest};
 use super::topic::group::{OnLost, TopicGroup};
 use super::{MetaConfig, MetaRaft, PeerNode};
 use crate::cluster::identity::ClusterIdentity;
-use crate::cluster::peer::PeerEndpoint;
+use crate::cluster::peer::{PeerClient, PeerEndpoint};
 use crate::cluster::settings::{Bootstrap, ClusterSettings};
 use crate::cluster::{BoxFuture, NodeId, PeerError, PeerHandler};
 use crate::storage::{Storage, StorageConfig};
@@ -107,6 +107,8 @@ pub struct ClusterNode {
     groups: Mutex<HashMap<String, Arc<TopicGroup>>>,
     /// Held while a group is being started, so that it is started once.
     starting: tokio::sync::Mutex<()>,
+    /// Held while a replica catches up from a snapshot: one at a time per node.
+    catching_up: tokio::sync::Mutex<()>,
     /// Told when this node stops leading a topic, so that the broker lets it go.
     on_lost: OnceLock<OnLost>,
 }
@@ -181,6 +183,7 @@ impl ClusterNode {
             clients,
             groups: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
+            catching_up: tokio::sync::Mutex::new(()),
             on_lost: OnceLock::new(),
         });
         let _ = handler.node.set(node.clone());
@@ -287,6 +290,21 @@ impl ClusterNode {
         }
     }
 
+    /// A client for calls to member `node`, if the meta group knows its address.
+    pub(super) fn peer_client(&self, node: NodeId) -> Option<PeerClient> {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let addr = membership
+            .nodes()
+            .find(|(id, _)| **id == node)
+            .map(|(_, n)| n.peer_addr.clone())?;
+        Some(self.endpoint.client(node, addr))
+    }
+
     /// Proposes on this node, which must be the leader.
     async fn propose_here(&self, command: MetaCommand) -> Result<MetaReply, ClusterError> {
         match self.raft.client_write(command).await {
@@ -340,18 +358,7 @@ impl ClusterNode {
         command: &MetaCommand,
         timeout: Duration,
     ) -> Result<MetaReply, ClusterError> {
-        let membership = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
-        let addr = membership
-            .nodes()
-            .find(|(id, _)| **id == leader)
-            .map(|(_, n)| n.peer_addr.clone())
-            .ok_or(ClusterError::NoLeader)?;
-        let client = self.endpoint.client(leader, addr);
+        let client = self.peer_client(leader).ok_or(ClusterError::NoLeader)?;
         let request = PeerRequest::MetaPropose(command.clone());
         match call::<MetaReply>(&client, &request, timeout).await? {
             Ok(reply) => Ok(reply),

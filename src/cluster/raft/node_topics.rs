@@ -13,10 +13,11 @@ use serde::Serialize;
 use super::{ClusterError, ClusterNode, STARTING};
 use crate::cluster::raft::log_store::FileLogStore;
 use crate::cluster::raft::meta::{MetaCommand, Placement};
-use crate::cluster::raft::network::encode;
+use crate::cluster::raft::network::{call, encode, PeerRequest};
 use crate::cluster::raft::topic::group::{OnLost, TopicGroup};
 use crate::cluster::raft::topic::log::ReplicatedLog;
-use crate::cluster::raft::topic::machine::TopicMachine;
+use crate::cluster::raft::topic::catch_up;
+use crate::cluster::raft::topic::machine::{Descriptor, TopicMachine};
 use crate::cluster::raft::topic::network::{TopicNetwork, TopicRpc};
 use crate::cluster::raft::topic::{TopicConfig, TopicRaft};
 use crate::cluster::raft::PeerNode;
@@ -27,6 +28,9 @@ use crate::storage::{FsyncPolicy, LeaderHint, StorageError, TopicLog};
 /// Entries a topic group's log keeps after a snapshot, so that a replica that was away
 /// briefly catches up from the log.
 const KEEP_AFTER_SNAPSHOT: u64 = 2000;
+
+/// How long one catch-up fetch may take.
+const FETCH_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long a request waits for a topic to be created and to have a leader.
 const PREPARE_WITHIN: Duration = Duration::from_secs(10);
@@ -136,7 +140,7 @@ impl ClusterNode {
             .local
             .open_topic(&name)
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let machine = TopicMachine::open(name.clone(), &dir, local).map_err(io)?;
+        let machine = TopicMachine::open(name.clone(), self.id, &dir, local).map_err(io)?;
         let network = TopicNetwork {
             endpoint: self.endpoint.clone(),
             topic: topic.to_string(),
@@ -293,6 +297,43 @@ impl ClusterNode {
     }
 
     /// Answers a topic group's RPC from another replica.
+    /// Fetches from the snapshot's sender the messages of `data` this replica lacks, one
+    /// catch-up at a time on this node.
+    async fn catch_up(&self, group: &TopicGroup, data: &Descriptor) -> Result<(), String> {
+        let log = group.machine.log();
+        if log.end() >= data.end {
+            return Ok(());
+        }
+        let _one = self.catching_up.lock().await;
+        let began = (log.end(), Instant::now());
+        let Some(client) = self.peer_client(data.source) else {
+            return Err(format!("node {} is not a member", data.source));
+        };
+        let topic = group.name.to_string();
+        let fetch = |from: u64, to: u64| {
+            let request = PeerRequest::Topic {
+                topic: topic.clone(),
+                rpc: TopicRpc::Fetch {
+                    from,
+                    to,
+                    max_bytes: catch_up::FETCH_BYTES as u32,
+                },
+            };
+            let client = client.clone();
+            async move {
+                tracing::debug!(from, to, "fetching for catch-up");
+                match call::<catch_up::FetchReply>(&client, &request, FETCH_WITHIN).await {
+                    Ok(answer) => answer,
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        tracing::info!(topic = %group.name, source = data.source, from = began.0, to = data.end, "catching up from a snapshot");
+        let fetched = catch_up::fill(&log, data, fetch).await?;
+        tracing::info!(topic = %group.name, fetched, took = ?began.1.elapsed(), "caught up");
+        Ok(())
+    }
+
     pub(super) async fn serve_topic(&self, topic: &str, rpc: TopicRpc) -> Result<Bytes, String> {
         let group = self.groups().get(topic).cloned();
         let group = match group {
@@ -316,7 +357,20 @@ impl ClusterNode {
         match rpc {
             TopicRpc::Append(rpc) => encode(&raft.append_entries(rpc).await.map_err(|e| text(&e))),
             TopicRpc::Vote(rpc) => encode(&raft.vote(rpc).await.map_err(|e| text(&e))),
+            TopicRpc::Fetch {
+                from,
+                to,
+                max_bytes,
+            } => {
+                let log = group.machine.log();
+                let max = (max_bytes as usize).min(catch_up::FETCH_BYTES);
+                encode(&Ok::<_, String>(catch_up::serve_fetch(&*log, from, to, max)))
+            }
             TopicRpc::Snapshot { vote, meta, data } => {
+                if let Err(e) = self.catch_up(&group, &data).await {
+                    tracing::warn!(%topic, source = data.source, error = %e, "catching up from a snapshot failed; the leader will send it again");
+                    return encode(&Err::<(), String>(format!("catching up: {e}")));
+                }
                 let snapshot = openraft::type_config::alias::SnapshotOf::<TopicConfig, _> {
                     meta,
                     snapshot: data,

@@ -535,6 +535,10 @@ impl TopicLog for FileLog {
         self.trim_to(offset);
     }
 
+    fn restart_at(&self, offset: u64) -> Result<(), StorageError> {
+        self.restart_empty_at(offset)
+    }
+
     fn stats(&self) -> LogStats {
         let (bytes, segments) = {
             let st = self.lock();

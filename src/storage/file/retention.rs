@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use super::log::{now_ns, remove_segment_files, Closed, FileLog, LogState};
 use super::record::SEGMENT_MAGIC;
-use crate::storage::FsyncPolicy;
+use crate::storage::{FsyncPolicy, StorageError};
 
 /// How long a message stays in the recent cache at most.
 const CACHE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -39,6 +39,40 @@ impl FileLog {
             doomed
         };
         remove_segment_files(self, &doomed);
+    }
+
+    /// Continues an empty log at `offset`: a new active segment named by it, the old
+    /// (empty) one deleted, and `offset` as the log's start and end.
+    pub(super) fn restart_empty_at(&self, offset: u64) -> Result<(), StorageError> {
+        let doomed = {
+            let mut st = self.lock();
+            if st.closed.is_some() {
+                return Err(self.io_error("restart", std::io::Error::other("the log is closed")));
+            }
+            if offset == st.end {
+                return Ok(());
+            }
+            if st.start != st.end || offset < st.end {
+                return Err(StorageError::Corrupt {
+                    topic: self.topic.to_string(),
+                    what: format!(
+                        "cannot restart the log at {offset}: it holds {}..{}",
+                        st.start, st.end
+                    ),
+                });
+            }
+            st.end = offset;
+            self.roll(&mut st)?;
+            st.start = offset;
+            st.cache.trim(offset);
+            let below: Vec<u64> = st.sealed.keys().copied().filter(|b| *b < offset).collect();
+            for base in &below {
+                forget(&mut st, *base);
+            }
+            below
+        };
+        remove_segment_files(self, &doomed);
+        self.persist_start()
     }
 
     /// Drops cached messages older than [`CACHE_MAX_AGE`]: a quiet topic's readers are

@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::command::{TopicCommand, TopicReply};
-use super::TopicConfig;
+use super::{catch_up, TopicConfig};
+use crate::cluster::NodeId;
 use crate::message::{ChannelName, TopicName};
 use crate::storage::journal::events_from_bytes;
 use crate::storage::{ChannelRecord, ChannelStore, TopicLog, TopicMeta};
@@ -46,6 +47,12 @@ pub struct Descriptor {
     /// The local log's range when the snapshot was made.
     pub start: u64,
     pub end: u64,
+    /// The node that made it: a replica that lacks messages below `end` fetches them there.
+    pub source: NodeId,
+    /// Each channel's state ([`catch_up::record_to_bytes`]), by name.
+    pub channels: Vec<(String, Vec<u8>)>,
+    /// The topic's metadata (incarnation, paused), once an entry set it.
+    pub meta: Option<(u64, bool)>,
 }
 
 /// A channel as this replica stores it.
@@ -67,6 +74,7 @@ struct State {
 /// The state machine, shared with the group that reads from it.
 #[derive(Debug, Clone)]
 pub struct TopicMachine {
+    node: NodeId,
     state: Arc<Mutex<State>>,
     dir: PathBuf,
     /// The local log's end after each applied batch.
@@ -83,7 +91,12 @@ fn storage(e: crate::storage::StorageError) -> io::Error {
 
 impl TopicMachine {
     /// The state machine over `log`, the topic's local log, with the group's files in `dir`.
-    pub fn open(topic: TopicName, dir: &Path, log: Arc<dyn TopicLog>) -> io::Result<Self> {
+    pub fn open(
+        topic: TopicName,
+        node: NodeId,
+        dir: &Path,
+        log: Arc<dyn TopicLog>,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let descriptor = match std::fs::read(dir.join("snapshot")) {
             Ok(bytes) => postcard::from_bytes::<Descriptor>(&bytes)
@@ -99,6 +112,7 @@ impl TopicMachine {
         }
         let end = log.end();
         Ok(TopicMachine {
+            node,
             state: Arc::new(Mutex::new(State {
                 topic,
                 log,
@@ -250,6 +264,13 @@ impl RaftSnapshotBuilder<TopicConfig> for TopicMachine {
                 membership: state.membership.clone(),
                 start: state.log.start(),
                 end: state.log.end(),
+                source: self.node,
+                channels: state
+                    .channels
+                    .iter()
+                    .map(|(name, r)| (name.to_string(), catch_up::record_to_bytes(&r.record)))
+                    .collect(),
+                meta: state.log.meta().map(|m| (m.incarnation, m.paused)),
             };
             let stores: Vec<(Arc<dyn ChannelStore>, ChannelRecord)> = state
                 .channels
@@ -331,21 +352,53 @@ impl RaftStateMachine<TopicConfig> for TopicMachine {
         meta: &SnapshotMetaOf<TopicConfig>,
         snapshot: Descriptor,
     ) -> Result<(), io::Error> {
-        // A snapshot names a state of the leader's local log; this replica can take it only
-        // if it already holds that much (catch-up by shipping segments is not built yet).
+        // The messages it covers were fetched before (see `catch_up`); what is left to take
+        // is the channels' states and the metadata.
         let mut state = self.lock();
         if state.log.end() < snapshot.end {
             return Err(io::Error::other(format!(
-                "topic {}: this replica holds up to {} and the snapshot needs {}; catching up from a snapshot is not supported yet",
+                "topic {}: this replica holds up to {} and the snapshot needs {}; the messages between were not fetched",
                 state.topic,
                 state.log.end(),
                 snapshot.end
             )));
         }
+        let mut channels = BTreeMap::new();
+        for (name, bytes) in &snapshot.channels {
+            let name = ChannelName::new(name).map_err(invalid)?;
+            let record = catch_up::record_from_bytes(bytes).map_err(invalid)?;
+            let store = match state.channels.remove(&name) {
+                Some(replica) => replica.store,
+                None => state.log.open_channel(&name).map_err(storage)?.0,
+            };
+            store.checkpoint(record.clone());
+            store.flush(true, Instant::now()).map_err(storage)?;
+            channels.insert(name, Replica { store, record });
+        }
+        // Channels deleted since this replica last heard.
+        for name in std::mem::replace(&mut state.channels, channels).into_keys() {
+            state.log.delete_channel(&name).map_err(storage)?;
+        }
+        if let Some((incarnation, paused)) = snapshot.meta {
+            let meta = TopicMeta {
+                incarnation,
+                paused,
+            };
+            if state.log.meta() != Some(meta) {
+                state.log.save_meta(meta).map_err(storage)?;
+            }
+        }
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
+        let end = state.log.end();
         drop(state);
-        self.save(&snapshot)
+        self.save(&snapshot)?;
+        self.applied_end.send_if_modified(|e| {
+            let changed = *e != end;
+            *e = end;
+            changed
+        });
+        Ok(())
     }
 
     async fn get_current_snapshot(

@@ -15,7 +15,9 @@
 //!   [`ChannelStore`](crate::storage::ChannelStore), through which the broker core uses the
 //!   group without knowing it is replicated.
 //! - [`network`]: the group's RPCs over the peer endpoint.
+//! - [`catch_up`]: a replica that lacks what a snapshot covers fetches it from the sender.
 
+pub mod catch_up;
 pub mod command;
 pub mod group;
 pub mod log;

@@ -121,3 +121,31 @@ fn an_idle_active_segment_ages_out() {
     assert_eq!((log.start(), log.end()), (1, 1));
     assert_eq!(log.append(vec![msg("new")]).unwrap(), 1..2);
 }
+
+#[test]
+fn an_empty_log_restarts_at_a_later_offset_and_reopens_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path(), config(4096));
+    let log = storage.open_topic(&topic("t")).unwrap();
+    log.append(vec![numbered(0), numbered(1)]).unwrap();
+    // Not empty: refused, nothing changes.
+    assert!(log.restart_at(1000).is_err());
+    assert_eq!((log.start(), log.end()), (0, 2));
+    log.trim(2);
+    log.restart_at(1000).unwrap();
+    assert_eq!((log.start(), log.end()), (1000, 1000));
+    assert_eq!(log.append(vec![numbered(7)]).unwrap(), 1000..1001);
+    // Not backwards.
+    assert!(log.restart_at(10).is_err());
+    let mut out = Vec::new();
+    log.read(0, 10, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, 1000);
+    storage.close().unwrap();
+    drop((log, storage));
+
+    let storage = open(dir.path(), config(4096));
+    let log = storage.open_topic(&topic("t")).unwrap();
+    assert_eq!((log.start(), log.end()), (1000, 1001));
+    assert_eq!(log.get(1000).unwrap().body, numbered(7).body);
+}
