@@ -291,10 +291,22 @@ impl Client {
         patience: Duration,
     ) -> Result<Client, ClientError> {
         let deadline = tokio::time::Instant::now() + patience;
+        let origin = options.addr;
         let mut options = options.clone();
         let mut wait = Duration::from_millis(50);
         loop {
-            let client = Client::connect(&options).await?;
+            let client = match Client::connect(&options).await {
+                Ok(client) => client,
+                // A leader named a moment ago may have just died: ask the first node again.
+                Err(e) if options.addr != origin && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(addr = %options.addr, error = %e, "the named leader does not answer");
+                    options.addr = origin;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let located = client.locate(topic, channel).await;
             match located {
                 Ok(None) => return Ok(client),

@@ -220,7 +220,7 @@ async fn confirmed_publishes_survive_a_sigkill_of_the_topics_leader() {
 /// Waits until the leader processed `fins` FINs on channel `c` and shipped them (its state
 /// lag is 0), and then until every follower applied the leader's log as it was then: the
 /// FINs are committed.
-fn fins_committed(nodes: &[&ServeProcess], leader: usize, fins: u64) {
+pub(crate) fn fins_committed(nodes: &[&ServeProcess], leader: usize, fins: u64) {
     let began = Instant::now();
     loop {
         let (_, body) = http_request(nodes[leader].http, "GET", "/stats", "");

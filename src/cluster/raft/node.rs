@@ -125,6 +125,9 @@ fn raft_config(settings: &ClusterSettings) -> Result<Arc<RaftConfig>, ClusterErr
         snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 100,
         install_snapshot_timeout: 10_000,
+        // A node whose data directory was lost comes back with an empty log; its peers
+        // replicate to it again instead of stopping.
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     config

@@ -14,9 +14,9 @@ use super::{ClusterError, ClusterNode, STARTING};
 use crate::cluster::raft::log_store::FileLogStore;
 use crate::cluster::raft::meta::{MetaCommand, Placement};
 use crate::cluster::raft::network::{call, encode, PeerRequest};
+use crate::cluster::raft::topic::catch_up;
 use crate::cluster::raft::topic::group::{OnLost, TopicGroup};
 use crate::cluster::raft::topic::log::ReplicatedLog;
-use crate::cluster::raft::topic::catch_up;
 use crate::cluster::raft::topic::machine::{Descriptor, TopicMachine};
 use crate::cluster::raft::topic::network::{TopicNetwork, TopicRpc};
 use crate::cluster::raft::topic::{TopicConfig, TopicRaft};
@@ -76,6 +76,9 @@ impl ClusterNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(KEEP_AFTER_SNAPSHOT),
             max_in_snapshot_log_to_keep: KEEP_AFTER_SNAPSHOT,
             install_snapshot_timeout: 10_000,
+            // A node whose data directory was lost comes back with an empty log; its peers
+            // replicate to it again instead of stopping.
+            allow_log_reversion: Some(true),
             ..Default::default()
         };
         config
@@ -364,7 +367,9 @@ impl ClusterNode {
             } => {
                 let log = group.machine.log();
                 let max = (max_bytes as usize).min(catch_up::FETCH_BYTES);
-                encode(&Ok::<_, String>(catch_up::serve_fetch(&*log, from, to, max)))
+                encode(&Ok::<_, String>(catch_up::serve_fetch(
+                    &*log, from, to, max,
+                )))
             }
             TopicRpc::Snapshot { vote, meta, data } => {
                 if let Err(e) = self.catch_up(&group, &data).await {

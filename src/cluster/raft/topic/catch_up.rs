@@ -151,8 +151,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::message::{StoredMessage, TopicName};
     use crate::message::OrderBy;
+    use crate::message::{StoredMessage, TopicName};
     use crate::storage::{ChannelOptions, MemoryStorage, PendingEntry, Storage};
 
     fn message(i: u64) -> StoredMessage {

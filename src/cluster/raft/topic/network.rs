@@ -34,7 +34,11 @@ pub enum TopicRpc {
     TransferLeader(TransferLeaderRequest<TopicConfig>),
     /// Messages `from..to` of the local log, up to `max_bytes`, for a replica catching up
     /// from this node's snapshot; answered with a [`FetchReply`](super::catch_up::FetchReply).
-    Fetch { from: u64, to: u64, max_bytes: u32 },
+    Fetch {
+        from: u64,
+        to: u64,
+        max_bytes: u32,
+    },
 }
 
 /// Makes a [`TopicClient`] per target node.
