@@ -513,3 +513,55 @@ async fn a_wiped_node_is_replicated_again_and_then_a_kill_loses_nothing() {
         "a message finished before the wipe was delivered again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_goes_on_while_a_follower_is_stopped_and_it_catches_up_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    let mut nodes: Vec<Node> = init(dir.path(), 3)
+        .into_iter()
+        .map(|config| Node {
+            config,
+            quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+            process: None,
+        })
+        .collect();
+    nodes.iter_mut().for_each(Node::start);
+    {
+        let live: Vec<&ServeProcess> = nodes.iter().map(Node::live).collect();
+        tokio::task::block_in_place(|| agreed_leader(&live, None));
+    }
+    let t = topic("stopped");
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.quic).collect();
+    let producer = RetryingProducer::with_seeds(
+        options(&ca, seeds[0]),
+        seeds.clone(),
+        RetryPolicy::default(),
+    );
+    producer
+        .publish(&t, NewMessage::new("first"))
+        .await
+        .expect("confirmed");
+    let leader = leader_of(&ca, &seeds, 0, &t).await;
+    let follower = (leader + 1) % 3;
+    nodes[follower].live().signal("STOP");
+    // A majority is left: every publish is confirmed while the follower is frozen.
+    for i in 0..300 {
+        producer
+            .publish(&t, NewMessage::new(format!("while-stopped-{i}")))
+            .await
+            .expect("confirmed without the stopped follower");
+    }
+    let behind =
+        tokio::task::block_in_place(|| group(nodes[leader].live(), "stopped")["end"].as_u64());
+    assert_eq!(behind, Some(301));
+    nodes[follower].live().signal("CONT");
+    tokio::task::block_in_place(|| caught_up(&nodes, leader, "stopped"));
+    let end =
+        tokio::task::block_in_place(|| group(nodes[follower].live(), "stopped")["end"].as_u64());
+    assert_eq!(
+        end,
+        Some(301),
+        "the follower holds every message after SIGCONT"
+    );
+}
