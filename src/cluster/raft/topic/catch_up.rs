@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn fetches_are_consecutive_bounded_and_start_at_the_log_start() {
-        let storage = MemoryStorage::default();
+        let storage = MemoryStorage;
         let log = storage.open_topic(&TopicName::new("t").unwrap()).unwrap();
         log.append((0..100).map(message).collect()).unwrap();
         log.trim(10);

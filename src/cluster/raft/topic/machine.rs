@@ -10,9 +10,11 @@
 //!   sets an offset's state (pending, settled) or moves the cursor forward, so replaying a
 //!   suffix of the sequence in order ends in the same state.
 //!
-//! A snapshot is a descriptor (the last applied log id and the membership, in `snapshot` in
-//! the group's directory), written once the local log and journals are as durable as the
-//! descriptor says; openraft may then purge the Raft log up to it.
+//! A snapshot is a [`Descriptor`] (the last applied log id, the membership, the local log's
+//! range, the channels' records and the topic's metadata, in `snapshot` in the group's
+//! directory), written once the local log and journals are as durable as it says; openraft
+//! may then purge the Raft log up to it. A replica that installs one has fetched the
+//! messages it covers first ([`catch_up`]).
 //!
 //! # Invariants
 //! - The local log's end is the end of the last applied batch: batches are applied in log
