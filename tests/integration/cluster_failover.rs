@@ -565,3 +565,107 @@ async fn publishing_goes_on_while_a_follower_is_stopped_and_it_catches_up_after(
         "the follower holds every message after SIGCONT"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_through_an_election_confirms_nothing_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    let mut nodes: Vec<Node> = init(dir.path(), 3)
+        .into_iter()
+        .map(|config| Node {
+            config,
+            quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+            process: None,
+        })
+        .collect();
+    nodes.iter_mut().for_each(Node::start);
+    {
+        let live: Vec<&ServeProcess> = nodes.iter().map(Node::live).collect();
+        tokio::task::block_in_place(|| agreed_leader(&live, None));
+    }
+    let t = topic("frozen");
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.quic).collect();
+    let producer = RetryingProducer::with_seeds(
+        options(&ca, seeds[0]),
+        seeds.clone(),
+        RetryPolicy::default(),
+    );
+    producer
+        .publish(&t, NewMessage::new("first"))
+        .await
+        .expect("confirmed");
+    let old = leader_of(&ca, &seeds, 0, &t).await;
+    // A client of the old leader that will still be talking to it after it wakes up.
+    let mut stale_options = options(&ca, seeds[old]);
+    stale_options.idle_timeout = Some(Duration::from_secs(60));
+    let stale = Client::connect(&stale_options).await.expect("connect");
+    let stale_producer = stale.producer().await.expect("producer");
+
+    nodes[old].live().signal("STOP");
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let began = Instant::now();
+    let new = loop {
+        let leaders: Vec<Option<u64>> = tokio::task::block_in_place(|| {
+            others
+                .iter()
+                .map(|i| group(nodes[*i].live(), "frozen")["leader"].as_u64())
+                .collect()
+        });
+        if let Some(Some(l)) = leaders.first() {
+            if leaders.iter().all(|x| *x == Some(*l)) && *l != old as u64 + 1 {
+                break *l as usize - 1;
+            }
+        }
+        assert!(began.elapsed() < DEADLINE, "no new leader: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The new leader confirms; publishes to the stopped one wait in its socket.
+    let mut confirmed = vec!["first".to_string()];
+    let retrying = RetryingProducer::with_seeds(
+        options(&ca, seeds[new]),
+        others.iter().map(|i| seeds[*i]).collect(),
+        RetryPolicy::default(),
+    );
+    let mut stale_confirms = Vec::new();
+    for i in 0..20 {
+        let text = format!("to-stale-{i}");
+        let confirm = stale_producer
+            .start_publish(&t, NewMessage::new(text.clone()))
+            .await
+            .expect("sent");
+        stale_confirms.push((text, confirm));
+        let text = format!("to-new-{i}");
+        retrying
+            .publish(&t, NewMessage::new(text.clone()))
+            .await
+            .expect("the new leader confirms");
+        confirmed.push(text);
+    }
+
+    nodes[old].live().signal("CONT");
+    let mut stale_confirmed = Vec::new();
+    for (text, confirm) in stale_confirms {
+        let answer = tokio::time::timeout(DEADLINE, confirm.wait())
+            .await
+            .expect("the woken leader answers");
+        if answer.is_ok() {
+            stale_confirmed.push(text);
+        }
+    }
+    // It steps down and follows the new leader.
+    tokio::task::block_in_place(|| caught_up(&nodes, new, "frozen"));
+    let state = tokio::task::block_in_place(|| group(nodes[old].live(), "frozen"));
+    assert_eq!(state["state"], "follower", "{state}");
+    assert_eq!(state["leader"].as_u64(), Some(new as u64 + 1), "{state}");
+    // Whatever it confirmed is in the log the cluster kept: it confirmed nothing it had
+    // proposed after losing the leadership.
+    let all = consume(&ca, seeds[new], &t, confirmed.len() + stale_confirmed.len()).await;
+    let all: HashSet<String> = all.into_iter().collect();
+    for text in confirmed.iter().chain(&stale_confirmed) {
+        assert!(all.contains(text), "{text} was confirmed but is not stored");
+    }
+    println!(
+        "the stopped leader confirmed {} of 20 publishes sent to it",
+        stale_confirmed.len()
+    );
+}
