@@ -135,6 +135,8 @@ struct Seen {
     preempted: usize,
     longest_wall: Duration,
     most_cpu: Duration,
+    /// CPU time of each call.
+    cpu: Vec<Duration>,
 }
 
 #[test]
@@ -144,7 +146,7 @@ fn filter_losing_its_cpu_mid_call_still_decides_every_message() {
     let mut filter = host
         .instantiate(&plugin, &params(&[("expr", r#"type == "invoice""#)]))
         .unwrap();
-    let seen = on_a_contended_core(move || {
+    let mut seen = on_a_contended_core(move || {
         let messages: Vec<TestMessage> = (0..64u64)
             .map(|i| {
                 let kind = if i % 3 == 0 { "invoice" } else { "refund" };
@@ -176,16 +178,23 @@ fn filter_losing_its_cpu_mid_call_still_decides_every_message() {
             seen.calls += 1;
             seen.longest_wall = seen.longest_wall.max(wall);
             seen.most_cpu = seen.most_cpu.max(cpu.unwrap_or_default());
+            seen.cpu.push(cpu.unwrap_or_default());
             if wall > BUDGET {
                 seen.preempted += 1;
             }
         }
         seen
     });
+    let mut cpu = std::mem::take(&mut seen.cpu);
     eprintln!("{seen:?}");
+    // The filter's own work fits the budget with room to spare, so that the calls above
+    // outlived it only by losing the CPU. The median, not the maximum: on a busy machine a
+    // single call can also be charged for page faults and cache misses.
+    cpu.sort();
+    let median = cpu[cpu.len() / 2];
     assert!(
-        seen.most_cpu < BUDGET,
-        "the filter's own work fits: {seen:?}"
+        median < BUDGET / 4,
+        "the filter's own work fits: median {median:?} per call ({seen:?})"
     );
 }
 
