@@ -134,21 +134,32 @@ async fn consume_until(
     let mut seen = Vec::new();
     let mut missing: HashSet<String> = want.clone();
     let began = Instant::now();
-    while !missing.is_empty() && stop_after.is_none_or(|n| seen.len() < n) {
+    let done = |seen: &Vec<String>, missing: &HashSet<String>| {
+        missing.is_empty() || stop_after.is_some_and(|n| seen.len() >= n)
+    };
+    // FIN until done, give back what comes after, and wait until the broker closes the
+    // subscription after CLS: then every FIN was processed.
+    loop {
         let left = DEADLINE.saturating_sub(began.elapsed());
         let event = tokio::time::timeout(left, sub.next_event())
             .await
             .unwrap_or_else(|_| panic!("{} confirmed messages never delivered", missing.len()));
         match event {
-            Some(SubEvent::Message(d)) => {
+            Some(SubEvent::Message(d)) if !done(&seen, &missing) => {
                 let text = body(&d);
                 missing.remove(&text);
                 seen.push(text);
                 sub.fin(d.id).await.expect("fin");
+                if done(&seen, &missing) {
+                    sub.cls().await.expect("cls");
+                }
             }
+            Some(SubEvent::Message(d)) => sub.req(d.id, Duration::ZERO).await.expect("req"),
+            Some(SubEvent::Closed) | None if done(&seen, &missing) => break,
             other => panic!("subscription ended: {other:?}"),
         }
     }
+    client.close().await;
     seen
 }
 
