@@ -45,6 +45,24 @@ impl Node {
     }
 }
 
+/// Three nodes of a new cluster in `dir`, running with an agreed meta leader; with the
+/// cluster CA's file and the nodes' QUIC addresses.
+fn three_nodes(dir: &Path) -> (Vec<Node>, PathBuf, Vec<SocketAddr>) {
+    let mut nodes: Vec<Node> = init(dir, 3)
+        .into_iter()
+        .map(|config| Node {
+            config,
+            quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+            process: None,
+        })
+        .collect();
+    nodes.iter_mut().for_each(Node::start);
+    let live: Vec<&ServeProcess> = nodes.iter().map(Node::live).collect();
+    tokio::task::block_in_place(|| agreed_leader(&live, None));
+    let seeds = nodes.iter().map(|n| n.quic).collect();
+    (nodes, dir.join("ca.pem"), seeds)
+}
+
 /// Client options trusting the cluster's CA, noticing a dead node within 1.5 s.
 fn options(ca: &Path, addr: SocketAddr) -> ClientOptions {
     let mut options = ClientOptions::new(addr, Trust::CaFile(ca.to_path_buf()));
@@ -207,22 +225,8 @@ async fn publishing_and_consuming_go_on_through_repeated_leader_kills() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(3);
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("ca.pem");
-    let mut nodes: Vec<Node> = init(dir.path(), 3)
-        .into_iter()
-        .map(|config| Node {
-            config,
-            quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
-            process: None,
-        })
-        .collect();
-    nodes.iter_mut().for_each(Node::start);
-    {
-        let live: Vec<&ServeProcess> = nodes.iter().map(Node::live).collect();
-        tokio::task::block_in_place(|| agreed_leader(&live, None));
-    }
+    let (mut nodes, ca, seeds) = three_nodes(dir.path());
     let t = topic("events");
-    let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.quic).collect();
     let policy = RetryPolicy {
         attempts: 200,
         backoff: Duration::from_millis(50),
@@ -354,6 +358,24 @@ async fn leader_of(ca: &Path, seeds: &[SocketAddr], ask: usize, t: &TopicName) -
     seeds.iter().position(|s| *s == addr).expect("a node")
 }
 
+/// A producer over `seeds` that has published "first" to `t`, and the node leading `t`.
+async fn first_publish(
+    ca: &Path,
+    seeds: &[SocketAddr],
+    t: &TopicName,
+) -> (RetryingProducer, usize) {
+    let producer = RetryingProducer::with_seeds(
+        options(ca, seeds[0]),
+        seeds.to_vec(),
+        RetryPolicy::default(),
+    );
+    producer
+        .publish(t, NewMessage::new("first"))
+        .await
+        .expect("confirmed");
+    (producer, leader_of(ca, seeds, 0, t).await)
+}
+
 /// Consumes `count` messages of `t`/`c` from the node serving it, FINning each.
 async fn consume(ca: &Path, seed: SocketAddr, t: &TopicName, count: usize) -> Vec<String> {
     let c = channel("c");
@@ -392,22 +414,8 @@ async fn consume(ca: &Path, seed: SocketAddr, t: &TopicName, count: usize) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_is_replicated_again_and_then_a_kill_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("ca.pem");
-    let mut nodes: Vec<Node> = init(dir.path(), 3)
-        .into_iter()
-        .map(|config| Node {
-            config,
-            quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
-            process: None,
-        })
-        .collect();
-    nodes.iter_mut().for_each(Node::start);
-    {
-        let live: Vec<&ServeProcess> = nodes.iter().map(Node::live).collect();
-        tokio::task::block_in_place(|| agreed_leader(&live, None));
-    }
+    let (mut nodes, ca, seeds) = three_nodes(dir.path());
     let t = topic("orders");
-    let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.quic).collect();
     let producer = RetryingProducer::with_seeds(
         options(&ca, seeds[0]),
         seeds.clone(),
@@ -517,32 +525,9 @@ async fn a_wiped_node_is_replicated_again_and_then_a_kill_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_goes_on_while_a_follower_is_stopped_and_it_catches_up_after() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("ca.pem");
-    let mut nodes: Vec<Node> = init(dir.path(), 3)
-        .into_iter()
-        .map(|config| Node {
-            config,
-            quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
-            process: None,
-        })
-        .collect();
-    nodes.iter_mut().for_each(Node::start);
-    {
-        let live: Vec<&ServeProcess> = nodes.iter().map(Node::live).collect();
-        tokio::task::block_in_place(|| agreed_leader(&live, None));
-    }
+    let (nodes, ca, seeds) = three_nodes(dir.path());
     let t = topic("stopped");
-    let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.quic).collect();
-    let producer = RetryingProducer::with_seeds(
-        options(&ca, seeds[0]),
-        seeds.clone(),
-        RetryPolicy::default(),
-    );
-    producer
-        .publish(&t, NewMessage::new("first"))
-        .await
-        .expect("confirmed");
-    let leader = leader_of(&ca, &seeds, 0, &t).await;
+    let (producer, leader) = first_publish(&ca, &seeds, &t).await;
     let follower = (leader + 1) % 3;
     nodes[follower].live().signal("STOP");
     // A majority is left: every publish is confirmed while the follower is frozen.
@@ -569,32 +554,9 @@ async fn publishing_goes_on_while_a_follower_is_stopped_and_it_catches_up_after(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_through_an_election_confirms_nothing_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("ca.pem");
-    let mut nodes: Vec<Node> = init(dir.path(), 3)
-        .into_iter()
-        .map(|config| Node {
-            config,
-            quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
-            process: None,
-        })
-        .collect();
-    nodes.iter_mut().for_each(Node::start);
-    {
-        let live: Vec<&ServeProcess> = nodes.iter().map(Node::live).collect();
-        tokio::task::block_in_place(|| agreed_leader(&live, None));
-    }
+    let (nodes, ca, seeds) = three_nodes(dir.path());
     let t = topic("frozen");
-    let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.quic).collect();
-    let producer = RetryingProducer::with_seeds(
-        options(&ca, seeds[0]),
-        seeds.clone(),
-        RetryPolicy::default(),
-    );
-    producer
-        .publish(&t, NewMessage::new("first"))
-        .await
-        .expect("confirmed");
-    let old = leader_of(&ca, &seeds, 0, &t).await;
+    let (_producer, old) = first_publish(&ca, &seeds, &t).await;
     // A client of the old leader that will still be talking to it after it wakes up.
     let mut stale_options = options(&ca, seeds[old]);
     stale_options.idle_timeout = Some(Duration::from_secs(60));
