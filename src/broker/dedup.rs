@@ -58,6 +58,9 @@ const MAX_IDS: usize = 1 << 30;
 const DEAD: u64 = u64::MAX;
 /// The key bits of a slot.
 const TAG_BITS: u64 = 0xffff_ffff_0000_0000;
+/// How far sequence numbers may run past `clean_from` before the table is rebuilt from the
+/// ring: below 2^32, so that the low halves in the slots never alias.
+const CLEAN_EVERY: u64 = 1 << 31;
 
 /// A message id reduced to 128 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,18 +73,27 @@ impl Key {
         static HASHERS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
         let id = message.headers.get(MSG_ID_HEADER)?;
         let (a, b) = HASHERS.get_or_init(|| (RandomState::new(), RandomState::new()));
-        Some(Key(a.hash_one(id), b.hash_one(id)))
+        let first = a.hash_one(id);
+        // The low half of the first value is the key's tag (see `tag`), never zero.
+        Some(Key(first | u64::from(first as u32 == 0), b.hash_one(id)))
     }
 
-    /// Where the key's probe starts in a table of `mask + 1` slots.
-    fn home(self, mask: usize) -> usize {
-        self.0 as usize & mask
-    }
-
-    /// The key's bits in its slot: the top half of the slot, never zero.
+    /// The key's bits in its slot: the top half of the slot, never zero (so that a slot
+    /// with a key is never empty).
     fn tag(self) -> u64 {
-        (self.1 | 1 << 32) & TAG_BITS
+        self.0 << 32
     }
+
+    /// Where the key's probe starts in a table of `mask + 1` slots: its tag's low bits, so
+    /// that a slot tells its key's home without the ring (see `reindex_slots`).
+    fn home(self, mask: usize) -> usize {
+        home(self.tag(), mask)
+    }
+}
+
+/// Where the probe of the key in `slot` started, in a table of `mask + 1` slots.
+fn home(slot: u64, mask: usize) -> usize {
+    (slot >> 32) as usize & mask
 }
 
 /// An id stored: its key, where and when.
@@ -132,6 +144,9 @@ pub(super) struct DedupWindow {
     slots: Vec<u64>,
     /// Slots not empty: live and stale.
     used: usize,
+    /// Every slot names a sequence number from this one on: the ring's front when the table
+    /// was last built from the ring.
+    clean_from: u64,
     /// [`screen`]'s table of the ids of one batch: 0, or a position in the batch plus one.
     batch_slots: Vec<u32>,
     duplicates: u64,
@@ -163,6 +178,7 @@ impl DedupWindow {
             dead: 0,
             slots: Vec::new(),
             used: 0,
+            clean_from: 0,
             batch_slots: Vec::new(),
             duplicates: 0,
             evicted: 0,
@@ -272,6 +288,7 @@ impl DedupWindow {
     pub(super) fn insert(&mut self, key: Key, offset: u64, timestamp_ns: u64) {
         if self.slots.is_empty() {
             self.slots = vec![0; MIN_SLOTS];
+            self.clean_from = self.first;
         }
         let entry = Entry {
             key,
@@ -323,26 +340,55 @@ impl DedupWindow {
         }
     }
 
-    /// Rebuilds the table once too many slots are taken, or the ring once too many of its
-    /// entries are `DEAD`.
+    /// Rebuilds the table once too many slots are taken, or from the ring once too many of
+    /// its entries are `DEAD` or the sequence numbers ran `CLEAN_EVERY` past `clean_from`.
     fn maybe_reindex(&mut self) {
-        if self.used * 4 > self.slots.len() * 3 || self.dead > self.ring.len() / 2 {
-            self.reindex();
+        let next = self.first.wrapping_add(self.ring.len() as u64);
+        if self.dead > self.ring.len() / 2 || next.wrapping_sub(self.clean_from) >= CLEAN_EVERY {
+            self.reindex_ring();
+        } else if self.used * 4 > self.slots.len() * 3 {
+            self.reindex_slots();
         }
     }
 
-    /// Drops the `DEAD` entries and the stale slots: a new table, sized for the ids held.
-    fn reindex(&mut self) {
+    /// The size of a new table for the ids held.
+    fn table_len(&self) -> usize {
+        (self.ids() * 8 / 3).max(MIN_SLOTS).next_power_of_two()
+    }
+
+    /// A new table from the old one's live slots, without the stale ones. Reads the old
+    /// table in order and writes the new one about in order: no cache miss per id.
+    fn reindex_slots(&mut self) {
+        let len = self.table_len();
+        let mask = len - 1;
+        let mut slots = vec![0; len];
+        let mut used = 0;
+        for &slot in &self.slots {
+            if slot == 0 || self.index_of(slot) >= self.ring.len() {
+                continue;
+            }
+            let mut i = home(slot, mask);
+            while slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = slot;
+            used += 1;
+        }
+        self.slots = slots;
+        self.used = used;
+        self.shrink_ring();
+    }
+
+    /// Drops the `DEAD` entries, and builds a new table from the ring.
+    fn reindex_ring(&mut self) {
         if self.dead > 0 {
             self.ring.retain(|e| e.offset != DEAD);
             self.dead = 0;
         }
-        if self.ring.capacity() > 1024 && self.ring.capacity() / 4 > self.ring.len() {
-            self.ring.shrink_to(self.ring.len() * 2);
-        }
-        let len = (self.ring.len() * 8 / 3).max(MIN_SLOTS).next_power_of_two();
-        self.slots = vec![0; len];
+        self.shrink_ring();
+        let len = self.table_len();
         let mask = len - 1;
+        self.slots = vec![0; len];
         let mut seq = self.first;
         for entry in &self.ring {
             let mut i = entry.key.home(mask);
@@ -353,6 +399,14 @@ impl DedupWindow {
             seq = seq.wrapping_add(1);
         }
         self.used = self.ring.len();
+        self.clean_from = self.first;
+    }
+
+    /// Gives back most of the ring's memory once it holds far fewer entries than it did.
+    fn shrink_ring(&mut self) {
+        if self.ring.capacity() > 1024 && self.ring.capacity() / 4 > self.ring.len() {
+            self.ring.shrink_to(self.ring.len() * 2);
+        }
     }
 
     /// Forgets the ids older than the window, oldest first. Amortised: each id is popped
@@ -406,6 +460,7 @@ impl DedupWindow {
             return 0;
         }
         self.slots = vec![0; MIN_SLOTS];
+        self.clean_from = self.first;
         let cutoff = self.cutoff(now_ns);
         let (start, mut hi) = (log.start(), log.end());
         let mut batch: Vec<(u64, Arc<StoredMessage>)> = Vec::new();
@@ -440,6 +495,8 @@ impl DedupWindow {
             }
             hi = lo;
         }
+        // The entries were pushed in front of `clean_from`.
+        self.clean_from = self.first;
         self.ids()
     }
 
@@ -628,6 +685,7 @@ pub(super) fn record(
         return;
     }
     window.expire(timestamp_ns);
+    window.prefetch(keys);
     for (i, key) in keys.iter().enumerate() {
         if let Some(key) = key {
             window.insert(*key, first + i as u64, timestamp_ns);

@@ -261,6 +261,17 @@ fn sequence_numbers_wrap() {
         );
         assert_eq!(w.floor(), Some(150));
     }
+    // Sequence numbers far past the last build from the ring: the next insert rebuilds it,
+    // so that the low halves in the slots cannot alias.
+    w.clean_from = w.first.wrapping_sub(CLEAN_EVERY);
+    w.insert(key("late"), 500, 100 * SEC);
+    assert_eq!(w.clean_from, w.first);
+    check(&w);
+    assert_eq!(w.original(key("late"), 100 * SEC), Some(500));
+    assert_eq!(
+        w.original(key(&format!("{}-199", u64::MAX - 40)), 100 * SEC),
+        Some(199)
+    );
 }
 
 #[test]
