@@ -13,17 +13,18 @@
 //! them back (`floor`).
 //!
 //! # Layout
-//! The ids are entries of a ring (`ring`, 32 bytes each) in the order they were stored, so
-//! that expiry and the cap pop them from its front. Each entry has a sequence number, which
-//! counts the entries ever pushed (`first` is the front's). An open-addressing table with
-//! linear probing (`slots`) finds an entry by key: a slot holds 32 bits of the key (never
-//! all zero: a zero slot is empty) and the low 32 bits of the entry's sequence number. A
-//! slot whose entry left the ring is stale: it is never removed, only reused by a later
-//! insert on its probe path, and dropped when the table is rebuilt, which happens once
-//! three quarters of the slots are taken (live or stale), at a size of 8/3 of the live ids
-//! rounded up to a power of two. So an id costs 32 bytes in the ring and 21 to 43 bytes of
-//! table: about 64 bytes per id (64 MB for the default cap of a million ids, which is
-//! reached with the ring at 32 MB and the table at 32 MB).
+//! The ids are entries of a ring (`ring`, 32 bytes each, in chunks of 64 KiB) in the order
+//! they were stored, so that expiry and the cap pop them from its front. Each entry has a
+//! sequence number, which counts the entries ever pushed (`first` is the front's). An
+//! open-addressing table with linear probing (`slots`, 8 bytes a slot) finds an entry by
+//! key: a slot holds the low 32 bits of the key's first value (never all zero: a zero slot
+//! is empty; they also give the key's home slot) and the low 32 bits of the entry's
+//! sequence number. A slot whose entry left the ring is stale: it is never removed, only
+//! reused by a later insert on its probe path, and dropped when the table is rebuilt, which
+//! happens once three quarters of the slots are taken (live or stale), at twice the live ids
+//! rounded up to a power of two. So an id costs 32 bytes in the ring and 11 to 32 bytes of
+//! table: about 50 bytes per id (48 MB at the default cap of a million ids: 32 MB of ring
+//! and 16 MB of table).
 //!
 //! # Invariants
 //! - Every id held has one entry in `ring` that is not `DEAD`, and one slot naming it; an
@@ -41,6 +42,7 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
+use std::ops::{Index, IndexMut};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -91,6 +93,16 @@ impl Key {
     }
 }
 
+/// A table of `len` empty slots, written rather than allocated zeroed: zeroed memory
+/// fresh from the system would be mapped twice over, first read (as the shared zero page)
+/// then written.
+#[allow(clippy::slow_vector_initialization)] // On purpose: see above.
+fn empty_table(len: usize) -> Vec<u64> {
+    let mut slots = Vec::with_capacity(len);
+    slots.resize(len, 0);
+    std::hint::black_box(slots)
+}
+
 /// Where the probe of the key in `slot` started, in a table of `mask + 1` slots.
 fn home(slot: u64, mask: usize) -> usize {
     (slot >> 32) as usize & mask
@@ -103,6 +115,129 @@ struct Entry {
     /// `DEAD` once the id was stored again.
     offset: u64,
     timestamp_ns: u64,
+}
+
+impl Entry {
+    /// What a chunk of the ring holds where it holds no entry.
+    const NONE: Entry = Entry {
+        key: Key(0, 0),
+        offset: DEAD,
+        timestamp_ns: 0,
+    };
+}
+
+/// Entries per chunk of the ring: 64 KiB.
+const CHUNK: usize = 2048;
+
+/// A double-ended queue of entries in fixed chunks: it grows without copying what it holds
+/// or touching memory twice, and gives chunks back as its front moves on (but one, kept for
+/// the back).
+#[derive(Debug, Default)]
+struct Ring {
+    chunks: VecDeque<Box<[Entry]>>,
+    /// The front's place in the first chunk.
+    head: usize,
+    len: usize,
+    spare: Option<Box<[Entry]>>,
+}
+
+impl Ring {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Entries the chunks held could take.
+    fn capacity(&self) -> usize {
+        (self.chunks.len() + usize::from(self.spare.is_some())) * CHUNK
+    }
+
+    fn chunk(&mut self) -> Box<[Entry]> {
+        self.spare
+            .take()
+            .unwrap_or_else(|| vec![Entry::NONE; CHUNK].into_boxed_slice())
+    }
+
+    fn front(&self) -> Option<&Entry> {
+        (self.len > 0).then(|| &self[0])
+    }
+
+    fn push_back(&mut self, entry: Entry) {
+        let at = self.head + self.len;
+        if at / CHUNK == self.chunks.len() {
+            let chunk = self.chunk();
+            self.chunks.push_back(chunk);
+        }
+        self.chunks[at / CHUNK][at % CHUNK] = entry;
+        self.len += 1;
+    }
+
+    fn push_front(&mut self, entry: Entry) {
+        if self.head == 0 {
+            let chunk = self.chunk();
+            self.chunks.push_front(chunk);
+            self.head = CHUNK;
+        }
+        self.head -= 1;
+        self.chunks[0][self.head] = entry;
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let entry = *self.front()?;
+        self.head += 1;
+        self.len -= 1;
+        if self.head == CHUNK || self.len == 0 {
+            // An emptied ring starts over at the front of its first chunk.
+            if self.head == CHUNK || self.chunks.len() > 1 {
+                self.spare = self.chunks.pop_front();
+            }
+            self.head = 0;
+        }
+        Some(entry)
+    }
+
+    /// Keeps the entries `keep` accepts, in order.
+    fn retain(&mut self, keep: impl Fn(&Entry) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            let entry = self[i];
+            if keep(&entry) {
+                self[kept] = entry;
+                kept += 1;
+            }
+        }
+        self.len = kept;
+        let chunks = (self.head + kept).div_ceil(CHUNK).max(1);
+        self.chunks.truncate(chunks);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        (0..self.len).map(|i| &self[i])
+    }
+}
+
+impl Index<usize> for Ring {
+    type Output = Entry;
+
+    #[inline]
+    fn index(&self, i: usize) -> &Entry {
+        debug_assert!(i < self.len);
+        let at = self.head + i;
+        &self.chunks[at / CHUNK][at % CHUNK]
+    }
+}
+
+impl IndexMut<usize> for Ring {
+    #[inline]
+    fn index_mut(&mut self, i: usize) -> &mut Entry {
+        debug_assert!(i < self.len);
+        let at = self.head + i;
+        &mut self.chunks[at / CHUNK][at % CHUNK]
+    }
 }
 
 /// Counters of the window since the broker started.
@@ -134,7 +269,7 @@ pub(super) struct DedupWindow {
     window: Duration,
     max_ids: usize,
     /// The ids in the order they were stored, oldest first.
-    ring: VecDeque<Entry>,
+    ring: Ring,
     /// The sequence number of the ring's front; wraps.
     first: u64,
     /// `DEAD` entries in `ring`.
@@ -173,7 +308,7 @@ impl DedupWindow {
         DedupWindow {
             window,
             max_ids: max_ids.max(1),
-            ring: VecDeque::new(),
+            ring: Ring::default(),
             first: 0,
             dead: 0,
             slots: Vec::new(),
@@ -230,6 +365,7 @@ impl DedupWindow {
     }
 
     /// Walks the key's probe path. The table must not be empty.
+    #[inline]
     fn probe(&self, key: Key) -> Probe {
         let mask = self.slots.len() - 1;
         let tag = key.tag();
@@ -353,7 +489,7 @@ impl DedupWindow {
 
     /// The size of a new table for the ids held.
     fn table_len(&self) -> usize {
-        (self.ids() * 8 / 3).max(MIN_SLOTS).next_power_of_two()
+        (self.ids() * 2).max(MIN_SLOTS).next_power_of_two()
     }
 
     /// A new table from the old one's live slots, without the stale ones. Reads the old
@@ -361,7 +497,7 @@ impl DedupWindow {
     fn reindex_slots(&mut self) {
         let len = self.table_len();
         let mask = len - 1;
-        let mut slots = vec![0; len];
+        let mut slots = empty_table(len);
         let mut used = 0;
         for &slot in &self.slots {
             if slot == 0 || self.index_of(slot) >= self.ring.len() {
@@ -376,7 +512,6 @@ impl DedupWindow {
         }
         self.slots = slots;
         self.used = used;
-        self.shrink_ring();
     }
 
     /// Drops the `DEAD` entries, and builds a new table from the ring.
@@ -385,12 +520,11 @@ impl DedupWindow {
             self.ring.retain(|e| e.offset != DEAD);
             self.dead = 0;
         }
-        self.shrink_ring();
         let len = self.table_len();
         let mask = len - 1;
-        self.slots = vec![0; len];
+        self.slots = empty_table(len);
         let mut seq = self.first;
-        for entry in &self.ring {
+        for entry in self.ring.iter() {
             let mut i = entry.key.home(mask);
             while self.slots[i] != 0 {
                 i = (i + 1) & mask;
@@ -402,13 +536,6 @@ impl DedupWindow {
         self.clean_from = self.first;
     }
 
-    /// Gives back most of the ring's memory once it holds far fewer entries than it did.
-    fn shrink_ring(&mut self) {
-        if self.ring.capacity() > 1024 && self.ring.capacity() / 4 > self.ring.len() {
-            self.ring.shrink_to(self.ring.len() * 2);
-        }
-    }
-
     /// Forgets the ids older than the window, oldest first. Amortised: each id is popped
     /// once; their slots go stale.
     pub(super) fn expire(&mut self, now_ns: u64) {
@@ -417,8 +544,8 @@ impl DedupWindow {
             self.pop_front();
         }
         // A window whose ids all expired gives its memory back.
-        if self.ring.is_empty() && (self.ring.capacity() > 1024 || self.slots.len() > MIN_SLOTS) {
-            self.ring = VecDeque::new();
+        if self.ring.is_empty() && (self.ring.capacity() > 0 || self.slots.len() > MIN_SLOTS) {
+            self.ring = Ring::default();
             self.slots = Vec::new();
             self.used = 0;
         }
@@ -445,7 +572,7 @@ impl DedupWindow {
 
     /// Forgets every id.
     fn clear(&mut self) {
-        self.ring = VecDeque::new();
+        self.ring = Ring::default();
         self.slots = Vec::new();
         self.first = 0;
         self.dead = 0;

@@ -201,8 +201,8 @@ fn the_table_grows_and_finds_every_id() {
         w.insert(key(&format!("id{i}")), i, 100 * SEC);
     }
     check(&w);
-    // 20000 ids at most three eighths of the table after its last rebuild.
-    assert_eq!(w.slots.len(), 65536);
+    // Rebuilt at three quarters full to twice the ids held: 24576 of 32768 slots at most.
+    assert_eq!(w.slots.len(), 32768);
     for i in (0..20_000u64).step_by(7) {
         assert_eq!(w.original(key(&format!("id{i}")), 101 * SEC), Some(i));
     }
@@ -327,6 +327,47 @@ fn ids_stored_again_leave_dead_entries_that_are_dropped() {
     }
     assert_eq!(w.stats().ids, 21);
     assert_eq!(w.floor(), Some(0));
+}
+
+#[test]
+fn the_ring_grows_and_shrinks_by_chunks() {
+    let entry = |n: u64| Entry {
+        key: Key(n, n),
+        offset: n,
+        timestamp_ns: n,
+    };
+    let offsets = |ring: &Ring| ring.iter().map(|e| e.offset).collect::<Vec<_>>();
+    let mut ring = Ring::default();
+    let n = 2 * CHUNK as u64 + 10;
+    for i in 0..n {
+        ring.push_back(entry(i));
+    }
+    assert_eq!((ring.len(), ring.chunks.len()), (n as usize, 3));
+    // Popping a whole chunk gives it back, as the spare.
+    for i in 0..CHUNK as u64 + 1 {
+        assert_eq!(ring.pop_front().map(|e| e.offset), Some(i));
+    }
+    assert_eq!((ring.chunks.len(), ring.spare.is_some()), (2, true));
+    assert_eq!(ring.front().map(|e| e.offset), Some(CHUNK as u64 + 1));
+    // In front: into the room before the first entry, then a new chunk (the spare).
+    for i in (0..CHUNK as u64 + 1).rev() {
+        ring.push_front(entry(i));
+    }
+    assert_eq!((ring.chunks.len(), ring.spare.is_some()), (3, false));
+    assert_eq!(offsets(&ring), (0..n).collect::<Vec<_>>());
+    assert_eq!(ring[CHUNK].offset, CHUNK as u64);
+    // Keeping one entry in three moves them to the front and drops the chunks emptied.
+    ring.retain(|e| e.offset % 3 == 0);
+    assert_eq!(
+        offsets(&ring),
+        (0..n).filter(|o| o % 3 == 0).collect::<Vec<_>>()
+    );
+    assert_eq!(ring.chunks.len(), (ring.head + ring.len()).div_ceil(CHUNK));
+    while ring.pop_front().is_some() {}
+    assert!(ring.is_empty());
+    assert!(ring.chunks.len() <= 1);
+    ring.push_back(entry(7));
+    assert_eq!(offsets(&ring), [7]);
 }
 
 /// The window as the plain map and queue it replaced: the behaviour it must keep.
