@@ -3,25 +3,47 @@
 //! confirmation is confirmed again instead of stored twice.
 //!
 //! The window is memory only. It holds a 128-bit key per id (two SipHash values under keys
-//! chosen at start, never the id itself), the offset its message got, and its publish time:
-//! about 64 bytes per id. It is rebuilt from the log's tail when the topic is opened, from
-//! the ids stored with the messages (`quiver-msg-id` is an ordinary header), so a restart or
-//! a crash loses nothing that was appended, and there is no second store to keep in step.
-//! While ids are in the window the topic's log is not trimmed past the oldest one, so that a
-//! restart can read them back (`floor`).
+//! chosen when the process starts, never the id itself), the offset its message got, and
+//! its publish time. The key is computed when a publish's batch is built, before the
+//! topic's publish lock is taken; under the lock the window only looks it up and records it.
+//! It is rebuilt from the log's tail when the topic is opened, from the ids stored with the
+//! messages (`quiver-msg-id` is an ordinary header), so a restart or a crash loses nothing
+//! that was appended, and there is no second store to keep in step. While ids are in the
+//! window the topic's log is not trimmed past the oldest one, so that a restart can read
+//! them back (`floor`).
+//!
+//! # Layout
+//! The ids are entries of a ring (`ring`, 32 bytes each, in chunks of 64 KiB) in the order
+//! they were stored, so that expiry and the cap pop them from its front. Each entry has a
+//! sequence number, which counts the entries ever pushed (`first` is the front's). An
+//! open-addressing table with linear probing (`slots`, 8 bytes a slot) finds an entry by
+//! key: a slot holds the low 32 bits of the key's first value (never all zero: a zero slot
+//! is empty; they also give the key's home slot) and the low 32 bits of the entry's
+//! sequence number. A slot whose entry left the ring is stale: it is never removed, only
+//! reused by a later insert on its probe path, and dropped when the table is rebuilt, which
+//! happens once three quarters of the slots are taken (live or stale), at twice the live ids
+//! rounded up to a power of two. So an id costs 32 bytes in the ring and 11 to 32 bytes of
+//! table: about 50 bytes per id (48 MB at the default cap of a million ids: 32 MB of ring
+//! and 16 MB of table).
 //!
 //! # Invariants
-//! - Every key in `ids` is in `order` once with the time it has in `ids`; `order` may also
-//!   hold stale entries (an expired id published again), which are skipped when popped.
+//! - Every id held has one entry in `ring` that is not `DEAD`, and one slot naming it; an
+//!   id stored again (after its earlier store expired) marks its earlier entry `DEAD`, which
+//!   keeps only its place in the order. The front of `ring` is never `DEAD`.
+//! - A slot that names an entry in the ring, with the entry's key bits, is that entry's
+//!   slot or a stale one; lookups check the entry's whole key, so a stale slot is never
+//!   taken for an id.
+//! - At most three quarters of the slots are taken, so every probe ends at an empty slot.
 //! - Ids are inserted only after their append succeeded, under the topic's publish lock, so
 //!   an id in the window always names a stored message, and a publish whose append failed
 //!   leaves nothing behind.
 //! - At most `max_ids` ids are held; at the cap the oldest is forgotten early and counted in
 //!   `evicted`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+use std::ops::{Index, IndexMut};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::message::{StoredMessage, MSG_ID_HEADER};
@@ -29,44 +51,193 @@ use crate::storage::TopicLog;
 
 /// Messages read per step when the window is rebuilt from the log's tail.
 const REBUILD_STEP: u64 = 4096;
+/// Slots of the smallest table (a power of two).
+const MIN_SLOTS: usize = 64;
+/// The most ids a window holds whatever its cap, so that the ring's sequence numbers are
+/// told apart by their low 32 bits.
+const MAX_IDS: usize = 1 << 30;
+/// The offset of an entry whose id was stored again later.
+const DEAD: u64 = u64::MAX;
+/// The key bits of a slot.
+const TAG_BITS: u64 = 0xffff_ffff_0000_0000;
+/// How far sequence numbers may run past `clean_from` before the table is rebuilt from the
+/// ring: below 2^32, so that the low halves in the slots never alias.
+const CLEAN_EVERY: u64 = 1 << 31;
 
 /// A message id reduced to 128 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Key(u64, u64);
 
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already a keyed hash: its first half is the map's hash.
-        state.write_u64(self.0);
+impl Key {
+    /// The key of a message's id, if it has one. The hash keys are chosen once per process,
+    /// so a key is the same for every topic and can be computed before any lock is taken.
+    pub(super) fn of(message: &StoredMessage) -> Option<Key> {
+        static HASHERS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+        let id = message.headers.get(MSG_ID_HEADER)?;
+        let (a, b) = HASHERS.get_or_init(|| (RandomState::new(), RandomState::new()));
+        let first = a.hash_one(id);
+        // The low half of the first value is the key's tag (see `tag`), never zero.
+        Some(Key(first | u64::from(first as u32 == 0), b.hash_one(id)))
+    }
+
+    /// The key's bits in its slot: the top half of the slot, never zero (so that a slot
+    /// with a key is never empty).
+    fn tag(self) -> u64 {
+        self.0 << 32
+    }
+
+    /// Where the key's probe starts in a table of `mask + 1` slots: its tag's low bits, so
+    /// that a slot tells its key's home without the ring (see `reindex_slots`).
+    fn home(self, mask: usize) -> usize {
+        home(self.tag(), mask)
     }
 }
 
-/// The map's hasher: passes a [`Key`]'s first half through.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only Key (write_u64) is hashed with this; kept total for safety.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+/// A table of `len` empty slots, written rather than allocated zeroed: zeroed memory
+/// fresh from the system would be mapped twice over, first read (as the shared zero page)
+/// then written.
+#[allow(clippy::slow_vector_initialization)] // On purpose: see above.
+fn empty_table(len: usize) -> Vec<u64> {
+    let mut slots = Vec::with_capacity(len);
+    slots.resize(len, 0);
+    std::hint::black_box(slots)
 }
 
-/// Where and when an id was stored.
+/// Where the probe of the key in `slot` started, in a table of `mask + 1` slots.
+fn home(slot: u64, mask: usize) -> usize {
+    (slot >> 32) as usize & mask
+}
+
+/// An id stored: its key, where and when.
 #[derive(Debug, Clone, Copy)]
-struct Seen {
+struct Entry {
+    key: Key,
+    /// `DEAD` once the id was stored again.
     offset: u64,
     timestamp_ns: u64,
+}
+
+impl Entry {
+    /// What a chunk of the ring holds where it holds no entry.
+    const NONE: Entry = Entry {
+        key: Key(0, 0),
+        offset: DEAD,
+        timestamp_ns: 0,
+    };
+}
+
+/// Entries per chunk of the ring: 64 KiB.
+const CHUNK: usize = 2048;
+
+/// A double-ended queue of entries in fixed chunks: it grows without copying what it holds
+/// or touching memory twice, and gives chunks back as its front moves on (but one, kept for
+/// the back).
+#[derive(Debug, Default)]
+struct Ring {
+    chunks: VecDeque<Box<[Entry]>>,
+    /// The front's place in the first chunk.
+    head: usize,
+    len: usize,
+    spare: Option<Box<[Entry]>>,
+}
+
+impl Ring {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Entries the chunks held could take.
+    fn capacity(&self) -> usize {
+        (self.chunks.len() + usize::from(self.spare.is_some())) * CHUNK
+    }
+
+    fn chunk(&mut self) -> Box<[Entry]> {
+        self.spare
+            .take()
+            .unwrap_or_else(|| vec![Entry::NONE; CHUNK].into_boxed_slice())
+    }
+
+    fn front(&self) -> Option<&Entry> {
+        (self.len > 0).then(|| &self[0])
+    }
+
+    fn push_back(&mut self, entry: Entry) {
+        let at = self.head + self.len;
+        if at / CHUNK == self.chunks.len() {
+            let chunk = self.chunk();
+            self.chunks.push_back(chunk);
+        }
+        self.chunks[at / CHUNK][at % CHUNK] = entry;
+        self.len += 1;
+    }
+
+    fn push_front(&mut self, entry: Entry) {
+        if self.head == 0 {
+            let chunk = self.chunk();
+            self.chunks.push_front(chunk);
+            self.head = CHUNK;
+        }
+        self.head -= 1;
+        self.chunks[0][self.head] = entry;
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let entry = *self.front()?;
+        self.head += 1;
+        self.len -= 1;
+        if self.head == CHUNK || self.len == 0 {
+            // An emptied ring starts over at the front of its first chunk.
+            if self.head == CHUNK || self.chunks.len() > 1 {
+                self.spare = self.chunks.pop_front();
+            }
+            self.head = 0;
+        }
+        Some(entry)
+    }
+
+    /// Keeps the entries `keep` accepts, in order.
+    fn retain(&mut self, keep: impl Fn(&Entry) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            let entry = self[i];
+            if keep(&entry) {
+                self[kept] = entry;
+                kept += 1;
+            }
+        }
+        self.len = kept;
+        let chunks = (self.head + kept).div_ceil(CHUNK).max(1);
+        self.chunks.truncate(chunks);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        (0..self.len).map(|i| &self[i])
+    }
+}
+
+impl Index<usize> for Ring {
+    type Output = Entry;
+
+    #[inline]
+    fn index(&self, i: usize) -> &Entry {
+        debug_assert!(i < self.len);
+        let at = self.head + i;
+        &self.chunks[at / CHUNK][at % CHUNK]
+    }
+}
+
+impl IndexMut<usize> for Ring {
+    #[inline]
+    fn index_mut(&mut self, i: usize) -> &mut Entry {
+        debug_assert!(i < self.len);
+        let at = self.head + i;
+        &mut self.chunks[at / CHUNK][at % CHUNK]
+    }
 }
 
 /// Counters of the window since the broker started.
@@ -82,18 +253,53 @@ pub(super) struct DedupStats {
     pub(super) evicted: u64,
 }
 
+/// The outcome of a probe for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// The key's slot, and its entry's place in the ring.
+    Found { slot: usize, index: usize },
+    /// Where the key would go: the first stale slot on its path, or the empty slot that
+    /// ended it (`empty`).
+    Absent { slot: usize, empty: bool },
+}
+
 /// The window of one topic. Behind the topic's dedup mutex, which is taken under its
 /// publish lock.
-#[derive(Debug)]
 pub(super) struct DedupWindow {
     window: Duration,
     max_ids: usize,
-    hashers: (RandomState, RandomState),
-    ids: HashMap<Key, Seen, BuildHasherDefault<PassThrough>>,
-    /// Keys in insertion order, with their publish time.
-    order: VecDeque<(Key, u64)>,
+    /// The ids in the order they were stored, oldest first.
+    ring: Ring,
+    /// The sequence number of the ring's front; wraps.
+    first: u64,
+    /// `DEAD` entries in `ring`.
+    dead: usize,
+    /// The index: 0 (empty), or a key's tag and the low half of its entry's sequence
+    /// number. Empty (no table) or a power of two long.
+    slots: Vec<u64>,
+    /// Slots not empty: live and stale.
+    used: usize,
+    /// Every slot names a sequence number from this one on: the ring's front when the table
+    /// was last built from the ring.
+    clean_from: u64,
+    /// [`screen`]'s table of the ids of one batch: 0, or a position in the batch plus one.
+    batch_slots: Vec<u32>,
     duplicates: u64,
     evicted: u64,
+}
+
+impl std::fmt::Debug for DedupWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupWindow")
+            .field("window", &self.window)
+            .field("max_ids", &self.max_ids)
+            .field("ids", &self.ids())
+            .field("slots", &self.slots.len())
+            .field("used", &self.used)
+            .field("duplicates", &self.duplicates)
+            .field("evicted", &self.evicted)
+            .finish()
+    }
 }
 
 impl DedupWindow {
@@ -102,9 +308,13 @@ impl DedupWindow {
         DedupWindow {
             window,
             max_ids: max_ids.max(1),
-            hashers: (RandomState::new(), RandomState::new()),
-            ids: HashMap::default(),
-            order: VecDeque::new(),
+            ring: Ring::default(),
+            first: 0,
+            dead: 0,
+            slots: Vec::new(),
+            used: 0,
+            clean_from: 0,
+            batch_slots: Vec::new(),
             duplicates: 0,
             evicted: 0,
         }
@@ -122,75 +332,228 @@ impl DedupWindow {
         self.max_ids
     }
 
-    /// The key of a message's id, if it has one.
-    pub(super) fn key_of(&self, message: &StoredMessage) -> Option<Key> {
-        let id = message.headers.get(MSG_ID_HEADER)?;
-        Some(Key(
-            self.hashers.0.hash_one(id),
-            self.hashers.1.hash_one(id),
-        ))
+    /// Ids held.
+    fn ids(&self) -> usize {
+        self.ring.len() - self.dead
+    }
+
+    /// The cap in force.
+    fn cap(&self) -> usize {
+        self.max_ids.min(MAX_IDS)
     }
 
     /// The offset of the stored message with this key, if it is in the window.
     pub(super) fn original(&mut self, key: Key, now_ns: u64) -> Option<u64> {
-        let seen = self.ids.get(&key)?;
-        if seen.timestamp_ns < self.cutoff(now_ns) {
+        let entry = self.find(key)?;
+        if entry.timestamp_ns < self.cutoff(now_ns) {
             return None;
         }
+        let offset = entry.offset;
         self.duplicates += 1;
-        Some(seen.offset)
+        Some(offset)
+    }
+
+    /// The entry of a key held.
+    fn find(&self, key: Key) -> Option<&Entry> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        match self.probe(key) {
+            Probe::Found { index, .. } => Some(&self.ring[index]),
+            Probe::Absent { .. } => None,
+        }
+    }
+
+    /// Walks the key's probe path. The table must not be empty.
+    #[inline]
+    fn probe(&self, key: Key) -> Probe {
+        let mask = self.slots.len() - 1;
+        let tag = key.tag();
+        let mut i = key.home(mask);
+        let mut stale = None;
+        loop {
+            let slot = self.slots[i];
+            if slot == 0 {
+                return match stale {
+                    Some(slot) => Probe::Absent { slot, empty: false },
+                    None => Probe::Absent {
+                        slot: i,
+                        empty: true,
+                    },
+                };
+            }
+            let index = self.index_of(slot);
+            if index >= self.ring.len() {
+                stale = stale.or(Some(i));
+            } else if slot & TAG_BITS == tag {
+                let entry = &self.ring[index];
+                if entry.key == key && entry.offset != DEAD {
+                    return Probe::Found { slot: i, index };
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The place in the ring of the entry a slot names; the ring's length or more when the
+    /// entry left it (the slot is stale).
+    fn index_of(&self, slot: u64) -> usize {
+        (slot as u32).wrapping_sub(self.first as u32) as usize
+    }
+
+    /// The slot naming the entry with this key and sequence number.
+    fn slot(key: Key, seq: u64) -> u64 {
+        key.tag() | u64::from(seq as u32)
+    }
+
+    /// Reads the home slots of `keys` all at once, so that the probes that follow find them
+    /// in the cache instead of waiting on each miss in turn.
+    fn prefetch(&self, keys: &[Option<Key>]) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let mask = self.slots.len() - 1;
+        let mut any = 0;
+        for key in keys.iter().flatten() {
+            any |= self.slots[key.home(mask)];
+        }
+        std::hint::black_box(any);
     }
 
     /// Records a stored message's id. Call only once its append succeeded.
     pub(super) fn insert(&mut self, key: Key, offset: u64, timestamp_ns: u64) {
-        while self.ids.len() >= self.max_ids && !self.ids.contains_key(&key) {
-            match self.pop_oldest() {
-                Some(true) => self.evicted += 1,
-                Some(false) => {}
-                None => break,
+        if self.slots.is_empty() {
+            self.slots = vec![0; MIN_SLOTS];
+            self.clean_from = self.first;
+        }
+        let entry = Entry {
+            key,
+            offset,
+            timestamp_ns,
+        };
+        match self.probe(key) {
+            Probe::Found { slot, index } => {
+                // Stored again once its earlier store expired: the id moves to the back.
+                self.ring[index].offset = DEAD;
+                self.dead += 1;
+                let seq = self.push_back(entry);
+                self.slots[slot] = Self::slot(key, seq);
+                self.pop_dead();
+            }
+            Probe::Absent { slot, empty } => {
+                while self.ids() >= self.cap() {
+                    self.pop_front();
+                    self.evicted += 1;
+                }
+                let seq = self.push_back(entry);
+                self.slots[slot] = Self::slot(key, seq);
+                self.used += usize::from(empty);
             }
         }
-        self.ids.insert(
-            key,
-            Seen {
-                offset,
-                timestamp_ns,
-            },
-        );
-        self.order.push_back((key, timestamp_ns));
+        self.maybe_reindex();
+    }
+
+    fn push_back(&mut self, entry: Entry) -> u64 {
+        let seq = self.first.wrapping_add(self.ring.len() as u64);
+        self.ring.push_back(entry);
+        seq
+    }
+
+    /// Drops the oldest entry (never `DEAD`), and the `DEAD` ones behind it.
+    fn pop_front(&mut self) {
+        if self.ring.pop_front().is_some() {
+            self.first = self.first.wrapping_add(1);
+        }
+        self.pop_dead();
+    }
+
+    /// Drops the `DEAD` entries at the front.
+    fn pop_dead(&mut self) {
+        while self.ring.front().is_some_and(|e| e.offset == DEAD) {
+            self.ring.pop_front();
+            self.first = self.first.wrapping_add(1);
+            self.dead -= 1;
+        }
+    }
+
+    /// Rebuilds the table once too many slots are taken, or from the ring once too many of
+    /// its entries are `DEAD` or the sequence numbers ran `CLEAN_EVERY` past `clean_from`.
+    fn maybe_reindex(&mut self) {
+        let next = self.first.wrapping_add(self.ring.len() as u64);
+        if self.dead > self.ring.len() / 2 || next.wrapping_sub(self.clean_from) >= CLEAN_EVERY {
+            self.reindex_ring();
+        } else if self.used * 4 > self.slots.len() * 3 {
+            self.reindex_slots();
+        }
+    }
+
+    /// The size of a new table for the ids held.
+    fn table_len(&self) -> usize {
+        (self.ids() * 2).max(MIN_SLOTS).next_power_of_two()
+    }
+
+    /// A new table from the old one's live slots, without the stale ones. Reads the old
+    /// table in order and writes the new one about in order: no cache miss per id.
+    fn reindex_slots(&mut self) {
+        let len = self.table_len();
+        let mask = len - 1;
+        let mut slots = empty_table(len);
+        let mut used = 0;
+        for &slot in &self.slots {
+            if slot == 0 || self.index_of(slot) >= self.ring.len() {
+                continue;
+            }
+            let mut i = home(slot, mask);
+            while slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = slot;
+            used += 1;
+        }
+        self.slots = slots;
+        self.used = used;
+    }
+
+    /// Drops the `DEAD` entries, and builds a new table from the ring.
+    fn reindex_ring(&mut self) {
+        if self.dead > 0 {
+            self.ring.retain(|e| e.offset != DEAD);
+            self.dead = 0;
+        }
+        let len = self.table_len();
+        let mask = len - 1;
+        self.slots = empty_table(len);
+        let mut seq = self.first;
+        for entry in self.ring.iter() {
+            let mut i = entry.key.home(mask);
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = Self::slot(entry.key, seq);
+            seq = seq.wrapping_add(1);
+        }
+        self.used = self.ring.len();
+        self.clean_from = self.first;
     }
 
     /// Forgets the ids older than the window, oldest first. Amortised: each id is popped
-    /// once.
+    /// once; their slots go stale.
     pub(super) fn expire(&mut self, now_ns: u64) {
         let cutoff = self.cutoff(now_ns);
-        while self.order.front().is_some_and(|&(_, t)| t < cutoff) {
-            self.pop_oldest();
+        while self.ring.front().is_some_and(|e| e.timestamp_ns < cutoff) {
+            self.pop_front();
         }
         // A window whose ids all expired gives its memory back.
-        if self.ids.is_empty() && self.order.capacity() > 1024 {
-            self.order = VecDeque::new();
-            self.ids = HashMap::default();
+        if self.ring.is_empty() && (self.ring.capacity() > 0 || self.slots.len() > MIN_SLOTS) {
+            self.ring = Ring::default();
+            self.slots = Vec::new();
+            self.used = 0;
         }
-    }
-
-    /// Removes the oldest entry of `order`, and its id unless the id was stored again
-    /// since. Returns whether an id was removed; None when `order` is empty.
-    fn pop_oldest(&mut self) -> Option<bool> {
-        let (key, t) = self.order.pop_front()?;
-        let current = self.ids.get(&key).is_some_and(|s| s.timestamp_ns == t);
-        if current {
-            self.ids.remove(&key);
-        }
-        Some(current)
     }
 
     /// The lowest offset an id in the window names: the log must keep it for a rebuild.
     pub(super) fn floor(&self) -> Option<u64> {
-        self.order
-            .iter()
-            .find_map(|(key, _)| self.ids.get(key))
-            .map(|s| s.offset)
+        self.ring.front().map(|e| e.offset)
     }
 
     /// Changes the window's length and cap; the ids are read again from the log, so that a
@@ -207,21 +570,28 @@ impl DedupWindow {
         self.rebuild(log, now_ns);
     }
 
+    /// Forgets every id.
+    fn clear(&mut self) {
+        self.ring = Ring::default();
+        self.slots = Vec::new();
+        self.first = 0;
+        self.dead = 0;
+        self.used = 0;
+    }
+
     /// Fills the window from the log's tail: the ids of the messages published in the last
     /// `window`, newest first, up to the cap. Returns how many were read back.
     pub(super) fn rebuild(&mut self, log: &dyn TopicLog, now_ns: u64) -> usize {
-        self.ids.clear();
-        self.order.clear();
+        self.clear();
         if !self.is_on() {
             return 0;
         }
+        self.slots = vec![0; MIN_SLOTS];
+        self.clean_from = self.first;
         let cutoff = self.cutoff(now_ns);
-        // Newest first; the first occurrence of an id is its latest.
-        let mut found: Vec<(Key, Seen)> = Vec::new();
-        let mut seen: HashSet<Key, BuildHasherDefault<PassThrough>> = HashSet::default();
         let (start, mut hi) = (log.start(), log.end());
         let mut batch: Vec<(u64, Arc<StoredMessage>)> = Vec::new();
-        'back: while hi > start && found.len() < self.max_ids {
+        'back: while hi > start && self.ids() < self.cap() {
             let lo = hi.saturating_sub(REBUILD_STEP).max(start);
             batch.clear();
             read_range(log, lo, hi, &mut batch);
@@ -229,35 +599,38 @@ impl DedupWindow {
                 if message.timestamp_ns < cutoff {
                     break 'back;
                 }
-                let Some(key) = self.key_of(message) else {
+                let Some(key) = Key::of(message) else {
                     continue;
                 };
-                if seen.insert(key) {
-                    let seen = Seen {
+                // Newest first: the first occurrence of an id is its latest.
+                if let Probe::Absent { slot, empty } = self.probe(key) {
+                    // Pushed in front of the newer ones, so that the ring stays in the
+                    // order the ids were stored.
+                    self.first = self.first.wrapping_sub(1);
+                    self.ring.push_front(Entry {
+                        key,
                         offset: *offset,
                         timestamp_ns: message.timestamp_ns,
-                    };
-                    found.push((key, seen));
-                    if found.len() >= self.max_ids {
+                    });
+                    self.slots[slot] = Self::slot(key, self.first);
+                    self.used += usize::from(empty);
+                    self.maybe_reindex();
+                    if self.ids() >= self.cap() {
                         break 'back;
                     }
                 }
             }
             hi = lo;
         }
-        // Oldest first, as they were inserted; `order` is kept sorted by offset.
-        found.sort_by_key(|(_, s)| s.offset);
-        for (key, s) in found {
-            self.ids.insert(key, s);
-            self.order.push_back((key, s.timestamp_ns));
-        }
-        self.ids.len()
+        // The entries were pushed in front of `clean_from`.
+        self.clean_from = self.first;
+        self.ids()
     }
 
     pub(super) fn stats(&self) -> DedupStats {
         DedupStats {
             window_ms: self.window.as_millis() as u64,
-            ids: self.ids.len() as u64,
+            ids: self.ids() as u64,
             duplicates: self.duplicates,
             evicted: self.evicted,
         }
@@ -265,6 +638,33 @@ impl DedupWindow {
 
     fn cutoff(&self, now_ns: u64) -> u64 {
         now_ns.saturating_sub(self.window.as_nanos() as u64)
+    }
+
+    /// Empties the table of one batch's ids, sized for `len` of them.
+    fn batch_clear(&mut self, len: usize) {
+        let want = (len * 2).max(16).next_power_of_two();
+        self.batch_slots.clear();
+        self.batch_slots.resize(want, 0);
+    }
+
+    /// Adds the key at `position` of `keys` to the batch's table; false if an earlier
+    /// position has the same key.
+    fn batch_insert(&mut self, keys: &[Option<Key>], position: usize) -> bool {
+        let Some(key) = keys[position] else {
+            return true;
+        };
+        let mask = self.batch_slots.len() - 1;
+        let mut i = key.home(mask);
+        loop {
+            match self.batch_slots[i] {
+                0 => {
+                    self.batch_slots[i] = position as u32 + 1;
+                    return true;
+                }
+                p if keys[p as usize - 1] == Some(key) => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
     }
 }
 
@@ -312,7 +712,8 @@ impl Screen {
 }
 
 /// Messages of a publish that are still to be stored, each with its index in the request
-/// and its id's key.
+/// and its id's key. `keys` is empty until the keys are computed, then as long as
+/// `messages`.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     pub(super) messages: Vec<StoredMessage>,
@@ -321,12 +722,20 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    /// A whole request: message `i` has index `i`.
+    /// A whole request: message `i` has index `i`. The keys are left for [`screen`].
     pub(super) fn new(messages: Vec<StoredMessage>) -> Self {
         Batch {
             indexes: (0..messages.len()).collect(),
             keys: Vec::new(),
             messages,
+        }
+    }
+
+    /// A whole request with its keys, computed now: before the publish lock is taken.
+    pub(super) fn keyed(messages: Vec<StoredMessage>) -> Self {
+        Batch {
+            keys: messages.iter().map(Key::of).collect(),
+            ..Batch::new(messages)
         }
     }
 }
@@ -343,24 +752,47 @@ pub(super) fn screen(
     if !window.is_on() {
         return batch;
     }
-    let mut kept = Batch::default();
-    let mut fresh: HashSet<Key, BuildHasherDefault<PassThrough>> = HashSet::default();
     let Batch {
-        messages, indexes, ..
+        messages,
+        indexes,
+        mut keys,
     } = batch;
-    for (message, index) in messages.into_iter().zip(indexes) {
-        let key = window.key_of(&message);
-        if let Some(key) = key {
-            if let Some(offset) = window.original(key, now_ns) {
-                screen.original = Some(screen.original.map_or(offset, |o| o.max(offset)));
-                screen.mark(index);
-                continue;
-            }
-            if !fresh.insert(key) {
-                window.duplicates += 1;
-                screen.mark(index);
-                continue;
-            }
+    if keys.len() != messages.len() {
+        keys = messages.iter().map(Key::of).collect();
+    }
+    window.prefetch(&keys);
+    window.batch_clear(keys.len());
+    // Positions in the batch of the duplicates; usually none, and then the batch is kept
+    // whole.
+    let mut dropped = Vec::new();
+    for (position, key) in keys.iter().enumerate() {
+        let Some(key) = *key else {
+            continue;
+        };
+        if let Some(offset) = window.original(key, now_ns) {
+            screen.original = Some(screen.original.map_or(offset, |o| o.max(offset)));
+            screen.mark(indexes[position]);
+            dropped.push(position);
+        } else if !window.batch_insert(&keys, position) {
+            window.duplicates += 1;
+            screen.mark(indexes[position]);
+            dropped.push(position);
+        }
+    }
+    if dropped.is_empty() {
+        return Batch {
+            messages,
+            indexes,
+            keys,
+        };
+    }
+    let mut kept = Batch::default();
+    let mut dropped = dropped.into_iter().peekable();
+    for (position, ((message, index), key)) in
+        messages.into_iter().zip(indexes).zip(keys).enumerate()
+    {
+        if dropped.next_if_eq(&position).is_some() {
+            continue;
         }
         kept.messages.push(message);
         kept.indexes.push(index);
@@ -380,6 +812,7 @@ pub(super) fn record(
         return;
     }
     window.expire(timestamp_ns);
+    window.prefetch(keys);
     for (i, key) in keys.iter().enumerate() {
         if let Some(key) = key {
             window.insert(*key, first + i as u64, timestamp_ns);

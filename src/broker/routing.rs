@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::dedup::{Batch, Screen};
+use super::dedup::{Batch, Key, Screen};
 use super::hooks::{Decision, MessageRef, Router, Routing};
 use super::topic::Topic;
 use super::{Broker, BrokerError};
@@ -43,7 +43,11 @@ impl Broker {
             // the ones the messages get.
             let _turn = topic.routing_turn().await;
             let base = topic.log.end();
-            let mut batch = Batch::new(messages);
+            let mut batch = if screen.is_some() {
+                topic.client_batch(messages)
+            } else {
+                Batch::new(messages)
+            };
             if let Some(screen) = screen.as_deref_mut() {
                 batch = topic.screen_locked(&topic.publish_lock(), batch, screen);
                 if batch.messages.is_empty() {
@@ -54,6 +58,7 @@ impl Broker {
             let routed = RoutedBatch {
                 messages,
                 indexes: batch.indexes,
+                keys: batch.keys,
                 routings,
                 base,
             };
@@ -128,6 +133,7 @@ impl Broker {
         let RoutedBatch {
             messages,
             indexes,
+            keys,
             routings,
             base,
         } = routed;
@@ -143,11 +149,15 @@ impl Broker {
         let mut forwards: Vec<(TopicName, StoredMessage)> = Vec::new();
         let mut dropped = 0;
         let mut ensured: Vec<ChannelName> = Vec::new();
+        // The ids' keys, when computed, go along with the messages kept.
+        let mut keys = keys.into_iter();
         for ((mut message, routing), index) in messages.into_iter().zip(routings).zip(indexes) {
+            let key = keys.next();
             match routing {
                 Routing::All => {
                     kept.messages.push(message);
                     kept.indexes.push(index);
+                    kept.keys.extend(key);
                 }
                 Routing::To { channels, forward } => {
                     for target in forward {
@@ -171,6 +181,7 @@ impl Broker {
                         message.route = Some(Route::from(channels));
                         kept.messages.push(message);
                         kept.indexes.push(index);
+                        kept.keys.extend(key);
                     }
                 }
                 Routing::Drop => dropped += 1,
@@ -252,11 +263,12 @@ impl Broker {
     }
 }
 
-/// A publish its router decided: the messages, each one's index in the request, their
-/// routings, and the log's end when the routing began.
+/// A publish its router decided: the messages, each one's index in the request and id's key
+/// (when computed), their routings, and the log's end when the routing began.
 struct RoutedBatch {
     messages: Vec<StoredMessage>,
     indexes: Vec<usize>,
+    keys: Vec<Option<Key>>,
     routings: Vec<Routing>,
     base: u64,
 }

@@ -43,6 +43,9 @@ pub(super) struct Topic {
     pub(super) routing: RoutingCounters,
     /// The ids of recent client publishes (see `dedup.rs`). Taken under `publish`.
     dedup: Mutex<DedupWindow>,
+    /// Whether the window is on, read without its mutex: a client publish computes its ids'
+    /// keys before taking the locks only then. Set under the mutex.
+    dedup_on: AtomicBool,
 }
 
 /// What the topic's router did with publishes, since the broker started.
@@ -97,6 +100,7 @@ impl Topic {
             tracing::info!(topic = %name, ids = rebuilt, "dedup window read back from the log");
         }
         Ok(Topic {
+            dedup_on: AtomicBool::new(window.is_on()),
             dedup: Mutex::new(window),
             name,
             incarnation: meta.incarnation,
@@ -156,9 +160,21 @@ impl Topic {
         messages: Vec<StoredMessage>,
         screen: &mut Screen,
     ) -> Result<(Range<u64>, Option<Durable>), BrokerError> {
+        let batch = self.client_batch(messages);
         let lock = self.publish_lock();
-        let batch = self.screen_locked(&lock, Batch::new(messages), screen);
+        let batch = self.screen_locked(&lock, batch, screen);
         self.append_batch_locked(&lock, batch)
+    }
+
+    /// A client publish as a batch, with its ids' keys when the dedup window is on: they are
+    /// computed here, outside of the topic's locks ([`Topic::screen_locked`] computes them
+    /// if the window was turned on since).
+    pub(super) fn client_batch(&self, messages: Vec<StoredMessage>) -> Batch {
+        if self.dedup_on.load(Ordering::Relaxed) {
+            Batch::keyed(messages)
+        } else {
+            Batch::new(messages)
+        }
     }
 
     /// Drops the duplicates of `batch` (see [`Topic::append_client`]).
@@ -202,6 +218,7 @@ impl Topic {
             return;
         }
         dedup.reconfigure(window, max_ids, &*self.log, wall_ns());
+        self.dedup_on.store(dedup.is_on(), Ordering::Relaxed);
         tracing::info!(topic = %self.name, window = ?window, max_ids, ids = dedup.stats().ids, "dedup window set");
     }
 
