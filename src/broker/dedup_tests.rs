@@ -1,6 +1,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::ring::CHUNK;
 use super::*;
 use crate::broker::hooks::{Decision, Gate, Hooks, MessageRef, Router, Routing};
 use crate::broker::{Broker, BrokerConfig, Principal};
