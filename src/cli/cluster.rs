@@ -18,19 +18,50 @@ pub(super) enum ClusterCommand {
     /// Show a node's view of the cluster: its state, the meta group's leader and term, the
     /// members with their lag (as the leader sees it), and where topics are placed.
     Status(StatusArgs),
+    /// Make a running node a voting member. A node started with `join` in its `[cluster]`
+    /// section asks for this itself; this is for adding one by hand.
+    AddNode(AddNodeArgs),
+    /// Remove a member: its replicas move to the other members first (each topic it led
+    /// gets a new leader), then it leaves the cluster. Stop the node after.
+    RemoveNode(RemoveNodeArgs),
+}
+
+/// How to reach a node's HTTP admin API.
+#[derive(Debug, Args)]
+pub(super) struct AdminAddr {
+    /// The node's HTTP admin address.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    http: String,
+    /// Give up connecting after this long.
+    #[arg(long, default_value = "5s", value_parser = quiver::config::parse_duration)]
+    connect_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct AddNodeArgs {
+    /// The new member's node id.
+    id: NodeId,
+    /// Where the other nodes reach it (its `[cluster]` `advertise` or `listen`), HOST:PORT.
+    peer_addr: String,
+    #[command(flatten)]
+    admin: AdminAddr,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RemoveNodeArgs {
+    /// The member's node id.
+    id: NodeId,
+    #[command(flatten)]
+    admin: AdminAddr,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct StatusArgs {
-    /// The node's HTTP admin address.
-    #[arg(long, default_value = "127.0.0.1:7401")]
-    http: String,
     /// Print the status as JSON, as `GET /cluster/status` gives it.
     #[arg(long)]
     json: bool,
-    /// Give up connecting after this long.
-    #[arg(long, default_value = "5s", value_parser = quiver::config::parse_duration)]
-    connect_timeout: std::time::Duration,
+    #[command(flatten)]
+    admin: AdminAddr,
 }
 
 #[derive(Debug, Args)]
@@ -65,31 +96,69 @@ pub(super) fn run(command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Init(args) => init(args),
         ClusterCommand::Status(args) => status(args),
+        ClusterCommand::AddNode(args) => {
+            let path = format!(
+                "/cluster/nodes/add?id={}&peer_addr={}",
+                args.id, args.peer_addr
+            );
+            let json = admin_request(&args.admin, "POST", &path, MEMBERS_WITHIN)?;
+            println!("node {} is a member, at {}", json["node"], args.peer_addr);
+            Ok(())
+        }
+        ClusterCommand::RemoveNode(args) => {
+            let path = format!("/cluster/nodes/remove?id={}", args.id);
+            println!("removing node {}: moving its replicas first", args.id);
+            let json = admin_request(&args.admin, "POST", &path, REMOVE_WITHIN)?;
+            let moved = json["moved"].as_array().map_or(0, Vec::len);
+            println!(
+                "node {} removed after {} ms; {moved} topics moved to other members: stop it now",
+                json["node"], json["took_ms"]
+            );
+            Ok(())
+        }
     }
 }
 
-/// `GET /cluster/status` over plain HTTP/1.1, then a table (or the JSON).
-fn status(args: StatusArgs) -> Result<()> {
+/// How long `add-node` waits for the answer (the new member catches up first).
+const MEMBERS_WITHIN: std::time::Duration = std::time::Duration::from_secs(90);
+/// How long `remove-node` waits for the answer (every replica moves first).
+const REMOVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(330);
+
+/// One request to a node's HTTP admin API over plain HTTP/1.1; its JSON answer, or the
+/// node's reason for refusing.
+fn admin_request(
+    admin: &AdminAddr,
+    method: &str,
+    path: &str,
+    wait: std::time::Duration,
+) -> Result<serde_json::Value> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
-    let addr = args
+    let addr = admin
         .http
         .to_socket_addrs()
-        .with_context(|| format!("resolving {}", args.http))?
+        .with_context(|| format!("resolving {}", admin.http))?
         .next()
-        .with_context(|| format!("{} names no address", args.http))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, args.connect_timeout)
-        .with_context(|| format!("nothing answers at {} (the node's HTTP address)", args.http))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        .with_context(|| format!("{} names no address", admin.http))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, admin.connect_timeout)
+        .with_context(|| {
+            format!(
+                "nothing answers at {} (the node's HTTP address)",
+                admin.http
+            )
+        })?;
+    stream.set_read_timeout(Some(wait))?;
     let token = std::env::var("QUIVER_TOKEN").ok();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "GET /cluster/status HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
-        args.http
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+        admin.http
     )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    stream
+        .read_to_string(&mut response)
+        .with_context(|| format!("no answer from {} within {wait:?}", admin.http))?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let code = head.split_whitespace().nth(1).unwrap_or("");
     let json: serde_json::Value = serde_json::from_str(body)
@@ -98,6 +167,13 @@ fn status(args: StatusArgs) -> Result<()> {
         let reason = json["error"].as_str().unwrap_or(body);
         anyhow::bail!("the node refused: {reason}");
     }
+    Ok(json)
+}
+
+/// `GET /cluster/status`, then a table (or the JSON).
+fn status(args: StatusArgs) -> Result<()> {
+    let wait = std::time::Duration::from_secs(30);
+    let json = admin_request(&args.admin, "GET", "/cluster/status", wait)?;
     if args.json {
         println!("{json:#}");
         return Ok(());
@@ -133,9 +209,16 @@ fn status(args: StatusArgs) -> Result<()> {
             opt(&m["last_ack_ms"]),
         );
     }
+    if let Some(leaving) = json["leaving"].as_array().filter(|l| !l.is_empty()) {
+        println!("being removed: {leaving:?}");
+    }
     for t in json["topics"].as_array().into_iter().flatten() {
+        let moving = match t["moving"].as_bool() {
+            Some(true) => format!(" (moving, from {})", t["voters"]),
+            _ => String::new(),
+        };
         println!(
-            "topic {}: replicas {}, preferred leader {}",
+            "topic {}: replicas {}{moving}, preferred leader {}",
             t["topic"].as_str().unwrap_or("?"),
             t["replicas"],
             t["preferred_leader"]

@@ -56,6 +56,50 @@ pub(crate) async fn cluster_status(
     }
 }
 
+/// The cluster node, or the error for a node without one; the caller must be allowed to
+/// administer everything.
+fn cluster_admin(
+    state: &AppState,
+    who: &Principal,
+    action: &str,
+) -> Result<Arc<crate::cluster::raft::node::ClusterNode>, ApiError> {
+    state.broker.administer(who, Operation::AdminAll, action)?;
+    state.cluster.clone().ok_or(ApiError::NotClustered)
+}
+
+/// `POST /cluster/nodes/add?id=N&peer_addr=HOST:PORT`: makes the node a voting member once
+/// it has caught up with the metadata.
+pub(crate) async fn add_node(
+    State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
+    params: Params,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let cluster = cluster_admin(&state, &who, "add a cluster member")?;
+    let (id, peer_addr) = (params.node_id()?, params.peer_addr()?);
+    tracing::info!(node = id, %peer_addr, by = who.identity(), "adding a cluster member");
+    cluster
+        .add_node(id, peer_addr.clone())
+        .await
+        .map_err(ApiError::Cluster)?;
+    Ok(Json(
+        serde_json::json!({ "node": id, "peer_addr": peer_addr }),
+    ))
+}
+
+/// `POST /cluster/nodes/remove?id=N`: moves the member's replicas to the others, then
+/// removes it; answers when it is out, with the topics moved.
+pub(crate) async fn remove_node(
+    State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
+    params: Params,
+) -> Result<Json<crate::cluster::raft::node::Removed>, ApiError> {
+    let cluster = cluster_admin(&state, &who, "remove a cluster member")?;
+    let id = params.node_id()?;
+    tracing::info!(node = id, by = who.identity(), "removing a cluster member");
+    let removed = cluster.remove_node(id).await.map_err(ApiError::Cluster)?;
+    Ok(Json(removed))
+}
+
 /// `POST /rules/reload`: 200 with the new status, 422 with the reason the old rules stay.
 pub(crate) async fn reload_rules(
     State(state): State<AppState>,

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::broker::{BrokerError, ErrorKind};
+use crate::cluster::raft::node::ClusterError;
 use crate::log_limit::{self, Site};
 use crate::protocol::ErrorCode;
 
@@ -29,6 +30,8 @@ pub(crate) enum ApiError {
     NoRoute,
     /// A cluster endpoint on a node without a `[cluster]` section.
     NotClustered,
+    /// The cluster could not make a change.
+    Cluster(ClusterError),
 }
 
 impl ApiError {
@@ -84,6 +87,21 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 ErrorCode::NotFound,
                 "this node is not part of a cluster (it has no [cluster] section)".to_string(),
+            ),
+            ApiError::Cluster(e @ ClusterError::Refused(_)) => {
+                (StatusCode::CONFLICT, ErrorCode::Invalid, e.to_string())
+            }
+            ApiError::Cluster(
+                e @ (ClusterError::NoLeader | ClusterError::Timeout(_) | ClusterError::Peer(_)),
+            ) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                e.to_string(),
+            ),
+            ApiError::Cluster(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
             ),
         }
     }

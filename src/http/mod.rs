@@ -131,6 +131,8 @@ pub fn router_all(
         .route("/ping", get(ping))
         .route("/stats", get(admin::stats))
         .route("/cluster/status", get(admin::cluster_status))
+        .route("/cluster/nodes/add", post(admin::add_node))
+        .route("/cluster/nodes/remove", post(admin::remove_node))
         .route("/metrics", get(metrics::metrics))
         .route("/rules/reload", post(admin::reload_rules))
         .route("/pub", post(publish::publish))

@@ -19,6 +19,8 @@ pub(crate) struct Params {
     max_attempts: Option<String>,
     ordering: Option<String>,
     order_key_header: Option<String>,
+    id: Option<String>,
+    peer_addr: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
@@ -101,5 +103,28 @@ impl Params {
                 })
             })
             .transpose()
+    }
+
+    /// A cluster member's `id`.
+    pub(crate) fn node_id(&self) -> Result<u64, ApiError> {
+        let text = self.id.as_deref().ok_or(ApiError::missing("id"))?;
+        match text.parse() {
+            Ok(id) if id > 0 => Ok(id),
+            _ => Err(ApiError::bad("id", "expected a node id (1 or more)")),
+        }
+    }
+
+    /// A node's `peer_addr`, `HOST:PORT`.
+    pub(crate) fn peer_addr(&self) -> Result<String, ApiError> {
+        let text = self
+            .peer_addr
+            .as_deref()
+            .ok_or(ApiError::missing("peer_addr"))?;
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(text.to_string())
+            }
+            _ => Err(ApiError::bad("peer_addr", "expected HOST:PORT")),
+        }
     }
 }

@@ -21,14 +21,14 @@ use crate::process::{ServeProcess, BIN};
 use crate::support::{body, channel, topic, DEADLINE};
 
 /// A node that keeps its QUIC port across restarts, so that clients' seeds stay true.
-struct Node {
-    config: PathBuf,
-    quic: SocketAddr,
-    process: Option<ServeProcess>,
+pub(crate) struct Node {
+    pub(crate) config: PathBuf,
+    pub(crate) quic: SocketAddr,
+    pub(crate) process: Option<ServeProcess>,
 }
 
 impl Node {
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -40,14 +40,14 @@ impl Node {
         self.process = Some(ServeProcess::spawn(command));
     }
 
-    fn live(&self) -> &ServeProcess {
+    pub(crate) fn live(&self) -> &ServeProcess {
         self.process.as_ref().expect("a live node")
     }
 }
 
 /// Three nodes of a new cluster in `dir`, running with an agreed meta leader; with the
 /// cluster CA's file and the nodes' QUIC addresses.
-fn three_nodes(dir: &Path) -> (Vec<Node>, PathBuf, Vec<SocketAddr>) {
+pub(crate) fn three_nodes(dir: &Path) -> (Vec<Node>, PathBuf, Vec<SocketAddr>) {
     let mut nodes: Vec<Node> = init(dir, 3)
         .into_iter()
         .map(|config| Node {
@@ -64,7 +64,7 @@ fn three_nodes(dir: &Path) -> (Vec<Node>, PathBuf, Vec<SocketAddr>) {
 }
 
 /// Client options trusting the cluster's CA, noticing a dead node within 1.5 s.
-fn options(ca: &Path, addr: SocketAddr) -> ClientOptions {
+pub(crate) fn options(ca: &Path, addr: SocketAddr) -> ClientOptions {
     let mut options = ClientOptions::new(addr, Trust::CaFile(ca.to_path_buf()));
     options.idle_timeout = Some(Duration::from_millis(1500));
     options
@@ -72,21 +72,21 @@ fn options(ca: &Path, addr: SocketAddr) -> ClientOptions {
 
 /// What the clients saw.
 #[derive(Default)]
-struct Seen {
-    confirmed: Vec<String>,
-    duplicates: u64,
-    delivered: Vec<String>,
-    errors: Vec<String>,
+pub(crate) struct Seen {
+    pub(crate) confirmed: Vec<String>,
+    pub(crate) duplicates: u64,
+    pub(crate) delivered: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
-type Shared = Arc<Mutex<Seen>>;
+pub(crate) type Shared = Arc<Mutex<Seen>>;
 
-fn lock(seen: &Shared) -> std::sync::MutexGuard<'_, Seen> {
+pub(crate) fn lock(seen: &Shared) -> std::sync::MutexGuard<'_, Seen> {
     seen.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Publishes `p<task>-<i>` until `stop`, recording what was confirmed.
-async fn publisher(
+pub(crate) async fn publisher(
     producer: RetryingProducer,
     t: TopicName,
     task: usize,
@@ -113,7 +113,7 @@ async fn publisher(
 
 /// Consumes channel `c`, FINning each message, reconnecting to the node that serves the
 /// topic whenever the subscription ends.
-async fn consumer(
+pub(crate) async fn consumer(
     ca: PathBuf,
     seeds: Vec<SocketAddr>,
     t: TopicName,
@@ -158,7 +158,7 @@ async fn consumer(
 }
 
 /// Waits until `done` holds for what the clients saw.
-async fn wait_for(seen: &Shared, what: &str, done: impl Fn(&Seen) -> bool) {
+pub(crate) async fn wait_for(seen: &Shared, what: &str, done: impl Fn(&Seen) -> bool) {
     let began = Instant::now();
     loop {
         {
@@ -181,7 +181,7 @@ async fn wait_for(seen: &Shared, what: &str, done: impl Fn(&Seen) -> bool) {
 }
 
 /// The topic's replica state on `node`, from `/cluster/status`.
-fn group(node: &ServeProcess, t: &str) -> serde_json::Value {
+pub(crate) fn group(node: &ServeProcess, t: &str) -> serde_json::Value {
     status(node)["topics"]
         .as_array()
         .and_then(|topics| topics.iter().find(|p| p["topic"] == t))
@@ -191,7 +191,7 @@ fn group(node: &ServeProcess, t: &str) -> serde_json::Value {
 
 /// Waits until every running node has applied the topic's group as far as `leader` had
 /// committed when this was called.
-fn caught_up(nodes: &[Node], leader: usize, t: &str) {
+pub(crate) fn caught_up(nodes: &[Node], leader: usize, t: &str) {
     let began = Instant::now();
     let target = loop {
         if let Some(index) = group(nodes[leader].live(), t)["committed"].as_u64() {
@@ -345,7 +345,7 @@ async fn publishing_and_consuming_go_on_through_repeated_leader_kills() {
 }
 
 /// The node leading `t`, as the node at `ask` says.
-async fn leader_of(ca: &Path, seeds: &[SocketAddr], ask: usize, t: &TopicName) -> usize {
+pub(crate) async fn leader_of(ca: &Path, seeds: &[SocketAddr], ask: usize, t: &TopicName) -> usize {
     let probe = Client::connect(&options(ca, seeds[ask]))
         .await
         .expect("connect");
@@ -359,7 +359,7 @@ async fn leader_of(ca: &Path, seeds: &[SocketAddr], ask: usize, t: &TopicName) -
 }
 
 /// A producer over `seeds` that has published "first" to `t`, and the node leading `t`.
-async fn first_publish(
+pub(crate) async fn first_publish(
     ca: &Path,
     seeds: &[SocketAddr],
     t: &TopicName,

@@ -41,6 +41,21 @@ pub enum MetaCommand {
         node: NodeId,
         addrs: ClientAddrs,
     },
+    /// A member is being removed: no new topic is placed on it, and every topic with a
+    /// replica on it gets another member in its place (where the cluster has one).
+    Retire {
+        node: NodeId,
+    },
+    /// A removed member is gone: it leaves the metadata.
+    Forget {
+        node: NodeId,
+    },
+    /// A topic's group now has exactly `voters` as its voting members (its leader says so
+    /// once a change of its replicas is committed).
+    Settle {
+        topic: String,
+        voters: Vec<NodeId>,
+    },
 }
 
 /// The client listeners of a node.
@@ -62,6 +77,11 @@ impl fmt::Display for MetaCommand {
             MetaCommand::Advertise { node, addrs } => {
                 write!(f, "node {node} serves clients at {}", addrs.quic)
             }
+            MetaCommand::Retire { node } => write!(f, "move every replica off node {node}"),
+            MetaCommand::Forget { node } => write!(f, "forget removed node {node}"),
+            MetaCommand::Settle { topic, voters } => {
+                write!(f, "topic {topic} is replicated on {voters:?}")
+            }
         }
     }
 }
@@ -75,10 +95,25 @@ pub enum MetaReply {
 }
 
 /// Where a topic lives: its replicas, and the one that should lead it.
+///
+/// `replicas` is where the topic should be; `voters` is where its group is now. They differ
+/// while replicas move (a member is being removed): the group's leader adds the new
+/// replicas, changes its membership, and settles `voters` to `replicas`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     pub replicas: Vec<NodeId>,
     pub preferred_leader: NodeId,
+    /// The group's voting members, as its leader last settled them.
+    pub voters: Vec<NodeId>,
+    /// The members the group was created with: only they initialise it, with these.
+    pub initial: Vec<NodeId>,
+}
+
+impl Placement {
+    /// Replicas are moving: the group's members are not yet the placement's.
+    pub fn moving(&self) -> bool {
+        self.replicas != self.voters
+    }
 }
 
 /// The cluster's metadata as of the last applied entry.
@@ -89,12 +124,74 @@ pub struct MetaState {
     pub topics: BTreeMap<String, Placement>,
     /// Each node's client addresses, as it advertised them.
     pub clients: BTreeMap<NodeId, ClientAddrs>,
+    /// Members being removed: nothing new is placed on them.
+    pub leaving: BTreeSet<NodeId>,
 }
 
 impl MetaState {
     /// The voting members now.
     pub fn voters(&self) -> BTreeSet<NodeId> {
         self.membership.voter_ids().collect()
+    }
+
+    /// The voting members that take new replicas.
+    fn hosts(&self) -> BTreeSet<NodeId> {
+        let mut voters = self.voters();
+        voters.retain(|id| !self.leaving.contains(id));
+        voters
+    }
+
+    /// Replicas per node, and topics each node should lead.
+    fn load(&self) -> BTreeMap<NodeId, (usize, usize)> {
+        let mut load: BTreeMap<NodeId, (usize, usize)> =
+            self.hosts().into_iter().map(|id| (id, (0, 0))).collect();
+        for placed in self.topics.values() {
+            for id in &placed.replicas {
+                if let Some(l) = load.get_mut(id) {
+                    l.0 += 1;
+                }
+            }
+            if let Some(l) = load.get_mut(&placed.preferred_leader) {
+                l.1 += 1;
+            }
+        }
+        load
+    }
+
+    /// Moves every replica off `node`: each topic on it gets the host with the fewest
+    /// replicas that it does not have yet (none if every host has it: the topic then has
+    /// one replica fewer), and a topic it should lead gets the remaining replica leading
+    /// the fewest.
+    fn retire(&mut self, node: NodeId) {
+        self.leaving.insert(node);
+        let names: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|(_, p)| p.replicas.contains(&node))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            let load = self.load();
+            let Some(placed) = self.topics.get_mut(&name) else {
+                continue;
+            };
+            placed.replicas.retain(|&id| id != node);
+            let spare = load
+                .iter()
+                .filter(|(id, _)| !placed.replicas.contains(id))
+                .min_by_key(|&(&id, &(replicas, _))| (replicas, id))
+                .map(|(&id, _)| id);
+            placed.replicas.extend(spare);
+            placed.replicas.sort_unstable();
+            if placed.preferred_leader == node {
+                placed.preferred_leader = placed
+                    .replicas
+                    .iter()
+                    .min_by_key(|&&id| (load.get(&id).map_or(0, |l| l.1), id))
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
     }
 
     pub fn apply(&mut self, command: &MetaCommand) -> MetaReply {
@@ -115,25 +212,28 @@ impl MetaState {
                 self.clients.insert(*node, addrs.clone());
                 MetaReply::Done
             }
+            MetaCommand::Retire { node } => {
+                self.retire(*node);
+                MetaReply::Done
+            }
+            MetaCommand::Forget { node } => {
+                self.leaving.remove(node);
+                self.clients.remove(node);
+                MetaReply::Done
+            }
+            MetaCommand::Settle { topic, voters } => {
+                if let Some(placed) = self.topics.get_mut(topic) {
+                    placed.voters = voters.clone();
+                }
+                MetaReply::Done
+            }
         }
     }
 
     /// Chooses `replication` voters with the fewest replicas (then the lowest ids), and
     /// among them the one leading the fewest topics.
     fn place(&self, replication: u16) -> Placement {
-        let mut load: BTreeMap<NodeId, (usize, usize)> =
-            self.voters().into_iter().map(|id| (id, (0, 0))).collect();
-        for placed in self.topics.values() {
-            for id in &placed.replicas {
-                if let Some(l) = load.get_mut(id) {
-                    l.0 += 1;
-                }
-            }
-            if let Some(l) = load.get_mut(&placed.preferred_leader) {
-                l.1 += 1;
-            }
-        }
-        let mut by_replicas: Vec<(NodeId, (usize, usize))> = load.into_iter().collect();
+        let mut by_replicas: Vec<(NodeId, (usize, usize))> = self.load().into_iter().collect();
         by_replicas.sort_by_key(|&(id, (replicas, _))| (replicas, id));
         let n = (replication.max(1) as usize).min(by_replicas.len());
         let mut chosen: Vec<(NodeId, (usize, usize))> = by_replicas.into_iter().take(n).collect();
@@ -142,8 +242,11 @@ impl MetaState {
             .min_by_key(|&&(id, (_, leads))| (leads, id))
             .map_or(0, |&(id, _)| id);
         chosen.sort_by_key(|&(id, _)| id);
+        let replicas: Vec<NodeId> = chosen.into_iter().map(|(id, _)| id).collect();
         Placement {
-            replicas: chosen.into_iter().map(|(id, _)| id).collect(),
+            voters: replicas.clone(),
+            initial: replicas.clone(),
+            replicas,
             preferred_leader,
         }
     }
@@ -346,5 +449,62 @@ mod tests {
             panic!("no placement");
         };
         assert_eq!(p.replicas, vec![1]);
+    }
+
+    #[test]
+    fn retiring_a_member_moves_its_replicas_to_the_least_loaded_others() {
+        let mut state = MetaState::default();
+        let members = openraft::Membership::new_with_defaults(vec![(1..=4).collect()], 1..=4);
+        state.membership = StoredMembershipOf::<MetaConfig>::new(None, members);
+        for t in 0..8 {
+            state.apply(&MetaCommand::CreateTopic {
+                name: format!("t{t}"),
+                replication: 3,
+            });
+        }
+        let on_2: Vec<String> = state
+            .topics
+            .iter()
+            .filter(|(_, p)| p.replicas.contains(&2))
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert!(!on_2.is_empty());
+        state.apply(&MetaCommand::Retire { node: 2 });
+        for (name, p) in &state.topics {
+            assert!(!p.replicas.contains(&2), "{name}: {p:?}");
+            assert_eq!(p.replicas.len(), 3, "{name}: {p:?}");
+            assert!(p.replicas.contains(&p.preferred_leader), "{name}: {p:?}");
+            assert_eq!(p.moving(), on_2.contains(name), "{name}: {p:?}");
+        }
+        // Nothing new goes to a leaving member, and a settled topic stops moving.
+        let MetaReply::Placed(p) = state.apply(&MetaCommand::CreateTopic {
+            name: "new".into(),
+            replication: 3,
+        }) else {
+            panic!("no placement");
+        };
+        assert_eq!(p.replicas, vec![1, 3, 4]);
+        let t = &on_2[0];
+        let voters = state.topics[t].replicas.clone();
+        state.apply(&MetaCommand::Settle {
+            topic: t.clone(),
+            voters,
+        });
+        assert!(!state.topics[t].moving());
+        state.apply(&MetaCommand::Forget { node: 2 });
+        assert!(state.leaving.is_empty());
+    }
+
+    #[test]
+    fn retiring_from_a_cluster_with_no_spare_member_shrinks_the_replicas() {
+        let mut state = MetaState::default();
+        let members = openraft::Membership::new_with_defaults(vec![(1..=3).collect()], 1..=3);
+        state.membership = StoredMembershipOf::<MetaConfig>::new(None, members);
+        state.apply(&MetaCommand::CreateTopic {
+            name: "t".into(),
+            replication: 3,
+        });
+        state.apply(&MetaCommand::Retire { node: 3 });
+        assert_eq!(state.topics["t"].replicas, vec![1, 2]);
     }
 }

@@ -42,6 +42,8 @@ pub enum PeerRequest {
         id: NodeId,
         node: PeerNode,
     },
+    /// A change of the meta group's members, for its leader.
+    MetaMembers(super::node::MembersChange),
     /// A topic group's RPC, for its replica on the node called.
     Topic {
         topic: String,

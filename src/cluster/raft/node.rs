@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::log_store::FileLogStore;
 use super::meta::{ClientAddrs, MetaCommand, MetaMachine, MetaReply, MetaState};
-use super::network::{call, decode, encode, MetaNetwork, PeerRequest};
+use super::network::{decode, encode, MetaNetwork, PeerRequest};
 use super::topic::group::{OnLost, TopicGroup};
 use super::{MetaConfig, MetaRaft, PeerNode};
 use crate::cluster::identity::ClusterIdentity;
@@ -26,6 +26,9 @@ use crate::storage::{Storage, StorageConfig};
 #[path = "node_topics.rs"]
 mod topics;
 pub use topics::TopicStatus;
+#[path = "node_members.rs"]
+mod members;
+pub use members::{MembersChange, Removed};
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,23 @@ pub enum ClusterError {
     /// The node cannot take part: its endpoint, identity or peers refuse it.
     #[error("cannot start the cluster node: {0}")]
     Start(String),
+    /// The change asked for cannot be made (it would break the cluster, or names a member
+    /// that does not exist or already does); asking again gives the same answer.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl ClusterError {
+    /// The error a peer's answer stands for.
+    fn from_remote(reason: String) -> ClusterError {
+        if let Some(why) = reason.strip_prefix(members::REFUSED) {
+            return ClusterError::Refused(why.to_string());
+        }
+        if reason.contains("no leader") {
+            return ClusterError::NoLeader;
+        }
+        ClusterError::Raft(reason)
+    }
 }
 
 /// Says hello to every other member before anything is written: a peer that refuses this
@@ -109,6 +129,8 @@ pub struct ClusterNode {
     starting: tokio::sync::Mutex<()>,
     /// Held while a replica catches up from a snapshot: one at a time per node.
     catching_up: tokio::sync::Mutex<()>,
+    /// Topics whose replicas this node, their leader, is moving now.
+    moving: Mutex<std::collections::HashSet<String>>,
     /// Told when this node stops leading a topic, so that the broker lets it go.
     on_lost: OnceLock<OnLost>,
 }
@@ -187,6 +209,7 @@ impl ClusterNode {
             groups: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
             catching_up: tokio::sync::Mutex::new(()),
+            moving: Mutex::default(),
             on_lost: OnceLock::new(),
         });
         let _ = handler.node.set(node.clone());
@@ -195,10 +218,12 @@ impl ClusterNode {
         node.advertise();
         let members = match settings.bootstrap() {
             Bootstrap::Members(members) => members,
-            Bootstrap::Join(addr) => {
-                return Err(ClusterError::Start(format!(
-                    "joining a running cluster through {addr} is not supported yet: list the node in every member's `members`"
-                )))
+            Bootstrap::Join(seed) => {
+                // A node that has joined before is a member: its peers reach it.
+                if pristine {
+                    node.join(seed).await?;
+                }
+                return Ok(node);
             }
         };
         let lowest = members.iter().map(|m| m.id).min();
@@ -257,7 +282,9 @@ impl ClusterNode {
     async fn serve(&self, from: NodeId, request: PeerRequest) -> Result<Bytes, String> {
         let text = |e: &dyn std::fmt::Display| e.to_string();
         match request {
-            PeerRequest::MetaAppend(rpc) => encode(&self.raft.append_entries(rpc).await.map_err(|e| text(&e))),
+            PeerRequest::MetaAppend(rpc) => {
+                encode(&self.raft.append_entries(rpc).await.map_err(|e| text(&e)))
+            }
             PeerRequest::MetaVote(rpc) => encode(&self.raft.vote(rpc).await.map_err(|e| text(&e))),
             PeerRequest::MetaSnapshot { vote, meta, data } => {
                 let snapshot = openraft::type_config::alias::SnapshotOf::<MetaConfig, Vec<u8>> {
@@ -285,10 +312,17 @@ impl ClusterNode {
             }
             PeerRequest::Topic { topic, rpc } => self.serve_topic(&topic, rpc).await,
             PeerRequest::Join { id, node } => {
-                encode(&Err::<(), String>(format!(
-                    "node {id} at {} asked to join; joining a running cluster is not supported yet: list it in every node's members",
-                    node.peer_addr
-                )))
+                let joined = match id == from {
+                    true => self.add_node(id, node.peer_addr).await,
+                    false => Err(ClusterError::Refused(format!(
+                        "node {from} cannot ask for node {id} to join"
+                    ))),
+                };
+                encode(&joined.map_err(|e| text(&e)))
+            }
+            PeerRequest::MetaMembers(change) => {
+                tracing::debug!(from, ?change, "change of members from a peer");
+                encode(&self.members_here(change).await.map_err(|e| text(&e)))
             }
         }
     }
@@ -326,48 +360,9 @@ impl ClusterNode {
         command: MetaCommand,
         timeout: Duration,
     ) -> Result<MetaReply, ClusterError> {
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClusterError::Timeout(timeout));
-            }
-            let leader = self.raft.metrics().borrow_watched().current_leader;
-            let attempt = match leader {
-                Some(leader) if leader == self.id => {
-                    tokio::time::timeout(left, self.propose_here(command.clone()))
-                        .await
-                        .unwrap_or(Err(ClusterError::Timeout(timeout)))
-                }
-                Some(leader) => self.propose_at(leader, &command, left).await,
-                None => Err(ClusterError::NoLeader),
-            };
-            match attempt {
-                Ok(reply) => return Ok(reply),
-                Err(ClusterError::NoLeader | ClusterError::Peer(_)) => {
-                    // An election, or the leader just went away: wait for the next one.
-                    tokio::time::sleep(backoff.min(left)).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    async fn propose_at(
-        &self,
-        leader: NodeId,
-        command: &MetaCommand,
-        timeout: Duration,
-    ) -> Result<MetaReply, ClusterError> {
-        let client = self.peer_client(leader).ok_or(ClusterError::NoLeader)?;
         let request = PeerRequest::MetaPropose(command.clone());
-        match call::<MetaReply>(&client, &request, timeout).await? {
-            Ok(reply) => Ok(reply),
-            Err(reason) if reason.contains("no leader") => Err(ClusterError::NoLeader),
-            Err(reason) => Err(ClusterError::Raft(reason)),
-        }
+        self.at_leader(request, timeout, || self.propose_here(command.clone()))
+            .await
     }
 
     /// The metadata as this node has applied it.
@@ -419,12 +414,15 @@ impl ClusterNode {
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             members,
+            leaving: state.leaving.iter().copied().collect(),
             topics: state
                 .topics
                 .iter()
                 .map(|(name, p)| TopicPlacement {
                     topic: name.clone(),
                     replicas: p.replicas.clone(),
+                    voters: p.voters.clone(),
+                    moving: p.moving(),
                     preferred_leader: p.preferred_leader,
                     group: self.topic_status(name),
                 })
@@ -472,6 +470,8 @@ pub struct ClusterStatus {
     pub leader_changes: u64,
     pub uptime_ms: u64,
     pub members: Vec<MemberStatus>,
+    /// Members being removed, whose replicas are moving away.
+    pub leaving: Vec<NodeId>,
     pub topics: Vec<TopicPlacement>,
 }
 
@@ -491,7 +491,11 @@ pub struct MemberStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct TopicPlacement {
     pub topic: String,
+    /// Where the topic should be replicated.
     pub replicas: Vec<NodeId>,
+    /// Where its group is replicated now; differs from `replicas` while replicas move.
+    pub voters: Vec<NodeId>,
+    pub moving: bool,
     pub preferred_leader: NodeId,
     /// The topic's group as this node's replica sees it; None on other nodes.
     pub group: Option<TopicStatus>,

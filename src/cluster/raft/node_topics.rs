@@ -1,13 +1,13 @@
 //! A node's replicas of topics: started when the meta group places a topic on the node,
 //! served to peers, and handed to the broker where the node leads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
-use openraft::{Config as RaftConfig, SnapshotPolicy};
+use openraft::{ChangeMembers, Config as RaftConfig, ServerState, SnapshotPolicy};
 use serde::Serialize;
 
 use super::{ClusterError, ClusterNode, STARTING};
@@ -34,6 +34,9 @@ const FETCH_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long a request waits for a topic to be created and to have a leader.
 const PREPARE_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long one attempt to move a topic's replicas may take (its new replicas catch up).
+const MOVE_WITHIN: Duration = Duration::from_secs(300);
 
 /// A topic's group as this node's replica sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -87,11 +90,13 @@ impl ClusterNode {
             .map_err(|e| ClusterError::Raft(format!("Raft timing: {e}")))
     }
 
-    /// Starts the replicas of the topics placed on this node, whenever the placements
-    /// change.
+    /// Starts the replicas of the topics placed on this node and brings the groups it
+    /// leads to their placements, whenever the placements change (and at each election
+    /// timeout, since a group's leadership moves without the placements changing).
     pub(super) fn follow_placements(self: &Arc<Self>) {
         let node = Arc::downgrade(self);
         let changed = self.machine.changed.clone();
+        let every = self.settings.election_timeout;
         tokio::spawn(async move {
             loop {
                 let notified = changed.notified();
@@ -99,10 +104,138 @@ impl ClusterNode {
                 notified.as_mut().enable();
                 let Some(n) = node.upgrade() else { return };
                 n.start_placed().await;
+                n.reconcile().await;
                 drop(n);
-                notified.await;
+                let _ = tokio::time::timeout(every, notified).await;
             }
         });
+    }
+
+    /// Brings this node's replicas in line with the placements: a group this node leads
+    /// gets the placement's replicas as its members (handing its leadership over first if
+    /// it is not one of them), and a replica its topic no longer has, or whose topic is
+    /// gone, is stopped and its data removed.
+    async fn reconcile(self: &Arc<Self>) {
+        let groups: Vec<(String, Arc<TopicGroup>)> = self
+            .groups()
+            .iter()
+            .map(|(name, group)| (name.clone(), group.clone()))
+            .collect();
+        for (topic, group) in groups {
+            let placement = self.machine.placement(&topic);
+            let Some(placement) =
+                placement.filter(|p| p.replicas.contains(&self.id) || p.voters.contains(&self.id))
+            else {
+                self.retire_group(&topic, &group).await;
+                continue;
+            };
+            let m = group.raft.metrics().borrow_watched().clone();
+            if m.state != ServerState::Leader || m.current_leader != Some(self.id) {
+                continue;
+            }
+            let target: BTreeSet<NodeId> = placement.replicas.iter().copied().collect();
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            let settled = voters == target && membership.get_joint_config().len() == 1;
+            if settled && !placement.moving() {
+                continue;
+            }
+            if !target.contains(&self.id) {
+                // The most caught-up replica that stays takes over, and moves the rest.
+                let matched = |id: &NodeId| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map(|l| l.index)
+                };
+                let to = voters.intersection(&target).max_by_key(|id| matched(id));
+                if let Some(&to) = to {
+                    tracing::info!(topic, to, "handing the topic over: this replica moves away");
+                    let _ = group.raft.trigger().transfer_leader(to).await;
+                }
+                continue;
+            }
+            if !self.moving().insert(topic.clone()) {
+                continue;
+            }
+            let node = self.clone();
+            tokio::spawn(async move {
+                let moved = tokio::time::timeout(
+                    MOVE_WITHIN,
+                    node.move_replicas(&topic, &group, target, settled),
+                )
+                .await
+                .unwrap_or_else(|_| Err(ClusterError::Timeout(MOVE_WITHIN)));
+                if let Err(e) = moved {
+                    tracing::warn!(topic, error = %e, "moving the topic's replicas; trying again");
+                }
+                node.moving().remove(&topic);
+            });
+        }
+    }
+
+    fn moving(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.moving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On the topic's leader: adds the replicas of `target` it lacks as learners (each
+    /// caught up before it counts), makes `target` the group's voters, and tells the meta
+    /// group.
+    async fn move_replicas(
+        &self,
+        topic: &str,
+        group: &TopicGroup,
+        target: BTreeSet<NodeId>,
+        settled: bool,
+    ) -> Result<(), ClusterError> {
+        let raft_error = |e: &dyn std::fmt::Display| ClusterError::Raft(e.to_string());
+        if !settled {
+            let m = group.raft.metrics().borrow_watched().clone();
+            let have: BTreeSet<NodeId> = m.membership_config.nodes().map(|(id, _)| *id).collect();
+            let members = self
+                .raft
+                .metrics()
+                .borrow_watched()
+                .membership_config
+                .clone();
+            for &id in target.difference(&have) {
+                let Some(node) = members.nodes().find(|(n, _)| **n == id).map(|(_, n)| n) else {
+                    return Err(ClusterError::Raft(format!("node {id} is not a member")));
+                };
+                tracing::info!(topic, node = id, "adding a replica; it catches up first");
+                group
+                    .raft
+                    .add_learner(id, node.clone(), true)
+                    .await
+                    .map_err(|e| raft_error(&e))?;
+            }
+            let voters = ChangeMembers::ReplaceAllVoters(target.clone());
+            group
+                .raft
+                .change_membership(voters, false)
+                .await
+                .map_err(|e| raft_error(&e))?;
+            tracing::info!(topic, voters = ?target, "the topic's replicas moved");
+        }
+        let command = MetaCommand::Settle {
+            topic: topic.to_string(),
+            voters: target.into_iter().collect(),
+        };
+        self.propose(command, PREPARE_WITHIN).await.map(drop)
+    }
+
+    /// Stops this node's replica of a topic that no longer has it, and removes its data.
+    async fn retire_group(&self, topic: &str, group: &Arc<TopicGroup>) {
+        self.groups().remove(topic);
+        group.shutdown().await;
+        let dir = self.data_dir.join("cluster").join("topics").join(topic);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(topic, dir = %dir.display(), error = %e, "removing a retired replica's log");
+        }
+        if let Err(e) = self.local.delete_topic(&group.name) {
+            tracing::warn!(topic, error = %e, "removing a retired replica's messages");
+        }
+        tracing::info!(topic, "this node's replica of the topic is retired");
     }
 
     async fn start_placed(&self) {
@@ -170,12 +303,12 @@ impl ClusterNode {
             on_lost,
             self.settings.election_timeout,
         );
-        if pristine {
-            // Every replica initialises with the same members, which Raft allows: one of
-            // them wins the first election.
+        if pristine && placement.initial.contains(&self.id) {
+            // Every first replica initialises with the same members, which Raft allows: one
+            // of them wins the first election. A replica added later waits for the leader.
             let members = self.machine.state().membership;
             let nodes: BTreeMap<NodeId, PeerNode> = placement
-                .replicas
+                .initial
                 .iter()
                 .filter_map(|id| {
                     members

@@ -1,0 +1,250 @@
+//! Membership changes on real `quiver serve` processes, under publish and consume load: a
+//! fourth node joins through `join`, then the leader of the busy topic is removed with
+//! `quiver cluster remove-node`; its replica moves to the new node, another node takes the
+//! topic over, and nothing confirmed is lost, with no error reaching the publishers.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quiver::client::{RetryPolicy, RetryingProducer};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{free_udp_port, status};
+use crate::cluster_failover::{
+    consumer, group, leader_of, lock, options, publisher, three_nodes, wait_for, Node, Shared,
+};
+use crate::process::{http_request, ServeProcess, BIN};
+use crate::support::{topic, DEADLINE};
+
+/// The `[cluster]` `listen` address in the config at `path`.
+fn peer_listen(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("config");
+    let value: toml::Value = toml::from_str(&text).expect("TOML");
+    value["cluster"]["listen"]
+        .as_str()
+        .expect("cluster.listen")
+        .to_string()
+}
+
+/// Signs node `id` into the cluster in `dir` and points it at node 1 to join, with a peer
+/// port from the OS and the test's fast Raft timing.
+fn add_node_config(dir: &Path, id: u64) -> PathBuf {
+    let out = Command::new(BIN)
+        .args(["cluster", "init", "--add-node", &id.to_string(), "--dir"])
+        .arg(dir)
+        .output()
+        .expect("cluster init --add-node runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join(format!("node-{id}.toml"));
+    let seed = peer_listen(&dir.join("node-1.toml"));
+    let text = std::fs::read_to_string(&path).expect("config");
+    let mut out = String::new();
+    for line in text.lines() {
+        let line = match line {
+            l if l.starts_with("listen") => format!("listen = \"127.0.0.1:{}\"", free_udp_port()),
+            l if l.starts_with("join") => format!("join = {seed:?}"),
+            l => l.to_string(),
+        };
+        out.push_str(&line);
+        out.push('\n');
+        if line == "[cluster]" {
+            out.push_str("heartbeat = \"100ms\"\nelection_timeout = \"500ms\"\n");
+        }
+    }
+    std::fs::write(&path, out).expect("write config");
+    path
+}
+
+/// Waits until `node` reports `voters` as the meta group's voters.
+fn wait_for_voters(node: &ServeProcess, voters: &[u64]) -> serde_json::Value {
+    let began = Instant::now();
+    loop {
+        let s = status(node);
+        let now: Vec<u64> = s["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["voter"] == true)
+            .filter_map(|m| m["id"].as_u64())
+            .collect();
+        if now == voters {
+            return s;
+        }
+        assert!(
+            began.elapsed() < DEADLINE,
+            "voters {now:?}, not {voters:?}, after {DEADLINE:?}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The placement of topic `t` in a node's status.
+fn placement(s: &serde_json::Value, t: &str) -> serde_json::Value {
+    s["topics"]
+        .as_array()
+        .and_then(|topics| topics.iter().find(|p| p["topic"] == t))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_and_the_topics_leader_is_removed_under_traffic_losing_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, ca, mut seeds) = three_nodes(dir.path());
+    let mut fourth = Node {
+        config: add_node_config(dir.path(), 4),
+        quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+        process: None,
+    };
+    fourth.start();
+    tokio::task::block_in_place(|| {
+        wait_for_voters(nodes[0].live(), &[1, 2, 3, 4]);
+        wait_for_voters(fourth.live(), &[1, 2, 3, 4]);
+    });
+    seeds.push(fourth.quic);
+    nodes.push(fourth);
+
+    // A node id in use at another address is refused, with the reason.
+    let (code, body) = tokio::task::block_in_place(|| {
+        http_request(
+            nodes[0].live().http,
+            "POST",
+            "/cluster/nodes/add?id=2&peer_addr=127.0.0.1:9",
+            "",
+        )
+    });
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("node id 2 is already a member"), "{body}");
+
+    let t = topic("moving");
+    let policy = RetryPolicy {
+        attempts: 200,
+        backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(2),
+        confirm_timeout: Duration::from_secs(3),
+    };
+    let producer = RetryingProducer::with_seeds(options(&ca, seeds[0]), seeds.clone(), policy);
+    let seen: Shared = Arc::default();
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for task in 0..4 {
+        let (producer, t, seen, stop) = (producer.clone(), t.clone(), seen.clone(), stop.clone());
+        tasks.push(tokio::spawn(publisher(producer, t, task, seen, stop)));
+    }
+    let stop_consuming = CancellationToken::new();
+    let consuming = tokio::spawn(consumer(
+        ca.clone(),
+        seeds.clone(),
+        t.clone(),
+        seen.clone(),
+        stop_consuming.clone(),
+    ));
+    wait_for(&seen, "publishing", |s| s.confirmed.len() >= 300).await;
+
+    // The topic was placed on the first three; remove the one leading it.
+    let leader = leader_of(&ca, &seeds, 0, &t).await;
+    assert!(leader < 3, "the topic is led by node {}", leader + 1);
+    let removed = leader as u64 + 1;
+    let other = (leader + 1) % 3;
+    let before = lock(&seen).confirmed.len();
+    let out = tokio::task::block_in_place(|| {
+        Command::new(BIN)
+            .args(["cluster", "remove-node", &removed.to_string(), "--http"])
+            .arg(nodes[other].live().http.to_string())
+            .output()
+            .expect("remove-node runs")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("node {removed} removed")),
+        "{stdout}"
+    );
+    println!(
+        "{stdout}{} confirmed during the removal",
+        lock(&seen).confirmed.len() - before
+    );
+
+    // The replica moved to the new node, and the groups agree.
+    let remaining: Vec<u64> = (1..=4).filter(|&id| id != removed).collect();
+    let s = tokio::task::block_in_place(|| wait_for_voters(nodes[other].live(), &remaining));
+    let p = placement(&s, "moving");
+    let replicas: Vec<u64> = p["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_u64())
+        .collect();
+    assert_eq!(replicas, remaining, "{p}");
+    assert_eq!(p["voters"], p["replicas"], "{p}");
+    assert_eq!(s["leaving"], serde_json::json!([]), "{s}");
+
+    let after = lock(&seen).confirmed.len();
+    wait_for(&seen, "publishing after the removal", |s| {
+        s.confirmed.len() >= after + 300
+    })
+    .await;
+    // The removed node is stopped; nothing depends on it any more.
+    nodes[leader].process.as_mut().expect("live").kill();
+    nodes[leader].process = None;
+    let after = lock(&seen).confirmed.len();
+    wait_for(&seen, "publishing after the removed node stopped", |s| {
+        s.confirmed.len() >= after + 100
+    })
+    .await;
+
+    stop.cancel();
+    for task in tasks {
+        task.await.expect("publisher");
+    }
+    let confirmed: HashSet<String> = lock(&seen).confirmed.iter().cloned().collect();
+    wait_for(&seen, "every confirmed message delivered", |s| {
+        let delivered: HashSet<&String> = s.delivered.iter().collect();
+        confirmed.iter().all(|c| delivered.contains(c))
+    })
+    .await;
+    stop_consuming.cancel();
+    consuming.await.expect("consumer");
+    // Each id stored once, on the new replica as on the others.
+    let new_leader = leader_of(&ca, &seeds, other, &t).await;
+    let end = tokio::task::block_in_place(|| {
+        let g = group(nodes[new_leader].live(), "moving");
+        let committed = g["committed"].as_u64().expect("a commit index");
+        let began = Instant::now();
+        while group(nodes[3].live(), "moving")["applied"].as_u64() < Some(committed) {
+            assert!(
+                began.elapsed() < DEADLINE,
+                "the new replica did not catch up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mine = group(nodes[3].live(), "moving")["end"].as_u64();
+        assert_eq!(mine, g["end"].as_u64(), "the new replica's log");
+        g["end"].as_u64()
+    });
+    assert_eq!(
+        end,
+        Some(confirmed.len() as u64),
+        "stored against confirmed"
+    );
+    let seen = lock(&seen);
+    println!(
+        "{} confirmed, {} deliveries, {} retries answered as duplicates",
+        confirmed.len(),
+        seen.delivered.len(),
+        seen.duplicates
+    );
+}
