@@ -301,12 +301,10 @@ impl ClusterNode {
                 Ok(Err(reason)) => {
                     tracing::info!(through = seed, %reason, "joining: trying again")
                 }
-                Err(e) => {
-                    let level_info = tries % 10 == 0;
-                    if level_info {
-                        tracing::info!(through = seed, error = %e, "joining: no answer yet");
-                    }
+                Err(e) if tries.is_multiple_of(10) => {
+                    tracing::info!(through = seed, error = %e, "joining: no answer yet")
                 }
+                Err(_) => {}
             }
             tries += 1;
             tokio::time::sleep(backoff).await;

@@ -165,7 +165,7 @@ impl ClusterNode {
                     node.move_replicas(&topic, &group, target, settled),
                 )
                 .await
-                .unwrap_or_else(|_| Err(ClusterError::Timeout(MOVE_WITHIN)));
+                .unwrap_or(Err(ClusterError::Timeout(MOVE_WITHIN)));
                 if let Err(e) = moved {
                     tracing::warn!(topic, error = %e, "moving the topic's replicas; trying again");
                 }
