@@ -125,15 +125,33 @@ pub(crate) async fn reload_rules(
     }
 }
 
-/// `POST /topic/<op>?topic=T`.
+/// `POST /topic/<op>?topic=T`; a create on a cluster node may take `&replication=N`.
 pub(crate) async fn topic(
-    State(broker): State<Broker>,
+    State(state): State<AppState>,
     Extension(who): Extension<Arc<Principal>>,
     params: Params,
     op: AdminOp,
 ) -> Result<&'static str, ApiError> {
     let topic = params.topic()?;
-    refuse_if_shutting_down(&broker)?;
+    let broker = &state.broker;
+    refuse_if_shutting_down(broker)?;
+    let replication = params.replication()?;
+    match (&state.cluster, op) {
+        (Some(cluster), AdminOp::Create) if !topic.is_ephemeral() => {
+            // Created in the cluster's metadata; its leader opens it.
+            broker.administer(&who, Operation::Admin(&topic, None), "create topic")?;
+            cluster
+                .create_topic(&topic, replication)
+                .await
+                .map_err(ApiError::Cluster)?;
+            return Ok("OK");
+        }
+        (_, AdminOp::Create) if replication.is_some() => {
+            let why = "a replication factor applies to a durable topic on a cluster node";
+            return Err(ApiError::bad("replication", why));
+        }
+        _ => {}
+    }
     match op {
         AdminOp::Create => broker.create_topic(&who, &topic),
         AdminOp::Delete => broker.delete_topic(&who, &topic),

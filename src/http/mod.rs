@@ -141,7 +141,7 @@ pub fn router_all(
         router = router
             .route(
                 &format!("/topic/{name}"),
-                post(move |state: State<Broker>, who: Who, params: Params| {
+                post(move |state: State<AppState>, who: Who, params: Params| {
                     admin::topic(state, who, params, op)
                 }),
             )

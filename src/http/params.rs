@@ -21,6 +21,7 @@ pub(crate) struct Params {
     order_key_header: Option<String>,
     id: Option<String>,
     peer_addr: Option<String>,
+    replication: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
@@ -103,6 +104,20 @@ impl Params {
                 })
             })
             .transpose()
+    }
+
+    /// A topic's `replication` factor, 1 or more.
+    pub(crate) fn replication(&self) -> Result<Option<u16>, ApiError> {
+        let Some(text) = self.replication.as_deref() else {
+            return Ok(None);
+        };
+        match text.parse() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(ApiError::bad(
+                "replication",
+                "expected a whole number, 1 or more",
+            )),
+        }
     }
 
     /// A cluster member's `id`.

@@ -117,6 +117,9 @@ pub struct TopicStorageConfig {
     #[serde(with = "crate::config::opt_duration")]
     pub max_age: Option<Duration>,
     pub max_bytes: Option<u64>,
+    /// On a cluster: the topic's replicas when it is created (else the `[cluster]`
+    /// `replication_factor`).
+    pub replication: Option<u16>,
 }
 
 /// The settings that apply to one topic, after overrides.
@@ -168,6 +171,10 @@ impl StorageConfig {
                 t.segment_bytes,
                 t.max_bytes,
             )?;
+            if t.replication == Some(0) {
+                let field = format!("storage.topics.{name}.replication");
+                return Err((field, "must be at least 1".into()));
+            }
         }
         Ok(())
     }

@@ -248,3 +248,70 @@ async fn a_node_joins_and_the_topics_leader_is_removed_under_traffic_losing_noth
         seen.duplicates
     );
 }
+
+/// The replica count of topic `t` once its placement is applied on `node`.
+fn replicas_of(node: &ServeProcess, t: &str) -> usize {
+    let began = Instant::now();
+    loop {
+        let p = placement(&status(node), t);
+        if let Some(replicas) = p["replicas"].as_array() {
+            return replicas.len();
+        }
+        assert!(began.elapsed() < DEADLINE, "topic {t} is not placed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_replication_factor_is_set_at_creation_or_in_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let configs = crate::cluster::init(dir.path(), 3);
+    for config in &configs {
+        let mut text = std::fs::read_to_string(config).expect("config");
+        text.push_str("\n[storage.topics.\"single\"]\nreplication = 1\n");
+        std::fs::write(config, text).expect("write config");
+    }
+    let mut nodes: Vec<Node> = configs
+        .into_iter()
+        .map(|config| Node {
+            config,
+            quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+            process: None,
+        })
+        .collect();
+    nodes.iter_mut().for_each(Node::start);
+    let ca = dir.path().join("ca.pem");
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.quic).collect();
+    let http = nodes[1].live().http;
+    tokio::task::block_in_place(|| {
+        let live: Vec<&ServeProcess> = nodes.iter().map(Node::live).collect();
+        crate::cluster::agreed_leader(&live, None);
+        let create =
+            |query: &str| http_request(http, "POST", &format!("/topic/create?{query}"), "");
+        let (code, body) = create("topic=pair&replication=2");
+        assert_eq!((code, body.as_str()), (200, "OK"));
+        assert_eq!(replicas_of(nodes[0].live(), "pair"), 2);
+        let (code, body) = create("topic=none&replication=0");
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("replication"), "{body}");
+        // Without a factor: the cluster's (3).
+        assert_eq!(create("topic=plain"), (200, "OK".to_string()));
+        assert_eq!(replicas_of(nodes[2].live(), "plain"), 3);
+    });
+    let producer = RetryingProducer::with_seeds(
+        options(&ca, seeds[0]),
+        seeds.clone(),
+        RetryPolicy::default(),
+    );
+    for t in ["pair", "single"] {
+        producer
+            .publish(&topic(t), quiver::message::NewMessage::new("m"))
+            .await
+            .expect("confirmed");
+    }
+    // Created by its first publish, with the replication of its `[storage.topics]` entry.
+    assert_eq!(
+        tokio::task::block_in_place(|| replicas_of(nodes[0].live(), "single")),
+        1
+    );
+}

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{ClusterError, ClusterNode, STARTING};
 use crate::cluster::raft::log_store::FileLogStore;
-use crate::cluster::raft::meta::{MetaCommand, Placement};
+use crate::cluster::raft::meta::{MetaCommand, MetaReply, Placement};
 use crate::cluster::raft::network::{call, encode, PeerRequest};
 use crate::cluster::raft::topic::catch_up;
 use crate::cluster::raft::topic::group::{OnLost, TopicGroup};
@@ -367,6 +367,32 @@ impl ClusterNode {
         Err(group.not_leader(leader))
     }
 
+    /// Creates `topic` through the meta group if it does not exist, on `replication`
+    /// members (else its `[storage.topics]` `replication`, else the cluster's
+    /// `replication_factor`; fewer if the cluster has fewer); its placement, new or as it
+    /// already was.
+    pub async fn create_topic(
+        &self,
+        topic: &TopicName,
+        replication: Option<u16>,
+    ) -> Result<Placement, ClusterError> {
+        let configured = self
+            .storage_config
+            .topics
+            .get(topic.as_str())
+            .and_then(|t| t.replication);
+        let command = MetaCommand::CreateTopic {
+            name: topic.to_string(),
+            replication: replication
+                .or(configured)
+                .unwrap_or(self.settings.replication_factor),
+        };
+        match self.propose(command, PREPARE_WITHIN).await? {
+            MetaReply::Placed(placement) => Ok(placement),
+            MetaReply::Done => Err(ClusterError::Raft("the topic was not placed".into())),
+        }
+    }
+
     /// Creates `topic` through the meta group if it does not exist, and waits until it has
     /// a leader: Ok if it is this node, the redirect if it is another.
     pub async fn prepare_topic(&self, topic: &TopicName) -> Result<(), StorageError> {
@@ -375,13 +401,8 @@ impl ClusterNode {
         let placement = match self.machine.placement(name) {
             Some(p) => p,
             None => {
-                let command = MetaCommand::CreateTopic {
-                    name: name.to_string(),
-                    replication: self.settings.replication_factor,
-                };
-                match self.propose(command, PREPARE_WITHIN).await {
-                    Ok(_) => {}
-                    Err(e) => return Err(Self::unavailable(name, &e.to_string())),
+                if let Err(e) = self.create_topic(topic, None).await {
+                    return Err(Self::unavailable(name, &e.to_string()));
                 }
                 // Applied on the leader; wait until this node has applied it too.
                 loop {
