@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::params::Params;
 use super::{refuse_if_shutting_down, AppState};
-use crate::broker::{Broker, BrokerStats, Operation, Principal};
+use crate::broker::{Broker, BrokerError, BrokerStats, Operation, Principal};
 use crate::cluster::raft::node::ClusterStatus;
 use crate::protocol::AdminOp;
 use crate::rules::RulesStatus;
@@ -142,6 +142,19 @@ pub(crate) async fn topic(
             broker.administer(&who, Operation::Admin(&topic, None), "create topic")?;
             cluster
                 .create_topic(&topic, replication)
+                .await
+                .map_err(ApiError::Cluster)?;
+            return Ok("OK");
+        }
+        (Some(cluster), AdminOp::Delete) if !topic.is_ephemeral() => {
+            // Deleted from the cluster's metadata; every replica then stops and removes
+            // its data, and the leader's consumers are disconnected.
+            broker.administer(&who, Operation::Admin(&topic, None), "delete topic")?;
+            if !cluster.meta().topics.contains_key(topic.as_str()) {
+                return Err(BrokerError::TopicNotFound(topic).into());
+            }
+            cluster
+                .delete_topic(&topic)
                 .await
                 .map_err(ApiError::Cluster)?;
             return Ok("OK");

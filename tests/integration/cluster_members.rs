@@ -314,4 +314,28 @@ async fn a_topics_replication_factor_is_set_at_creation_or_in_the_config() {
         tokio::task::block_in_place(|| replicas_of(nodes[0].live(), "single")),
         1
     );
+
+    // Deleting a topic removes it everywhere, with its replicas' data.
+    tokio::task::block_in_place(|| {
+        let delete = || http_request(http, "POST", "/topic/delete?topic=pair", "");
+        assert_eq!(delete(), (200, "OK".to_string()));
+        let began = Instant::now();
+        for (i, node) in nodes.iter().enumerate() {
+            let data = dir
+                .path()
+                .join(format!("node-{}/data/cluster/topics/pair", i + 1));
+            while placement(&status(node.live()), "pair") != serde_json::Value::Null
+                || data.exists()
+            {
+                assert!(
+                    began.elapsed() < DEADLINE,
+                    "node {} still has topic pair",
+                    i + 1
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let (code, body) = delete();
+        assert_eq!(code, 404, "{body}");
+    });
 }

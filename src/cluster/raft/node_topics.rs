@@ -393,6 +393,20 @@ impl ClusterNode {
         }
     }
 
+    /// Deletes a topic from the cluster: each node's replica stops and removes its data as
+    /// it applies the deletion. A topic that does not exist is an error.
+    pub async fn delete_topic(&self, topic: &TopicName) -> Result<(), ClusterError> {
+        if self.machine.placement(topic.as_str()).is_none() {
+            return Err(ClusterError::Refused(format!(
+                "topic {topic} does not exist"
+            )));
+        }
+        let command = MetaCommand::DeleteTopic {
+            name: topic.to_string(),
+        };
+        self.propose(command, PREPARE_WITHIN).await.map(drop)
+    }
+
     /// Creates `topic` through the meta group if it does not exist, and waits until it has
     /// a leader: Ok if it is this node, the redirect if it is another.
     pub async fn prepare_topic(&self, topic: &TopicName) -> Result<(), StorageError> {
