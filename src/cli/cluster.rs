@@ -197,7 +197,7 @@ fn status(args: StatusArgs) -> Result<()> {
     for m in json["members"].as_array().into_iter().flatten() {
         println!(
             "{:>6}  {:<24} {:>6} {:>8} {:>6} {:>8}",
-            m["id"],
+            m["id"].to_string(),
             m["peer_addr"].as_str().unwrap_or("?"),
             if m["voter"].as_bool() == Some(true) {
                 "yes"
