@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod cluster;
 mod cluster_failover;
+mod cluster_nsq;
 mod cluster_peer;
 mod cluster_topics;
 mod crash;

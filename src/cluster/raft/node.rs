@@ -23,8 +23,11 @@ use crate::cluster::settings::{Bootstrap, ClusterSettings};
 use crate::cluster::{BoxFuture, NodeId, PeerError, PeerHandler};
 use crate::storage::{Storage, StorageConfig};
 
+#[path = "node_forward.rs"]
+mod forward;
 #[path = "node_topics.rs"]
 mod topics;
+pub use forward::{ForwardedPublish, Forwarder, OnPublish, PublishAnswers, PublishBatch};
 pub use topics::TopicStatus;
 
 /// Why a cluster operation failed.
@@ -111,6 +114,8 @@ pub struct ClusterNode {
     catching_up: tokio::sync::Mutex<()>,
     /// Told when this node stops leading a topic, so that the broker lets it go.
     on_lost: OnceLock<OnLost>,
+    /// Stores the publishes other nodes forward to this one, where it leads their topic.
+    on_publish: OnceLock<OnPublish>,
 }
 
 /// Raft timing for the meta group, from the settings.
@@ -188,6 +193,7 @@ impl ClusterNode {
             starting: tokio::sync::Mutex::new(()),
             catching_up: tokio::sync::Mutex::new(()),
             on_lost: OnceLock::new(),
+            on_publish: OnceLock::new(),
         });
         let _ = handler.node.set(node.clone());
         node.watch_leader();
@@ -284,6 +290,9 @@ impl ClusterNode {
                 encode(&self.propose_here(command).await.map_err(|e| text(&e)))
             }
             PeerRequest::Topic { topic, rpc } => self.serve_topic(&topic, rpc).await,
+            PeerRequest::Publish { topic, publishes } => {
+                self.serve_publish(from, &topic, publishes).await
+            }
             PeerRequest::Join { id, node } => {
                 encode(&Err::<(), String>(format!(
                     "node {id} at {} asked to join; joining a running cluster is not supported yet: list it in every node's members",
