@@ -21,10 +21,10 @@ use crate::process::{ServeProcess, BIN};
 use crate::support::{body, channel, topic, DEADLINE};
 
 /// A node that keeps its QUIC port across restarts, so that clients' seeds stay true.
-struct Node {
+pub(crate) struct Node {
     config: PathBuf,
-    quic: SocketAddr,
-    process: Option<ServeProcess>,
+    pub(crate) quic: SocketAddr,
+    pub(crate) process: Option<ServeProcess>,
 }
 
 impl Node {
@@ -40,14 +40,14 @@ impl Node {
         self.process = Some(ServeProcess::spawn(command));
     }
 
-    fn live(&self) -> &ServeProcess {
+    pub(crate) fn live(&self) -> &ServeProcess {
         self.process.as_ref().expect("a live node")
     }
 }
 
 /// Three nodes of a new cluster in `dir`, running with an agreed meta leader; with the
 /// cluster CA's file and the nodes' QUIC addresses.
-fn three_nodes(dir: &Path) -> (Vec<Node>, PathBuf, Vec<SocketAddr>) {
+pub(crate) fn three_nodes(dir: &Path) -> (Vec<Node>, PathBuf, Vec<SocketAddr>) {
     let mut nodes: Vec<Node> = init(dir, 3)
         .into_iter()
         .map(|config| Node {
@@ -64,7 +64,7 @@ fn three_nodes(dir: &Path) -> (Vec<Node>, PathBuf, Vec<SocketAddr>) {
 }
 
 /// Client options trusting the cluster's CA, noticing a dead node within 1.5 s.
-fn options(ca: &Path, addr: SocketAddr) -> ClientOptions {
+pub(crate) fn options(ca: &Path, addr: SocketAddr) -> ClientOptions {
     let mut options = ClientOptions::new(addr, Trust::CaFile(ca.to_path_buf()));
     options.idle_timeout = Some(Duration::from_millis(1500));
     options
@@ -359,7 +359,7 @@ async fn leader_of(ca: &Path, seeds: &[SocketAddr], ask: usize, t: &TopicName) -
 }
 
 /// A producer over `seeds` that has published "first" to `t`, and the node leading `t`.
-async fn first_publish(
+pub(crate) async fn first_publish(
     ca: &Path,
     seeds: &[SocketAddr],
     t: &TopicName,

@@ -13,6 +13,7 @@ mod cluster;
 mod cluster_failover;
 mod cluster_nsq;
 mod cluster_peer;
+mod cluster_sub;
 mod cluster_topics;
 mod crash;
 mod dedup;
