@@ -347,7 +347,14 @@ struct Queued {
 #[derive(Debug)]
 pub struct Forwarder {
     node: Weak<ClusterNode>,
-    queues: Mutex<HashMap<TopicName, mpsc::Sender<Queued>>>,
+    queues: Mutex<HashMap<TopicName, Queue>>,
+}
+
+/// A topic's queue and the task that forwards from it.
+#[derive(Debug)]
+struct Queue {
+    tx: mpsc::Sender<Queued>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Forward for Forwarder {
@@ -386,7 +393,7 @@ impl Forwarder {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let queued = match queues.get(topic) {
             None => queued,
-            Some(queue) => match queue.try_send(queued) {
+            Some(queue) => match queue.tx.try_send(queued) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     return Err(format!(
@@ -399,14 +406,25 @@ impl Forwarder {
         let (tx, rx) = mpsc::channel(QUEUE);
         // A new channel has room for one.
         let _ = tx.try_send(queued);
-        queues.insert(topic.clone(), tx);
-        tokio::spawn(run_queue(self.node.clone(), topic.clone(), rx));
+        // A task that went idle may still be sending what was queued as it closed: the new
+        // one waits for it, so that publishes keep their order.
+        let previous = queues.remove(topic).map(|q| q.task);
+        let task = tokio::spawn(run_queue(self.node.clone(), topic.clone(), rx, previous));
+        queues.insert(topic.clone(), Queue { tx, task });
         Ok(())
     }
 }
 
 /// Forwards a topic's queued publishes, a batch per call, until idle.
-async fn run_queue(node: Weak<ClusterNode>, topic: TopicName, mut rx: mpsc::Receiver<Queued>) {
+async fn run_queue(
+    node: Weak<ClusterNode>,
+    topic: TopicName,
+    mut rx: mpsc::Receiver<Queued>,
+    previous: Option<tokio::task::JoinHandle<()>>,
+) {
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
     let mut closed = false;
     loop {
         let first = tokio::select! {
