@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands themselves (`quiver stats` in `cli/stats.rs`,
-//! `quiver cluster` in `cli/cluster.rs`). Only this module and `main.rs` use anyhow.
+//! `quiver sub` in `cli/sub.rs`, `quiver cluster` in `cli/cluster.rs`). Only this module and
+//! `main.rs` use anyhow.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
@@ -10,16 +11,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use quiver::client::{
-    Client, ClientOptions, Confirmation, ProducerOptions, SubEvent, SubscribeOptions,
-};
+use quiver::client::{Client, ClientOptions, Confirmation, ProducerOptions};
 use quiver::config::{parse_duration, Config};
-use quiver::message::{ChannelName, Delivery, NewMessage, TopicName};
+use quiver::message::{ChannelName, NewMessage, TopicName};
 use quiver::server::Server;
 use quiver::transport::tls::{parse_fingerprint, Trust};
 
 mod cluster;
 mod stats;
+mod sub;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -211,6 +211,14 @@ struct SubArgs {
     /// Message timeout to ask for, e.g. 30s.
     #[arg(long, value_parser = parse_duration)]
     msg_timeout: Option<Duration>,
+    /// End when the subscription is lost (the connection drops, or on a cluster the topic's
+    /// leader changes) instead of subscribing again where the topic is served.
+    #[arg(long)]
+    no_reconnect: bool,
+    /// Another node of the cluster to find the topic through when the one at --addr does
+    /// not answer, after a subscription was lost; repeatable.
+    #[arg(long = "seed", value_name = "ADDR")]
+    seeds: Vec<SocketAddr>,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -239,7 +247,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Pub(args) => publish(args).await,
-        Command::Sub(args) => subscribe(args).await,
+        Command::Sub(args) => sub::subscribe(args).await,
         Command::Stats(args) => stats::stats(args).await,
         Command::ToHttp(args) => to_http(args).await,
         Command::Auth(command) => auth(command),
@@ -579,88 +587,5 @@ async fn publish(args: PubArgs) -> Result<()> {
     }
     tracing::debug!(published, duplicates, "done");
     client.close().await;
-    Ok(())
-}
-
-async fn subscribe(args: SubArgs) -> Result<()> {
-    let client = connect_serving(&args.connect, &args.topic, Some(&args.channel)).await?;
-    let options = SubscribeOptions {
-        msg_timeout: args.msg_timeout,
-    };
-    let mut sub = client
-        .subscribe(&args.topic, &args.channel, options)
-        .await?;
-    let limit = args.count.unwrap_or(u64::MAX);
-    if limit == 0 {
-        return Ok(());
-    }
-    // In flight + finished never passes the count, so no message is taken only to be given back.
-    let mut rdy = u64::from(args.rdy.max(1)).min(limit);
-    sub.rdy(rdy as u32).await?;
-    let mut finished = 0u64;
-    let mut out = std::io::stdout().lock();
-    loop {
-        let event = tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            event = sub.next_event() => event,
-        };
-        let delivery = match event {
-            Some(SubEvent::Message(d)) if finished < limit => d,
-            Some(SubEvent::Message(d)) => {
-                sub.req(d.id, Duration::ZERO).await?;
-                continue;
-            }
-            Some(SubEvent::Error(e)) if e.fatal => bail!(e),
-            Some(SubEvent::Error(e)) => {
-                eprintln!("warning: {e}");
-                continue;
-            }
-            Some(SubEvent::Closed) | None => return Ok(()),
-        };
-        print_delivery(&mut out, &delivery, args.json)?;
-        let left = limit - finished - 1;
-        if left < rdy {
-            rdy = left;
-            sub.rdy(rdy as u32).await?;
-        }
-        sub.fin(delivery.id).await?;
-        finished += 1;
-        if finished == limit {
-            break;
-        }
-    }
-    sub.cls().await?;
-    while let Some(event) = sub.next_event().await {
-        match event {
-            SubEvent::Message(d) => sub.req(d.id, Duration::ZERO).await?,
-            SubEvent::Closed => break,
-            SubEvent::Error(e) if e.fatal => bail!(e),
-            SubEvent::Error(_) => {}
-        }
-    }
-    client.close().await;
-    Ok(())
-}
-
-fn print_delivery(out: &mut impl Write, d: &Delivery, json: bool) -> Result<()> {
-    if json {
-        let headers: serde_json::Map<String, serde_json::Value> = d
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.into()))
-            .collect();
-        let line = serde_json::json!({
-            "id": d.id.to_string(),
-            "timestamp_ns": d.timestamp_ns,
-            "attempts": d.attempts,
-            "headers": headers,
-            "body": String::from_utf8_lossy(&d.body),
-        });
-        writeln!(out, "{line}")?;
-    } else {
-        out.write_all(&d.body)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::broker::BrokerError;
 use crate::cluster::raft::meta::ClientAddrs;
-use crate::cluster::raft::node::{ClusterError, ClusterNode};
+use crate::cluster::raft::node::{ClusterError, ClusterNode, OnPublish};
 use crate::cluster::raft::storage::ClusterStorage;
 use crate::cluster::raft::topic::group::OnLost;
 use crate::config::{Config, ConfigError};
@@ -154,12 +154,7 @@ impl Server {
         };
         let broker = Broker::new(config.broker.clone(), storage);
         if let Some(node) = &cluster {
-            let weak = broker.downgrade();
-            node.set_on_lost(OnLost(Arc::new(move |topic| {
-                if let Some(broker) = weak.upgrade() {
-                    broker.release_topic(topic);
-                }
-            })));
+            connect_cluster(node, &broker);
         }
         if let Some(threads) = config.plugins.threads {
             broker.set_plugin_threads(threads);
@@ -315,6 +310,32 @@ impl Server {
         crate::log_limit::flush();
         tracing::info!("stopped");
     }
+}
+
+/// Connects a cluster node and its broker: a topic this node stops leading is let go; the
+/// publishes NSQ and HTTP clients send here for a topic another node leads are forwarded
+/// to it; and the publishes other nodes forward here are stored.
+fn connect_cluster(node: &Arc<ClusterNode>, broker: &Broker) {
+    let weak = broker.downgrade();
+    node.set_on_lost(OnLost(Arc::new(move |topic| {
+        if let Some(broker) = weak.upgrade() {
+            broker.release_topic(topic);
+        }
+    })));
+    broker.set_forward(node.forwarder());
+    let weak = broker.downgrade();
+    node.set_on_publish(OnPublish(Arc::new(move |from, topic, batch| {
+        let broker = weak.upgrade();
+        Box::pin(async move {
+            match broker {
+                Some(broker) => broker.publish_forwarded(from, &topic, batch).await,
+                None => batch
+                    .iter()
+                    .map(|_| Err(BrokerError::ShuttingDown))
+                    .collect(),
+            }
+        })
+    })));
 }
 
 /// Binds a TCP listener and reports the address it got.

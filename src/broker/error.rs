@@ -55,6 +55,16 @@ pub enum BrokerError {
         /// The caller presented no credentials: asking again with some may succeed.
         anonymous: bool,
     },
+    /// A publish this node forwarded to its topic's leader failed there, or on the way:
+    /// `kind` is what the leader's refusal was (or [`ErrorKind::Unavailable`] when the
+    /// leader did not answer in time), so that entry points answer as for a local publish.
+    #[error("the publish to {topic} was forwarded to its leader, node {leader}: {reason}")]
+    Forwarded {
+        topic: TopicName,
+        leader: u64,
+        kind: ErrorKind,
+        reason: String,
+    },
 }
 
 /// A bounded duration a caller chose.
@@ -155,6 +165,7 @@ impl BrokerError {
                 anonymous: true, ..
             } => ErrorKind::Unauthenticated,
             BrokerError::Denied { .. } => ErrorKind::Denied,
+            BrokerError::Forwarded { kind, .. } => *kind,
         }
     }
 }

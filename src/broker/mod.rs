@@ -20,6 +20,7 @@ mod lookahead;
 pub mod ordering;
 mod placement;
 pub mod pool;
+mod publish;
 mod published;
 mod routing;
 mod stats;
@@ -33,6 +34,7 @@ pub use hooks::{
     Admission, Decision, Gate, Hooks, Judging, MessageRef, RouteLimits, Router, Routing,
 };
 pub use pool::{Lane, PluginPool, PoolClosed};
+pub use publish::{Forward, Forwarding, Stored};
 pub use published::Published;
 pub use stats::{AccessStats, BrokerStats, ChannelStats, ConsumerStats, TopicStats};
 pub use subscription::Subscription;
@@ -40,7 +42,6 @@ pub use subscription::Subscription;
 pub use crate::message::ChannelSettings;
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -145,6 +146,8 @@ struct Shared {
     access_stats: stats::AccessCounters,
     /// Threads for plugin calls; made on first use.
     pool: std::sync::OnceLock<PluginPool>,
+    /// Sends publishes to their topic's leader, on a cluster node.
+    forward: std::sync::OnceLock<Arc<dyn publish::Forward>>,
 }
 
 impl Broker {
@@ -170,6 +173,7 @@ impl Broker {
                 subscribers: Mutex::new(HashMap::new()),
                 access_stats: stats::AccessCounters::default(),
                 pool: std::sync::OnceLock::new(),
+                forward: std::sync::OnceLock::new(),
             }),
         };
         broker.spawn(trim_periodically(broker.clone()));
@@ -200,82 +204,6 @@ impl Broker {
         self.shared
             .pool
             .get_or_init(|| PluginPool::new(default_plugin_threads()))
-    }
-
-    /// Stores `messages` on `topic` (created on first use), atomically, and resolves once
-    /// they are as durable as the storage promises. A non-zero `delay` is a DPUB.
-    pub async fn publish(
-        &self,
-        who: &Principal,
-        topic: &TopicName,
-        messages: Vec<NewMessage>,
-        delay: Duration,
-    ) -> Result<Range<u64>, BrokerError> {
-        self.append(who, topic, messages, delay)
-            .await?
-            .confirmed()
-            .await
-    }
-
-    /// [`Broker::publish`], also telling which messages were duplicates of ones in the
-    /// topic's dedup window (see [`Published::duplicates`]).
-    pub async fn publish_marked(
-        &self,
-        who: &Principal,
-        topic: &TopicName,
-        messages: Vec<NewMessage>,
-        delay: Duration,
-    ) -> Result<(Range<u64>, Vec<bool>), BrokerError> {
-        let mut published = self.append(who, topic, messages, delay).await?;
-        let duplicates = published.take_duplicates();
-        Ok((published.confirmed().await?, duplicates))
-    }
-
-    /// The first half of [`Broker::publish`]: appends, in call order, and returns the
-    /// confirmation to await. Several confirmations can be awaited together, so that
-    /// pipelined publishes share one fsync. It waits only for a topic's router (on the
-    /// plugin pool); without one it appends at once.
-    pub async fn append(
-        &self,
-        who: &Principal,
-        topic: &TopicName,
-        messages: Vec<NewMessage>,
-        delay: Duration,
-    ) -> Result<Published, BrokerError> {
-        if self.shared.shutdown.is_cancelled() {
-            return Err(BrokerError::ShuttingDown);
-        }
-        self.authorize(who, Operation::Publish(topic))?;
-        check_range(
-            Limit::DpubDelay,
-            delay,
-            Duration::ZERO,
-            self.config().max_defer,
-        )?;
-        check_msg_ids(&messages)?;
-        self.prepare(topic).await?;
-        let topic = self.topic(topic)?;
-        let mut confirms = Vec::new();
-        let mut screen = dedup::Screen::new(messages.len());
-        let range = self
-            .route_and_append(
-                &topic,
-                stamp(messages, delay),
-                Some(&mut screen),
-                &mut Vec::new(),
-                &mut confirms,
-            )
-            .await?;
-        // A duplicate is confirmed once its original is as durable as the policy promises.
-        if let Some(original) = screen.original {
-            confirms.push((topic.name.clone(), topic.log.durable(original + 1)));
-        }
-        Ok(Published {
-            topic: topic.name.clone(),
-            range,
-            confirms,
-            duplicates: screen.duplicates,
-        })
     }
 
     /// Sets a topic's options, creating it if needed. Used to apply the rules file.

@@ -96,11 +96,37 @@ impl Broker {
     }
 
     /// Lets a topic go without deleting it: its storage is served elsewhere now (a cluster
-    /// node that stopped leading it). Its consumers' streams end; they reconnect.
+    /// node that stopped leading it). Its consumers' streams end with a retriable
+    /// `Unavailable` (not `NotFound`); they subscribe again where it is served.
     pub fn release_topic(&self, name: &TopicName) {
         if let Some(topic) = self.topics().remove(name) {
-            topic.delete();
+            topic.release();
             tracing::info!(topic = %name, "topic released: served by another node now");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_released_topic_ends_its_subscriptions_as_retriable_not_deleted() {
+        let broker = Broker::new(
+            BrokerConfig::default(),
+            Arc::new(crate::storage::MemoryStorage),
+        );
+        let who = Arc::new(Principal::internal());
+        let (t, c) = (TopicName::new("t").unwrap(), ChannelName::new("c").unwrap());
+        let released = broker.subscribe(&who, &t, &c, None).unwrap();
+        broker.release_topic(&t);
+        released.ended().await;
+        assert_eq!(released.end_reason().kind(), ErrorKind::Unavailable);
+        // A deleted one is gone.
+        let deleted = broker.subscribe(&who, &t, &c, None).unwrap();
+        broker.delete_topic(&who, &t).unwrap();
+        deleted.ended().await;
+        assert_eq!(deleted.end_reason().kind(), ErrorKind::NotFound);
     }
 }

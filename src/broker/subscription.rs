@@ -334,6 +334,15 @@ impl Subscription {
         }
         if self.broker.is_shutting_down() {
             BrokerError::ShuttingDown
+        } else if self.topic.is_released() {
+            BrokerError::Storage {
+                topic: self.topic.name.clone(),
+                source: crate::storage::StorageError::Unavailable {
+                    topic: self.topic.name.to_string(),
+                    reason: "this node stopped leading it; subscribe again where it is served"
+                        .into(),
+                },
+            }
         } else {
             BrokerError::Deleted
         }

@@ -35,6 +35,9 @@ pub(super) struct Topic {
     message_count: AtomicU64,
     appends_since_trim: AtomicU64,
     deleted: CancellationToken,
+    /// Let go because another node serves it now (a cluster node that stopped leading it),
+    /// not deleted: its consumers can subscribe again where it is served.
+    released: AtomicBool,
     /// Held while offsets are assigned: a router sees the id its message will get.
     publish: Mutex<()>,
     /// Held by a routed publish from before its routing until its append (async: the
@@ -110,6 +113,7 @@ impl Topic {
             message_count: AtomicU64::new(0),
             appends_since_trim: AtomicU64::new(0),
             deleted,
+            released: AtomicBool::new(false),
             publish: Mutex::new(()),
             routing_turn: tokio::sync::Mutex::new(()),
             routing: RoutingCounters::default(),
@@ -450,6 +454,16 @@ impl Topic {
     pub(super) fn delete(&self) {
         self.deleted.cancel();
         self.channels_mut().clear();
+    }
+
+    /// [`Topic::delete`] for a topic served elsewhere now; see `released`.
+    pub(super) fn release(&self) {
+        self.released.store(true, Ordering::Relaxed);
+        self.delete();
+    }
+
+    pub(super) fn is_released(&self) -> bool {
+        self.released.load(Ordering::Relaxed)
     }
 
     pub(super) fn stats(&self) -> TopicStats {

@@ -5,7 +5,9 @@
 //! `<id>-<i>`, so a retried request with the same header and body repeats every id. A
 //! request whose messages were duplicates of ones in the topic's dedup window is answered
 //! `OK` as usual with `X-Quiver-Duplicates: <count>` (absent when none was). The nsqd HTTP
-//! API does the same (`src/nsq/http/publish.rs`).
+//! API does the same (`src/nsq/http/publish.rs`). On a cluster node that does not lead the
+//! topic, the publish is forwarded to the leader and answered with its confirmation
+//! ([`Broker::append_anywhere`]).
 
 use std::sync::Arc;
 
@@ -50,7 +52,11 @@ pub(crate) async fn publish(
     let body = read_limited(&request_headers, body, MAX_BODY_LEN).await?;
     let mut messages = vec![NewMessage { headers, body }];
     assign_ids_and_keys(&request_headers, &mut messages).map_err(ApiError::BadMessage)?;
-    let (_, duplicates) = broker.publish_marked(&who, &topic, messages, delay).await?;
+    let (_, duplicates) = broker
+        .append_anywhere(&who, &topic, messages, delay)
+        .await?
+        .confirmed_marked()
+        .await?;
     Ok(with_duplicates("OK".into_response(), &duplicates))
 }
 
@@ -70,7 +76,11 @@ pub(crate) async fn multi_publish(
     let body = read_limited(&request_headers, body, MAX_MPUB_LEN).await?;
     let mut messages = split_lines(&body, &headers)?;
     assign_ids_and_keys(&request_headers, &mut messages).map_err(ApiError::BadMessage)?;
-    let (_, duplicates) = broker.publish_marked(&who, &topic, messages, delay).await?;
+    let (_, duplicates) = broker
+        .append_anywhere(&who, &topic, messages, delay)
+        .await?
+        .confirmed_marked()
+        .await?;
     Ok(with_duplicates("OK".into_response(), &duplicates))
 }
 

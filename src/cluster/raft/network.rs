@@ -49,6 +49,12 @@ pub enum PeerRequest {
         topic: String,
         rpc: super::topic::network::TopicRpc,
     },
+    /// Publishes a node forwards to the leader of their topic, for the NSQ TCP and HTTP
+    /// clients it serves; answered per publish once each is committed, or refused.
+    Publish {
+        topic: String,
+        publishes: Vec<super::node::ForwardedPublish>,
+    },
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {

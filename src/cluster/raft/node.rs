@@ -23,8 +23,11 @@ use crate::cluster::settings::{Bootstrap, ClusterSettings};
 use crate::cluster::{BoxFuture, NodeId, PeerError, PeerHandler};
 use crate::storage::{Storage, StorageConfig};
 
+#[path = "node_forward.rs"]
+mod forward;
 #[path = "node_topics.rs"]
 mod topics;
+pub use forward::{ForwardedPublish, Forwarder, OnPublish, PublishAnswers, PublishBatch};
 pub use topics::TopicStatus;
 #[path = "node_members.rs"]
 mod members;
@@ -133,6 +136,8 @@ pub struct ClusterNode {
     moving: Mutex<std::collections::HashSet<String>>,
     /// Told when this node stops leading a topic, so that the broker lets it go.
     on_lost: OnceLock<OnLost>,
+    /// Stores the publishes other nodes forward to this one, where it leads their topic.
+    on_publish: OnceLock<OnPublish>,
 }
 
 /// Raft timing for the meta group, from the settings.
@@ -211,6 +216,7 @@ impl ClusterNode {
             catching_up: tokio::sync::Mutex::new(()),
             moving: Mutex::default(),
             on_lost: OnceLock::new(),
+            on_publish: OnceLock::new(),
         });
         let _ = handler.node.set(node.clone());
         node.watch_leader();
@@ -311,6 +317,9 @@ impl ClusterNode {
                 encode(&self.propose_here(command).await.map_err(|e| text(&e)))
             }
             PeerRequest::Topic { topic, rpc } => self.serve_topic(&topic, rpc).await,
+            PeerRequest::Publish { topic, publishes } => {
+                self.serve_publish(from, &topic, publishes).await
+            }
             PeerRequest::Join { id, node } => {
                 let joined = match id == from {
                     true => self.add_node(id, node.peer_addr).await,

@@ -3,7 +3,8 @@
 //! request may name a message id in `X-Quiver-Msg-Id` for the topic's dedup window, as on
 //! the admin API (`crate::http::publish`): the answer stays nsqd's `OK`, with
 //! `X-Quiver-Duplicates: <count>` when some messages were duplicates. `X-Quiver-Order-Key`
-//! gives every message of the request an order key, for ordered channels.
+//! gives every message of the request an order key, for ordered channels. On a cluster node
+//! that does not lead the topic, the publish is forwarded to the leader, which confirms it.
 
 use std::time::Duration;
 
@@ -57,7 +58,9 @@ pub(super) async fn publish(
     assign_ids_and_keys(&headers, &mut messages).map_err(|_| BAD_MSG_ID)?;
     let (_, duplicates) = state
         .broker
-        .publish_marked(&who, &topic, messages, delay)
+        .append_anywhere(&who, &topic, messages, delay)
+        .await?
+        .confirmed_marked()
         .await?;
     Ok(with_duplicates(Reply::ok().into_response(), &duplicates))
 }
@@ -96,7 +99,9 @@ pub(super) async fn multi_publish(
     assign_ids_and_keys(&headers, &mut messages).map_err(|_| BAD_MSG_ID)?;
     let (_, duplicates) = state
         .broker
-        .publish_marked(&who, &topic, messages, Duration::ZERO)
+        .append_anywhere(&who, &topic, messages, Duration::ZERO)
+        .await?
+        .confirmed_marked()
         .await?;
     Ok(with_duplicates(Reply::ok().into_response(), &duplicates))
 }

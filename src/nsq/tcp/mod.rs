@@ -7,10 +7,14 @@
 //! - [`compress`]: snappy framing and raw deflate, as nsqd puts them on the wire, pure.
 //! - `link`: the byte stream, with the in-band TLS upgrade and compression.
 //! - `session`: one task per connection, commands to broker calls.
+//! - `refusal`: broker refusals as nsqd's errors; a SUB on a cluster node that does not
+//!   lead the topic names its leader.
 //!
 //! The session makes the broker calls a QUIC session makes, so the guarantees are the same:
 //! `OK` to a publish means durable as the fsync policy promises; what a connection had in
-//! flight is requeued when it ends. NSQ messages carry no headers: NSQ publishes are stored
+//! flight is requeued when it ends. On a cluster node that does not lead a topic, publishes
+//! are forwarded to its leader (answered `OK` once the leader confirmed them) and a SUB is
+//! refused with the leader's address. NSQ messages carry no headers: NSQ publishes are stored
 //! with none, and the headers of QUIC-published messages are not sent to NSQ consumers.
 //!
 //! Message ids are the message's offset in its topic as 16 hex digits; with the topic of the
@@ -20,6 +24,7 @@
 pub mod compress;
 pub mod identify;
 mod link;
+mod refusal;
 mod session;
 pub mod wire;
 

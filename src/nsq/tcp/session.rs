@@ -31,11 +31,12 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use super::compress::Codec;
 use super::identify::{self, ClientSettings, Offer};
 use super::link::{Link, LinkError};
+use super::refusal::{denied, error_chain, sub_failed};
 use super::wire::{self, Command, NsqError, NsqId, Verb};
 use super::Shared;
 use crate::auth::{certificate_identity, AuthError, Connection, Credentials};
 use crate::broker::delivery::{SettleError, Taken};
-use crate::broker::{BrokerError, ErrorKind, Principal, Subscription};
+use crate::broker::{BrokerError, Principal, Subscription};
 use crate::message::{NewMessage, TopicName};
 
 /// Messages taken from the channel per lock.
@@ -255,12 +256,7 @@ impl Session {
                 let sub = broker
                     .subscribe_when_ready(&who, &topic, &channel, self.settings.msg_timeout)
                     .await
-                    .map_err(|e| {
-                        denied("SUB", &topic, channel.as_str(), &e).unwrap_or_else(|| {
-                            let text = format!("SUB failed {}", error_chain(&e));
-                            NsqError::fatal("E_SUB_FAILED", text)
-                        })
-                    })?;
+                    .map_err(|e| sub_failed(&topic, &channel, &e))?;
                 tracing::debug!(remote = %self.remote, %topic, %channel, consumer = sub.id(), "NSQ consumer subscribed");
                 self.sub = Some(sub);
                 self.state = State::Subscribed;
@@ -476,8 +472,8 @@ impl Session {
         self.publish(&who, op, topic, messages, delay).await
     }
 
-    /// Appends in arrival order (waiting only for a topic's router); the reply waits for
-    /// the confirmation.
+    /// Appends in arrival order (waiting only for a topic's router), or on a cluster node
+    /// forwards to the topic's leader; the reply waits for the confirmation.
     async fn publish(
         &mut self,
         who: &Principal,
@@ -489,7 +485,7 @@ impl Session {
         let published = self
             .shared
             .broker
-            .append(who, topic, messages, delay)
+            .append_anywhere(who, topic, messages, delay)
             .await
             .map_err(|e| denied(op.verb(), topic, "", &e).unwrap_or_else(|| op.failed(&e)))?;
         let mut confirm: Confirmation = Box::pin(published.confirmed());
@@ -646,22 +642,6 @@ impl Gate {
     }
 }
 
-/// nsqd's answers to an operation that is not allowed: `E_AUTH_FIRST` when nothing was
-/// presented, `E_UNAUTHORIZED` otherwise; both fatal. None for other errors.
-fn denied(verb: &str, topic: &TopicName, channel: &str, e: &BrokerError) -> Option<NsqError> {
-    match e.kind() {
-        ErrorKind::Unauthenticated => Some(NsqError::fatal(
-            "E_AUTH_FIRST",
-            format!("AUTH required before {verb}"),
-        )),
-        ErrorKind::Denied => Some(NsqError::fatal(
-            "E_UNAUTHORIZED",
-            format!("AUTH failed for {verb} on {:?} {channel:?}", topic.as_str()),
-        )),
-        _ => None,
-    }
-}
-
 fn encode(out: &mut BytesMut, reply: &Reply) {
     match reply {
         Reply::Response(data) => wire::put_response(out, data),
@@ -731,18 +711,6 @@ fn heartbeat(every: Option<Duration>) -> Option<Interval> {
     let mut interval = tokio::time::interval_at(Instant::now() + every, every);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     Some(interval)
-}
-
-/// An error and its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The dice for `sample_rate`: xorshift, seeded per connection. Sampling needs no more.
