@@ -2,10 +2,11 @@
 //! publishes stored in the last `dedup_window`, so that a publish retried after a lost
 //! confirmation is confirmed again instead of stored twice.
 //!
-//! The window is memory only. It holds a 128-bit key per id (two SipHash values under keys
-//! chosen when the process starts, never the id itself), the offset its message got, and
-//! its publish time. The key is computed when a publish's batch is built, before the
-//! topic's publish lock is taken; under the lock the window only looks it up and records it.
+//! The window is memory only. It holds a 128-bit key per id (SipHash-1-3 with its 128-bit
+//! output, under keys chosen when the process starts; never the id itself), the offset its
+//! message got, and its publish time. The key is computed when a publish's batch is built,
+//! before the topic's publish lock is taken; under the lock the window only looks it up and
+//! records it.
 //! It is rebuilt from the log's tail when the topic is opened, from the ids stored with the
 //! messages (`quiver-msg-id` is an ordinary header), so a restart or a crash loses nothing
 //! that was appended, and there is no second store to keep in step. While ids are in the
@@ -21,10 +22,15 @@
 //! is empty; they also give the key's home slot) and the low 32 bits of the entry's
 //! sequence number. A slot whose entry left the ring is stale: it is never removed, only
 //! reused by a later insert on its probe path, and dropped when the table is rebuilt, which
-//! happens once three quarters of the slots are taken (live or stale), at twice the live ids
-//! rounded up to a power of two. So an id costs 32 bytes in the ring and 11 to 32 bytes of
+//! happens once five eighths of the slots are taken (live or stale), at twice the live ids
+//! rounded up to a power of two. So an id costs 32 bytes in the ring and 13 to 32 bytes of
 //! table: about 50 bytes per id (48 MB at the default cap of a million ids: 32 MB of ring
 //! and 16 MB of table).
+//!
+//! A publish's ids are looked up once: [`screen`] keeps, for each id it let through, the
+//! slot it would go to (a `Hint`), and [`record`] puts the id there if the table changed
+//! only by that batch's own inserts and the slot is still free; else it walks the path
+//! again.
 //!
 //! # Invariants
 //! - Every id held has one entry in `ring` that is not `DEAD`, and one slot naming it; an
@@ -33,16 +39,19 @@
 //! - A slot that names an entry in the ring, with the entry's key bits, is that entry's
 //!   slot or a stale one; lookups check the entry's whole key, so a stale slot is never
 //!   taken for an id.
-//! - At most three quarters of the slots are taken, so every probe ends at an empty slot.
+//! - At most five eighths of the slots are taken, so every probe ends at an empty slot (and
+//!   a probe for an absent key walks about two and a half slots on average).
 //! - Ids are inserted only after their append succeeded, under the topic's publish lock, so
 //!   an id in the window always names a stored message, and a publish whose append failed
 //!   leaves nothing behind.
 //! - At most `max_ids` ids are held; at the cap the oldest is forgotten early and counted in
 //!   `evicted`.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use siphasher::sip128::{Hash128, Hasher128, SipHasher13};
 
 use crate::message::{StoredMessage, MSG_ID_HEADER};
 use crate::storage::TopicLog;
@@ -67,15 +76,21 @@ const CLEAN_EVERY: u64 = 1 << 31;
 pub(super) struct Key(u64, u64);
 
 impl Key {
-    /// The key of a message's id, if it has one. The hash keys are chosen once per process,
-    /// so a key is the same for every topic and can be computed before any lock is taken.
+    /// The key of a message's id, if it has one: SipHash-1-3 with its 128-bit output, in
+    /// one pass over the id. The hash keys are chosen once per process, so a key is the
+    /// same for every topic and can be computed before any lock is taken.
     pub(super) fn of(message: &StoredMessage) -> Option<Key> {
-        static HASHERS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+        static KEYS: OnceLock<(u64, u64)> = OnceLock::new();
         let id = message.headers.get(MSG_ID_HEADER)?;
-        let (a, b) = HASHERS.get_or_init(|| (RandomState::new(), RandomState::new()));
-        let first = a.hash_one(id);
+        let &(k0, k1) = KEYS.get_or_init(|| {
+            let random = RandomState::new();
+            (random.hash_one(0u8), random.hash_one(1u8))
+        });
+        let mut hasher = SipHasher13::new_with_keys(k0, k1);
+        hasher.write(id.as_bytes());
+        let Hash128 { h1, h2 } = hasher.finish128();
         // The low half of the first value is the key's tag (see `tag`), never zero.
-        Some(Key(first | u64::from(first as u32 == 0), b.hash_one(id)))
+        Some(Key(h1 | u64::from(h1 as u32 == 0), h2))
     }
 
     /// The key's bits in its slot: the top half of the slot, never zero (so that a slot
@@ -91,16 +106,6 @@ impl Key {
     }
 }
 
-/// A table of `len` empty slots, written rather than allocated zeroed: zeroed memory
-/// fresh from the system would be mapped twice over, first read (as the shared zero page)
-/// then written.
-#[allow(clippy::slow_vector_initialization)] // On purpose: see above.
-fn empty_table(len: usize) -> Vec<u64> {
-    let mut slots = Vec::with_capacity(len);
-    slots.resize(len, 0);
-    std::hint::black_box(slots)
-}
-
 /// Where the probe of the key in `slot` started, in a table of `mask + 1` slots.
 fn home(slot: u64, mask: usize) -> usize {
     (slot >> 32) as usize & mask
@@ -108,7 +113,7 @@ fn home(slot: u64, mask: usize) -> usize {
 
 #[path = "dedup_ring.rs"]
 mod ring;
-use ring::{Entry, Ring};
+use ring::{empty_table, Entry, Ring};
 
 /// Counters of the window since the broker started.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +138,18 @@ enum Probe {
     Absent { slot: usize, empty: bool },
 }
 
+/// Where a key absent from the window would go, found by [`screen`] so that [`record`] need
+/// not walk the key's probe path again. It holds while the table changed only by the
+/// inserts of the key's batch and its slot is as it was (still empty, or still stale): the
+/// slots before it on the path were taken then, and a taken slot is never emptied but by a
+/// new table.
+#[derive(Debug, Clone, Copy)]
+struct Hint {
+    key: Key,
+    slot: usize,
+    empty: bool,
+}
+
 /// The window of one topic. Behind the topic's dedup mutex, which is taken under its
 /// publish lock.
 pub(super) struct DedupWindow {
@@ -154,6 +171,11 @@ pub(super) struct DedupWindow {
     clean_from: u64,
     /// [`screen`]'s table of the ids of one batch: 0, or a position in the batch plus one.
     batch_slots: Vec<u32>,
+    /// Counts the changes to the table: inserts, and new tables.
+    version: u64,
+    /// Where [`screen`] found that the ids it kept would go, in order, and `version` then.
+    hints: Vec<Hint>,
+    hints_version: u64,
     duplicates: u64,
     evicted: u64,
 }
@@ -185,6 +207,9 @@ impl DedupWindow {
             used: 0,
             clean_from: 0,
             batch_slots: Vec::new(),
+            version: 0,
+            hints: Vec::new(),
+            hints_version: 0,
             duplicates: 0,
             evicted: 0,
         }
@@ -213,24 +238,39 @@ impl DedupWindow {
     }
 
     /// The offset of the stored message with this key, if it is in the window.
+    #[cfg(test)]
     pub(super) fn original(&mut self, key: Key, now_ns: u64) -> Option<u64> {
-        let entry = self.find(key)?;
-        if entry.timestamp_ns < self.cutoff(now_ns) {
-            return None;
-        }
-        let offset = entry.offset;
-        self.duplicates += 1;
-        Some(offset)
+        self.lookup(key, now_ns).ok()
     }
 
-    /// The entry of a key held.
-    fn find(&self, key: Key) -> Option<&Entry> {
+    /// The offset of the stored message with this key, if it is in the window; else where
+    /// the key would go, once the table exists.
+    fn lookup(&mut self, key: Key, now_ns: u64) -> Result<u64, Option<Hint>> {
         if self.slots.is_empty() {
-            return None;
+            return Err(None);
         }
         match self.probe(key) {
-            Probe::Found { index, .. } => Some(&self.ring[index]),
-            Probe::Absent { .. } => None,
+            Probe::Found { index, .. } => {
+                let entry = &self.ring[index];
+                if entry.timestamp_ns < self.cutoff(now_ns) {
+                    // Stored again once recorded: its entry must be found then.
+                    return Err(None);
+                }
+                self.duplicates += 1;
+                Ok(entry.offset)
+            }
+            Probe::Absent { slot, empty } => Err(Some(Hint { key, slot, empty })),
+        }
+    }
+
+    /// Whether a hint's slot is still as [`screen`] found it. Only while the table is the
+    /// one it was found in.
+    fn holds(&self, hint: &Hint) -> bool {
+        let slot = self.slots[hint.slot];
+        if hint.empty {
+            slot == 0
+        } else {
+            slot != 0 && self.index_of(slot) >= self.ring.len()
         }
     }
 
@@ -291,17 +331,31 @@ impl DedupWindow {
     }
 
     /// Records a stored message's id. Call only once its append succeeded.
+    #[cfg(test)]
     pub(super) fn insert(&mut self, key: Key, offset: u64, timestamp_ns: u64) {
+        self.insert_hinted(key, None, offset, timestamp_ns);
+    }
+
+    /// [`DedupWindow::insert`], at the hint's slot if it still holds.
+    fn insert_hinted(&mut self, key: Key, hint: Option<&Hint>, offset: u64, timestamp_ns: u64) {
         if self.slots.is_empty() {
             self.slots = vec![0; MIN_SLOTS];
             self.clean_from = self.first;
+            self.version += 1;
         }
         let entry = Entry {
             key,
             offset,
             timestamp_ns,
         };
-        match self.probe(key) {
+        let probe = match hint {
+            Some(hint) if self.holds(hint) => Probe::Absent {
+                slot: hint.slot,
+                empty: hint.empty,
+            },
+            _ => self.probe(key),
+        };
+        match probe {
             Probe::Found { slot, index } => {
                 // Stored again once its earlier store expired: the id moves to the back.
                 self.ring[index].offset = DEAD;
@@ -320,6 +374,7 @@ impl DedupWindow {
                 self.used += usize::from(empty);
             }
         }
+        self.version += 1;
         self.maybe_reindex();
     }
 
@@ -352,7 +407,7 @@ impl DedupWindow {
         let next = self.first.wrapping_add(self.ring.len() as u64);
         if self.dead > self.ring.len() / 2 || next.wrapping_sub(self.clean_from) >= CLEAN_EVERY {
             self.reindex_ring();
-        } else if self.used * 4 > self.slots.len() * 3 {
+        } else if self.used * 8 > self.slots.len() * 5 {
             self.reindex_slots();
         }
     }
@@ -382,6 +437,7 @@ impl DedupWindow {
         }
         self.slots = slots;
         self.used = used;
+        self.version += 1;
     }
 
     /// Drops the `DEAD` entries, and builds a new table from the ring.
@@ -404,6 +460,7 @@ impl DedupWindow {
         }
         self.used = self.ring.len();
         self.clean_from = self.first;
+        self.version += 1;
     }
 
     /// Forgets the ids older than the window, oldest first. Amortised: each id is popped
@@ -418,6 +475,7 @@ impl DedupWindow {
             self.ring = Ring::default();
             self.slots = Vec::new();
             self.used = 0;
+            self.version += 1;
         }
     }
 
@@ -447,6 +505,7 @@ impl DedupWindow {
         self.first = 0;
         self.dead = 0;
         self.used = 0;
+        self.version += 1;
     }
 
     /// Fills the window from the log's tail: the ids of the messages published in the last
@@ -632,6 +691,8 @@ pub(super) fn screen(
     }
     window.prefetch(&keys);
     window.batch_clear(keys.len());
+    window.hints.clear();
+    window.hints_version = window.version;
     // Positions in the batch of the duplicates; usually none, and then the batch is kept
     // whole.
     let mut dropped = Vec::new();
@@ -639,14 +700,18 @@ pub(super) fn screen(
         let Some(key) = *key else {
             continue;
         };
-        if let Some(offset) = window.original(key, now_ns) {
-            screen.original = Some(screen.original.map_or(offset, |o| o.max(offset)));
-            screen.mark(indexes[position]);
-            dropped.push(position);
-        } else if !window.batch_insert(&keys, position) {
-            window.duplicates += 1;
-            screen.mark(indexes[position]);
-            dropped.push(position);
+        match window.lookup(key, now_ns) {
+            Ok(offset) => {
+                screen.original = Some(screen.original.map_or(offset, |o| o.max(offset)));
+                screen.mark(indexes[position]);
+                dropped.push(position);
+            }
+            Err(_) if !window.batch_insert(&keys, position) => {
+                window.duplicates += 1;
+                screen.mark(indexes[position]);
+                dropped.push(position);
+            }
+            Err(hint) => window.hints.extend(hint),
         }
     }
     if dropped.is_empty() {
@@ -671,7 +736,9 @@ pub(super) fn screen(
     kept
 }
 
-/// Records the ids of a batch appended at `first`, consecutively.
+/// Records the ids of a batch appended at `first`, consecutively. Where the batch is the one
+/// [`screen`] kept last, and nothing else changed the table since, each id goes where
+/// `screen` found it would.
 pub(super) fn record(
     window: &mut DedupWindow,
     keys: &[Option<Key>],
@@ -683,11 +750,20 @@ pub(super) fn record(
     }
     window.expire(timestamp_ns);
     window.prefetch(keys);
+    let hints = std::mem::take(&mut window.hints);
+    let mut next = hints.iter().peekable();
+    let mut version = window.hints_version;
     for (i, key) in keys.iter().enumerate() {
-        if let Some(key) = key {
-            window.insert(*key, first + i as u64, timestamp_ns);
+        if let Some(key) = *key {
+            let hint = next
+                .next_if(|h| h.key == key)
+                .filter(|_| window.version == version);
+            window.insert_hinted(key, hint, first + i as u64, timestamp_ns);
+            version += 1;
         }
     }
+    window.hints = hints;
+    window.hints.clear();
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The dedup window's ids in insertion order: a ring of fixed-size entries in chunks.
+//! The dedup window's memory: its ids in insertion order, a ring of fixed-size entries in
+//! chunks, and its tables.
 
 use std::collections::VecDeque;
 use std::ops::{Index, IndexMut};
@@ -135,4 +136,16 @@ impl IndexMut<usize> for Ring {
         let at = self.head + i;
         &mut self.chunks[at / CHUNK][at % CHUNK]
     }
+}
+
+/// A table of `len` empty slots, written rather than allocated zeroed: zeroed memory
+/// fresh from the system would be mapped twice over, first read (as the shared zero page)
+/// then written. (Huge pages were tried for large tables: the kernel's zeroing of whole
+/// 2 MiB pages, also as the freed tables' memory was reused, cost more than the TLB misses
+/// they saved.)
+#[allow(clippy::slow_vector_initialization)] // On purpose: see above.
+pub(super) fn empty_table(len: usize) -> Vec<u64> {
+    let mut slots = Vec::with_capacity(len);
+    slots.resize(len, 0);
+    std::hint::black_box(slots)
 }
