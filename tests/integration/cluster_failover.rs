@@ -157,6 +157,76 @@ pub(crate) async fn consumer(
     }
 }
 
+/// Four publishers (a `RetryingProducer` over the seeds, retrying through failovers) and a
+/// consumer of channel `c`, running until [`Traffic::finish`].
+pub(crate) struct Traffic {
+    pub(crate) seen: Shared,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_consuming: CancellationToken,
+    consuming: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    pub(crate) fn start(ca: &Path, seeds: &[SocketAddr], t: &TopicName) -> Traffic {
+        let policy = RetryPolicy {
+            attempts: 200,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(2),
+            confirm_timeout: Duration::from_secs(3),
+        };
+        let producer = RetryingProducer::with_seeds(options(ca, seeds[0]), seeds.to_vec(), policy);
+        let seen: Shared = Arc::default();
+        let stop = CancellationToken::new();
+        let tasks = (0..4)
+            .map(|task| {
+                let (producer, t) = (producer.clone(), t.clone());
+                tokio::spawn(publisher(producer, t, task, seen.clone(), stop.clone()))
+            })
+            .collect();
+        let stop_consuming = CancellationToken::new();
+        let consuming = tokio::spawn(consumer(
+            ca.to_path_buf(),
+            seeds.to_vec(),
+            t.clone(),
+            seen.clone(),
+            stop_consuming.clone(),
+        ));
+        Traffic {
+            seen,
+            stop,
+            tasks,
+            stop_consuming,
+            consuming,
+        }
+    }
+
+    /// Waits until `more` publishes beyond those confirmed now are confirmed.
+    pub(crate) async fn confirm_more(&self, what: &str, more: usize) {
+        let now = lock(&self.seen).confirmed.len();
+        wait_for(&self.seen, what, |s| s.confirmed.len() >= now + more).await;
+    }
+
+    /// Stops publishing, waits until every confirmed message was delivered, stops
+    /// consuming; the confirmed messages.
+    pub(crate) async fn finish(self) -> HashSet<String> {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await.expect("publisher");
+        }
+        let confirmed: HashSet<String> = lock(&self.seen).confirmed.iter().cloned().collect();
+        wait_for(&self.seen, "every confirmed message delivered", |s| {
+            let delivered: HashSet<&String> = s.delivered.iter().collect();
+            confirmed.iter().all(|c| delivered.contains(c))
+        })
+        .await;
+        self.stop_consuming.cancel();
+        self.consuming.await.expect("consumer");
+        confirmed
+    }
+}
+
 /// Waits until `done` holds for what the clients saw.
 pub(crate) async fn wait_for(seen: &Shared, what: &str, done: impl Fn(&Seen) -> bool) {
     let began = Instant::now();
@@ -227,29 +297,8 @@ async fn publishing_and_consuming_go_on_through_repeated_leader_kills() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut nodes, ca, seeds) = three_nodes(dir.path());
     let t = topic("events");
-    let policy = RetryPolicy {
-        attempts: 200,
-        backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(500),
-        connect_timeout: Duration::from_secs(2),
-        confirm_timeout: Duration::from_secs(3),
-    };
-    let producer = RetryingProducer::with_seeds(options(&ca, seeds[0]), seeds.clone(), policy);
-    let seen: Shared = Arc::default();
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for task in 0..4 {
-        let (producer, t, seen, stop) = (producer.clone(), t.clone(), seen.clone(), stop.clone());
-        tasks.push(tokio::spawn(publisher(producer, t, task, seen, stop)));
-    }
-    let stop_consuming = CancellationToken::new();
-    let consuming = tokio::spawn(consumer(
-        ca.clone(),
-        seeds.clone(),
-        t.clone(),
-        seen.clone(),
-        stop_consuming.clone(),
-    ));
+    let traffic = Traffic::start(&ca, &seeds, &t);
+    let seen = traffic.seen.clone();
 
     for round in 1..=kills {
         let before = lock(&seen).confirmed.len();
@@ -297,18 +346,7 @@ async fn publishing_and_consuming_go_on_through_repeated_leader_kills() {
         tokio::task::block_in_place(|| caught_up(&nodes, new_leader, "events"));
     }
 
-    stop.cancel();
-    for task in tasks {
-        task.await.expect("publisher");
-    }
-    let confirmed: HashSet<String> = lock(&seen).confirmed.iter().cloned().collect();
-    wait_for(&seen, "every confirmed message delivered", |s| {
-        let delivered: HashSet<&String> = s.delivered.iter().collect();
-        confirmed.iter().all(|c| delivered.contains(c))
-    })
-    .await;
-    stop_consuming.cancel();
-    consuming.await.expect("consumer");
+    let confirmed = traffic.finish().await;
     // Each id stored once: the log holds exactly the confirmed messages, although retries
     // after the kills re-sent publishes that had been stored.
     let probe = Client::connect(&options(&ca, seeds[0]))

@@ -3,20 +3,15 @@
 //! `quiver cluster remove-node`; its replica moves to the new node, another node takes the
 //! topic over, and nothing confirmed is lost, with no error reaching the publishers.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiver::client::{RetryPolicy, RetryingProducer};
-use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{free_udp_port, status};
-use crate::cluster_failover::{
-    consumer, group, leader_of, lock, options, publisher, three_nodes, wait_for, Node, Shared,
-};
+use crate::cluster_failover::{group, leader_of, lock, options, three_nodes, Node, Traffic};
 use crate::process::{http_request, ServeProcess, BIN};
 use crate::support::{topic, DEADLINE};
 
@@ -125,30 +120,9 @@ async fn a_node_joins_and_the_topics_leader_is_removed_under_traffic_losing_noth
     assert!(body.contains("node id 2 is already a member"), "{body}");
 
     let t = topic("moving");
-    let policy = RetryPolicy {
-        attempts: 200,
-        backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(500),
-        connect_timeout: Duration::from_secs(2),
-        confirm_timeout: Duration::from_secs(3),
-    };
-    let producer = RetryingProducer::with_seeds(options(&ca, seeds[0]), seeds.clone(), policy);
-    let seen: Shared = Arc::default();
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for task in 0..4 {
-        let (producer, t, seen, stop) = (producer.clone(), t.clone(), seen.clone(), stop.clone());
-        tasks.push(tokio::spawn(publisher(producer, t, task, seen, stop)));
-    }
-    let stop_consuming = CancellationToken::new();
-    let consuming = tokio::spawn(consumer(
-        ca.clone(),
-        seeds.clone(),
-        t.clone(),
-        seen.clone(),
-        stop_consuming.clone(),
-    ));
-    wait_for(&seen, "publishing", |s| s.confirmed.len() >= 300).await;
+    let traffic = Traffic::start(&ca, &seeds, &t);
+    let seen = traffic.seen.clone();
+    traffic.confirm_more("publishing", 300).await;
 
     // The topic was placed on the first three; remove the one leading it.
     let leader = leader_of(&ca, &seeds, 0, &t).await;
@@ -192,32 +166,16 @@ async fn a_node_joins_and_the_topics_leader_is_removed_under_traffic_losing_noth
     assert_eq!(p["voters"], p["replicas"], "{p}");
     assert_eq!(s["leaving"], serde_json::json!([]), "{s}");
 
-    let after = lock(&seen).confirmed.len();
-    wait_for(&seen, "publishing after the removal", |s| {
-        s.confirmed.len() >= after + 300
-    })
-    .await;
+    traffic
+        .confirm_more("publishing after the removal", 300)
+        .await;
     // The removed node is stopped; nothing depends on it any more.
     nodes[leader].process.as_mut().expect("live").kill();
     nodes[leader].process = None;
-    let after = lock(&seen).confirmed.len();
-    wait_for(&seen, "publishing after the removed node stopped", |s| {
-        s.confirmed.len() >= after + 100
-    })
-    .await;
-
-    stop.cancel();
-    for task in tasks {
-        task.await.expect("publisher");
-    }
-    let confirmed: HashSet<String> = lock(&seen).confirmed.iter().cloned().collect();
-    wait_for(&seen, "every confirmed message delivered", |s| {
-        let delivered: HashSet<&String> = s.delivered.iter().collect();
-        confirmed.iter().all(|c| delivered.contains(c))
-    })
-    .await;
-    stop_consuming.cancel();
-    consuming.await.expect("consumer");
+    traffic
+        .confirm_more("publishing after the removed node stopped", 100)
+        .await;
+    let confirmed = traffic.finish().await;
     // Each id stored once, on the new replica as on the others.
     let new_leader = leader_of(&ca, &seeds, other, &t).await;
     let end = tokio::task::block_in_place(|| {
