@@ -556,7 +556,38 @@ impl Broker {
                 }
             }
         };
-        let mut durable = match self.topic(&target).and_then(|t| t.append(stored)) {
+        let opened = match self.topic(&target) {
+            // On a cluster node the dead-letter topic may not exist yet, or be led by
+            // another node: it is created through the cluster and the copies are
+            // forwarded to its leader, as a publish would be.
+            Err(BrokerError::Storage {
+                source: StorageError::NotLeader { .. } | StorageError::Unavailable { .. },
+                ..
+            }) => {
+                let messages: Vec<NewMessage> = stored
+                    .into_iter()
+                    .map(|m| NewMessage {
+                        headers: m.headers,
+                        body: m.body,
+                    })
+                    .collect();
+                let (broker, channel) = (self.clone(), channel.clone());
+                self.spawn(async move {
+                    let who = Principal::internal();
+                    let result = match broker
+                        .append_anywhere(&who, &target, messages, Duration::ZERO)
+                        .await
+                    {
+                        Ok(published) => published.confirmed().await.map(drop),
+                        Err(e) => Err(e),
+                    };
+                    settle(&channel, result.map_err(|e| e.to_string()));
+                });
+                return;
+            }
+            opened => opened,
+        };
+        let mut durable = match opened.and_then(|t| t.append(stored)) {
             Ok((_, durable)) => durable,
             Err(e) => return settle(channel, Err(e.to_string())),
         };

@@ -297,3 +297,76 @@ async fn a_topics_replication_factor_is_set_at_creation_or_in_the_config() {
         assert_eq!(code, 404, "{body}");
     });
 }
+
+/// The next message of a subscription, within the deadline.
+async fn next_message(sub: &mut quiver::client::Subscription) -> quiver::message::Delivery {
+    loop {
+        let event = tokio::time::timeout(DEADLINE, sub.next_event())
+            .await
+            .expect("a message within the deadline");
+        match event {
+            Some(quiver::client::SubEvent::Message(d)) => return d,
+            Some(quiver::client::SubEvent::Error(e)) if !e.fatal => continue,
+            other => panic!("subscription ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_reaches_its_topic_wherever_that_is_led() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nodes, ca, seeds) = three_nodes(dir.path());
+    let (t, dead) = (topic("work"), topic("work.dead"));
+    let (c, d) = (crate::support::channel("c"), crate::support::channel("d"));
+    let http = nodes[0].live().http;
+    tokio::task::block_in_place(|| {
+        for t in ["work", "work.dead"] {
+            let (code, body) = http_request(http, "POST", &format!("/topic/create?topic={t}"), "");
+            assert_eq!(code, 200, "{body}");
+        }
+    });
+    let leader = leader_of(&ca, &seeds, 0, &t).await;
+    let dead_leader = leader_of(&ca, &seeds, 0, &dead).await;
+    // Placement spreads leaderships, and a new group's preferred replica stands first: the
+    // dead-letter topic is led by another node.
+    assert_ne!(leader, dead_leader);
+    tokio::task::block_in_place(|| {
+        let path = "/channel/create?topic=work&channel=c&max_attempts=1";
+        let (code, body) = http_request(nodes[leader].live().http, "POST", path, "");
+        assert_eq!(code, 200, "{body}");
+    });
+    let connect = |t: &quiver::message::TopicName, c: &quiver::message::ChannelName| {
+        let (t, c) = (t.clone(), c.clone());
+        let options = options(&ca, seeds[0]);
+        async move {
+            let client = quiver::client::Client::connect_serving(&options, &t, Some(&c), DEADLINE)
+                .await
+                .expect("connect to the leader");
+            let sub = client
+                .subscribe(&t, &c, Default::default())
+                .await
+                .expect("subscribe");
+            sub.rdy(1).await.expect("rdy");
+            (client, sub)
+        }
+    };
+    let (_dead_client, mut dead_sub) = connect(&dead, &d).await;
+    let (_client, mut sub) = connect(&t, &c).await;
+    let producer = RetryingProducer::with_seeds(
+        options(&ca, seeds[0]),
+        seeds.clone(),
+        RetryPolicy::default(),
+    );
+    producer
+        .publish(&t, quiver::message::NewMessage::new("doomed"))
+        .await
+        .expect("confirmed");
+    let first = next_message(&mut sub).await;
+    sub.req(first.id, Duration::ZERO).await.expect("req");
+    // Past its one attempt the message is copied to work.dead, on its leader.
+    let copy = next_message(&mut dead_sub).await;
+    assert_eq!(copy.body.as_ref(), b"doomed");
+    assert_eq!(copy.headers.get("quiver-dead-topic"), Some("work"));
+    assert_eq!(copy.headers.get("quiver-dead-channel"), Some("c"));
+    dead_sub.fin(copy.id).await.expect("fin");
+}

@@ -319,6 +319,10 @@ impl ClusterNode {
                 .collect();
             if let Err(e) = raft.initialize(nodes).await {
                 tracing::info!(topic, error = %e, "topic group already initialised");
+            } else if placement.preferred_leader == self.id {
+                // The placement spread the leaderships: the preferred replica stands first,
+                // so that it usually wins the group's first election.
+                let _ = raft.trigger().elect(false).await;
             }
         }
         tracing::info!(topic, replicas = ?placement.replicas, "replica of the topic started");
