@@ -48,7 +48,18 @@ impl Node {
 /// Three nodes of a new cluster in `dir`, running with an agreed meta leader; with the
 /// cluster CA's file and the nodes' QUIC addresses.
 pub(crate) fn three_nodes(dir: &Path) -> (Vec<Node>, PathBuf, Vec<SocketAddr>) {
-    let mut nodes: Vec<Node> = init(dir, 3)
+    three_nodes_with(dir, "")
+}
+
+/// [`three_nodes`], with `extra` appended to each node's config file.
+pub(crate) fn three_nodes_with(dir: &Path, extra: &str) -> (Vec<Node>, PathBuf, Vec<SocketAddr>) {
+    let configs = init(dir, 3);
+    for config in &configs {
+        let mut text = std::fs::read_to_string(config).expect("config");
+        text.push_str(extra);
+        std::fs::write(config, text).expect("write config");
+    }
+    let mut nodes: Vec<Node> = configs
         .into_iter()
         .map(|config| Node {
             config,

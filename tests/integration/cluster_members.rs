@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use quiver::client::{RetryPolicy, RetryingProducer};
 
 use crate::cluster::{free_udp_port, status};
-use crate::cluster_failover::{group, leader_of, lock, options, three_nodes, Node, Traffic};
+use crate::cluster_failover::{
+    group, leader_of, lock, options, three_nodes, three_nodes_with, Node, Traffic,
+};
 use crate::process::{http_request, ServeProcess, BIN};
 use crate::support::{topic, DEADLINE};
 
@@ -223,27 +225,10 @@ fn replicas_of(node: &ServeProcess, t: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topics_replication_factor_is_set_at_creation_or_in_the_config() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let configs = crate::cluster::init(dir.path(), 3);
-    for config in &configs {
-        let mut text = std::fs::read_to_string(config).expect("config");
-        text.push_str("\n[storage.topics.\"single\"]\nreplication = 1\n");
-        std::fs::write(config, text).expect("write config");
-    }
-    let mut nodes: Vec<Node> = configs
-        .into_iter()
-        .map(|config| Node {
-            config,
-            quic: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
-            process: None,
-        })
-        .collect();
-    nodes.iter_mut().for_each(Node::start);
-    let ca = dir.path().join("ca.pem");
-    let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.quic).collect();
+    let extra = "\n[storage.topics.\"single\"]\nreplication = 1\n";
+    let (nodes, ca, seeds) = three_nodes_with(dir.path(), extra);
     let http = nodes[1].live().http;
     tokio::task::block_in_place(|| {
-        let live: Vec<&ServeProcess> = nodes.iter().map(Node::live).collect();
-        crate::cluster::agreed_leader(&live, None);
         let create =
             |query: &str| http_request(http, "POST", &format!("/topic/create?{query}"), "");
         let (code, body) = create("topic=pair&replication=2");
