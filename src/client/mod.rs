@@ -125,9 +125,17 @@ impl ClientError {
     }
 
     /// Whether the broker said to retry shortly: the topic has no leader right now (an
-    /// election in a cluster).
+    /// election in a cluster), or the node knows another leads it but not yet where that
+    /// node serves clients (`E_NOT_LEADER` with `leader=?`, while the leader's addresses
+    /// are being advertised).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, ClientError::Broker(e) if e.code == ErrorCode::Unavailable)
+        match self {
+            ClientError::Broker(e) => {
+                e.code == ErrorCode::Unavailable
+                    || (e.code == ErrorCode::NotLeader && leader_in(&e.message).is_none())
+            }
+            _ => false,
+        }
     }
 }
 
@@ -358,5 +366,35 @@ impl Client {
     /// Resolves when the connection is closed, by either side.
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.conn.closed().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::WireError;
+
+    fn refused(code: ErrorCode, message: &str) -> ClientError {
+        ClientError::Broker(WireError {
+            code,
+            fatal: false,
+            seq: 1,
+            message: message.to_string(),
+        })
+    }
+
+    #[test]
+    fn a_redirect_without_an_address_is_retried_not_followed() {
+        let named = refused(
+            ErrorCode::NotLeader,
+            "leader=127.0.0.1:7410 node=2: served there",
+        );
+        assert_eq!(named.redirect(), "127.0.0.1:7410".parse().ok());
+        assert!(!named.is_unavailable());
+        let unnamed = refused(ErrorCode::NotLeader, "leader=? node=3: served by node 3");
+        assert_eq!(unnamed.redirect(), None);
+        assert!(unnamed.is_unavailable());
+        assert!(refused(ErrorCode::Unavailable, "electing").is_unavailable());
+        assert!(!refused(ErrorCode::Invalid, "no").is_unavailable());
     }
 }
