@@ -531,7 +531,6 @@ impl Broker {
             })
             .collect::<Vec<_>>();
         let count = messages.len();
-        let stored = stamp(messages, Duration::ZERO);
         let (name, channel_name) = (topic.name.clone(), channel_name.clone());
         let settle = move |channel: &Channel, result: Result<(), String>| {
             let mut state = channel.state();
@@ -564,13 +563,6 @@ impl Broker {
                 source: StorageError::NotLeader { .. } | StorageError::Unavailable { .. },
                 ..
             }) => {
-                let messages: Vec<NewMessage> = stored
-                    .into_iter()
-                    .map(|m| NewMessage {
-                        headers: m.headers,
-                        body: m.body,
-                    })
-                    .collect();
                 let (broker, channel) = (self.clone(), channel.clone());
                 self.spawn(async move {
                     let who = Principal::internal();
@@ -587,7 +579,7 @@ impl Broker {
             }
             opened => opened,
         };
-        let mut durable = match opened.and_then(|t| t.append(stored)) {
+        let mut durable = match opened.and_then(|t| t.append(stamp(messages, Duration::ZERO))) {
             Ok((_, durable)) => durable,
             Err(e) => return settle(channel, Err(e.to_string())),
         };

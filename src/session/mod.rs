@@ -218,8 +218,9 @@ pub fn broker_error(e: &BrokerError, seq: u64) -> WireError {
     WireError::new(code, seq, error_chain(e))
 }
 
-/// An error and its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, on one line, `: `-separated (for the NSQ listener and
+/// `to-http` too).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use super::progress::Counters;
 use super::{ToHttpArgs, ToHttpError};
 use crate::message::Delivery;
+use crate::session::error_chain;
 
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 const MESSAGE_ID: HeaderName = HeaderName::from_static("quiver-message-id");
@@ -343,18 +344,6 @@ pub fn query_escape(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// An error and its sources, `: `-separated: hyper's own messages are terse ("client
-/// error (Connect)") and the cause is further down.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

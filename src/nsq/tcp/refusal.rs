@@ -54,17 +54,7 @@ pub(super) fn sub_failed(topic: &TopicName, channel: &ChannelName, e: &BrokerErr
     NsqError::fatal("E_SUB_FAILED", text)
 }
 
-/// An error and its sources, on one line.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub(super) use crate::session::error_chain;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
